@@ -1,0 +1,90 @@
+"""NIfTI read/write through nibabel, channel-first, with atomic writes.
+
+Layout: a 3D file ``(X, Y, Z)`` becomes ``(1, X, Y, Z)``; a 4D file ``(X, Y, Z, T)`` becomes
+``(T, X, Y, Z)`` (the 4th axis is the channel axis); a 5D file ``(X, Y, Z, 1, C)`` becomes
+``(C, X, Y, Z)``; a 2D file ``(X, Y)`` becomes ``(1, X, Y)``. float64 data are read as float32
+(medcore never carries float64 volumes); integer and uint8 data keep their dtype. The affine is
+nibabel's best affine (sform if set, else qform, else from pixdims).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import torch
+
+from medcore.io.image import Image
+from medcore.utils.atomic import atomic_path
+
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
+
+
+def is_nifti(path: str | os.PathLike) -> bool:
+    name = str(path).lower()
+    return name.endswith(NIFTI_SUFFIXES)
+
+
+def _channel_first(arr: np.ndarray, path: Path) -> np.ndarray:
+    if arr.ndim in (2, 3):
+        return arr[None]
+    if arr.ndim == 4:
+        return np.moveaxis(arr, 3, 0)
+    if arr.ndim == 5 and arr.shape[3] == 1:
+        return np.moveaxis(arr[:, :, :, 0], 3, 0)
+    raise ValueError(f"{path}: unsupported NIfTI shape {arr.shape}; expected 2D, 3D, 4D or (X,Y,Z,1,C)")
+
+
+def load_nifti(path: str | os.PathLike) -> Image:
+    """Read a ``.nii``/``.nii.gz`` file into a channel-first :class:`Image`."""
+    path = Path(path)
+    try:
+        nii = nib.load(str(path))
+        arr = np.asanyarray(nii.dataobj)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: no such NIfTI file; check the path") from None
+    except Exception as exc:  # nibabel raises several types for corrupt/truncated files
+        raise ValueError(f"{path}: cannot read NIfTI ({type(exc).__name__}: {exc}); the file may be "
+                         f"truncated or not NIfTI - re-export or re-download it") from exc
+    original_dtype = str(arr.dtype)
+    if arr.dtype == np.float64:
+        arr = arr.astype(np.float32)
+    elif arr.dtype == np.uint16:  # torch has poor uint16 support
+        arr = arr.astype(np.int32)
+    elif arr.dtype == np.bool_:
+        arr = arr.astype(np.uint8)
+    arr = np.ascontiguousarray(_channel_first(arr, path))
+    affine = torch.from_numpy(np.asarray(nii.affine, dtype=np.float64))
+    meta = {"source_format": "nifti", "original_dtype": original_dtype,
+            "original_shape": list(arr.shape[1:]), "original_affine": affine.tolist()}
+    return Image(torch.from_numpy(arr), affine, meta, [])
+
+
+def save_nifti(img: Image, path: str | os.PathLike, dtype: torch.dtype | None = None) -> Path:
+    """Write ``img`` as NIfTI (qform and sform both set, code 1), atomically. Returns the path.
+
+    Channel-first data go back to NIfTI order: one channel -> 3D (or 2D) file, several -> 4D with
+    the channels on the 4th axis. bool is stored as uint8, float64 as float32.
+    """
+    path = Path(path)
+    if not is_nifti(path):
+        raise ValueError(f"{path}: NIfTI output needs a .nii or .nii.gz suffix")
+    data = img.data.detach()
+    if dtype is not None:
+        data = data.to(dtype)
+    if data.dtype == torch.bool:
+        data = data.to(torch.uint8)
+    if data.dtype in (torch.float64, torch.float16, torch.bfloat16):
+        data = data.to(torch.float32)
+    arr = data.cpu().numpy()
+    arr = arr[0] if arr.shape[0] == 1 else np.moveaxis(arr, 0, -1)
+    affine = img.affine.numpy()
+    nii = nib.Nifti1Image(arr, affine)
+    nii.header.set_qform(affine, code=1)
+    nii.header.set_sform(affine, code=1)
+    nii.header.set_xyzt_units("mm", "sec")
+    with atomic_path(path) as tmp:
+        nib.save(nii, str(tmp))
+    return path

@@ -1,0 +1,45 @@
+"""DICOM ingestion: scan a tree, group series, sort and check geometry, decode, de-identify, convert.
+
+Public entry points: :func:`convert_tree` (a tree to NIfTI + sidecars + quarantine table),
+:func:`load_series` (one series into memory), :func:`scan_tree` (header index),
+:func:`group_frames`, :func:`plan_stack` and the frame reader of :mod:`medcore.dicom.frames`.
+Submodules are imported lazily so ``import medcore.dicom`` stays cheap.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+_EXPORTS = {
+    "convert_tree": "medcore.dicom.convert",
+    "load_series": "medcore.dicom.convert",
+    "ConversionReport": "medcore.dicom.convert",
+    "SeriesRecord": "medcore.dicom.convert",
+    "scan_tree": "medcore.dicom.scan",
+    "ScanResult": "medcore.dicom.scan",
+    "group_frames": "medcore.dicom.group",
+    "StackGroup": "medcore.dicom.group",
+    "plan_stack": "medcore.dicom.validate",
+    "StackPlan": "medcore.dicom.validate",
+    "GeometryError": "medcore.dicom.validate",
+    "resample_stack": "medcore.dicom.resample",
+    "write_nifti": "medcore.dicom.nifti",
+    "Quarantine": "medcore.dicom.quarantine",
+    "Frame": "medcore.dicom.frames",
+    "read_frames": "medcore.dicom.frames",
+    "load_pixels": "medcore.dicom.frames",
+    "to_real_values": "medcore.dicom.frames",
+    "Deidentifier": "medcore.dicom.deid",
+    "load_or_create_key": "medcore.dicom.deid",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'medcore.dicom' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value

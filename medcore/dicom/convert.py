@@ -1,0 +1,511 @@
+"""Convert a DICOM tree to NIfTI volumes + JSON sidecars, with a quarantine for everything else.
+
+Flow: :func:`~medcore.dicom.scan.scan_tree` (headers only) -> :func:`~medcore.dicom.group.group_frames`
+-> per stack :func:`~medcore.dicom.validate.plan_stack` -> decode -> optional resample -> write.
+Stacks are converted one at a time per worker, so memory follows the largest series, not the
+tree. Output paths are built from pseudonyms only (``sub-*/ses-*/sub-*_ses-*_ser-NNN-<hash>``),
+never from input names. Every input file ends either in a written series or in the quarantine
+table, and :class:`ConversionReport` checks ``files_in == files_converted + files_quarantined``.
+
+:func:`load_series` reads one series into memory (array, RAS affine, meta) with the same
+geometry rules, for callers that want an image rather than files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from medcore.dicom import geometry
+from medcore.dicom.frames import DecodeError, Frame, load_pixels, to_real_values
+from medcore.dicom.group import StackGroup, group_frames, image_component, temporal_key
+from medcore.dicom.nifti import GZIP_LEVEL, write_nifti, write_sidecar
+from medcore.dicom.quarantine import Quarantine
+from medcore.dicom.resample import cast_like, resample_stack
+from medcore.dicom.scan import ScanResult, scan_tree
+from medcore.dicom.validate import GeometryError, StackPlan, output_affine, plan_stack
+
+SERIES_INDEX = "series_index.parquet"
+QUARANTINE_TABLE = "quarantine.parquet"
+SCAN_INDEX = "scan_index.parquet"
+
+#: DICOM header keyword -> (BIDS sidecar key, scale). Times in ms become seconds.
+BIDS_KEYS = {
+    "Manufacturer": ("Manufacturer", None),
+    "ManufacturerModelName": ("ManufacturersModelName", None),
+    "SoftwareVersions": ("SoftwareVersions", None),
+    "MagneticFieldStrength": ("MagneticFieldStrength", None),
+    "BodyPartExamined": ("BodyPartExamined", None),
+    "ScanningSequence": ("ScanningSequence", None),
+    "SequenceVariant": ("SequenceVariant", None),
+    "ScanOptions": ("ScanOptions", None),
+    "MRAcquisitionType": ("MRAcquisitionType", None),
+    "EchoTime": ("EchoTime", 1e-3),
+    "RepetitionTime": ("RepetitionTime", 1e-3),
+    "InversionTime": ("InversionTime", 1e-3),
+    "FlipAngle": ("FlipAngle", None),
+    "SliceThickness": ("SliceThickness", None),
+    "SpacingBetweenSlices": ("SpacingBetweenSlices", None),
+    "ImagingFrequency": ("ImagingFrequency", None),
+    "PixelBandwidth": ("PixelBandwidth", None),
+    "EchoTrainLength": ("EchoTrainLength", None),
+    "InPlanePhaseEncodingDirection": ("InPlanePhaseEncodingDirectionDICOM", None),
+    "PercentPhaseFieldOfView": ("PercentPhaseFOV", None),
+    "KVP": ("XRayTubeVoltage", None),
+    "XRayTubeCurrent": ("XRayTubeCurrent", None),
+    "Exposure": ("XRayExposure", None),
+    "ConvolutionKernel": ("ConvolutionKernel", None),
+    "GantryDetectorTilt": ("GantryDetectorTiltDICOM", None),
+    "ReconstructionDiameter": ("ReconstructionDiameter", None),
+    "ContrastBolusAgent": (None, None),  # free text: never copied
+}
+
+
+@dataclass
+class SeriesRecord:
+    """One written volume (a row of ``series_index.parquet``); contains no PHI."""
+
+    series_id: str
+    subject: str
+    session: str
+    series_uid: str
+    series_number: int | None
+    modality: str
+    nifti: str
+    sidecar: str
+    shape: list[int]
+    voxel_size: list[float]
+    dtype: str
+    n_files: int
+    n_frames: int
+    n_volumes: int
+    resampled: bool
+    issues: list[str] = field(default_factory=list)
+
+
+@dataclass
+class ConversionReport:
+    """What :func:`convert_tree` did: written series, quarantine rows and file accounting."""
+
+    out_dir: Path
+    series: list[SeriesRecord]
+    quarantine: pd.DataFrame
+    files_in: int
+    files_converted: int
+    files_quarantined: int
+    local_paths: dict[str, Path] = field(default_factory=dict, repr=False)  # in memory only
+
+    @property
+    def balanced(self) -> bool:
+        return self.files_in == self.files_converted + self.files_quarantined
+
+    def quarantine_counts(self) -> dict[str, int]:
+        if self.quarantine.empty:
+            return {}
+        return {str(k): int(v) for k, v in self.quarantine["code"].value_counts().sort_index().items()}
+
+    def summary(self) -> str:
+        lines = [f"series written: {len(self.series)}",
+                 f"files: {self.files_in} in = {self.files_converted} converted + "
+                 f"{self.files_quarantined} quarantined"]
+        for code, count in self.quarantine_counts().items():
+            lines.append(f"  quarantined {code}: {count}")
+        return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------
+# one stack
+
+
+@dataclass(frozen=True)
+class StackTask:
+    """Everything a worker needs to convert one stack (picklable)."""
+
+    frames: tuple[Frame, ...]
+    temporal: tuple[tuple, ...]
+    out_stem: Path | None  # None: return the arrays instead of writing
+    compress: bool
+    sidecar: dict
+    gzip_level: int = GZIP_LEVEL
+
+
+def plan_for(frames: Sequence[Frame], temporal: Sequence[tuple]) -> StackPlan:
+    """Geometry plan for frames (raises GeometryError)."""
+    def arr(values, width):
+        out = np.full((len(values), width), np.nan)
+        for i, v in enumerate(values):
+            if v is not None and len(v) == width:
+                out[i] = [float(x) for x in v]
+        return out
+
+    thickness = frames[0].spacing_between_slices or frames[0].slice_thickness
+    return plan_stack(arr([f.iop for f in frames], 6), arr([f.ipp for f in frames], 3),
+                      arr([f.pixel_spacing for f in frames], 2),
+                      [(f.sop_instance_uid, f.frame_index) for f in frames], list(temporal),
+                      slice_thickness=thickness)
+
+
+def assemble(frames: Sequence[Frame], plan: StackPlan) -> tuple[np.ndarray, np.ndarray, dict]:
+    """Decode, rescale, order and (if planned) resample; returns (stack, RAS affine, geometry meta).
+
+    ``stack`` is C-ordered ``(vols, slices, rows, cols[, 3])``.
+    """
+    ordered = [frames[i] for i in plan.order.ravel()]
+    pixels = load_pixels(ordered)
+    rgb = ordered[0].samples_per_pixel > 1
+    values = pixels if rgb else to_real_values(pixels, ordered)
+    stack = values.reshape(plan.n_volumes, plan.n_slices, *values.shape[1:])
+    first = frames[int(plan.order[0, 0])]
+    meta: dict = {"resampled": False}
+    if plan.resample:
+        if rgb:
+            raise GeometryError("unsupported", "resampling of colour (RGB) stacks is not supported")
+        target = plan.target_positions()
+        fill = float(np.min(stack))
+        out = np.stack([cast_like(resample_stack(stack[v], plan.positions, plan.in_plane_offsets,
+                                                 target, fill=fill), stack.dtype)
+                        for v in range(plan.n_volumes)])
+        meta = {"resampled": True, "reasons": [i for i in plan.issues if i != "duplicate_frames"],
+                "method": "linear along the slice normal, bilinear in-plane",
+                "source_slice_positions_mm": [round(float(p - plan.positions[0]), 4) for p in plan.positions],
+                "output_slice_spacing_mm": round(float(plan.step), 6),
+                "gantry_tilt_deg": round(float(plan.tilt_deg), 3), "fill_value": fill}
+        stack = out
+    affine = output_affine(plan, first.iop, first.ipp, first.pixel_spacing)
+    return stack, affine, meta
+
+
+def _bids_sidecar(frame: Frame) -> dict:
+    out: dict = {}
+    header = frame.header or {}
+    for keyword, (bids, scale) in BIDS_KEYS.items():
+        if bids is None or keyword not in header:
+            continue
+        value = header[keyword]
+        if value is None or value == "":
+            continue
+        if scale is not None:
+            try:
+                value = round(float(value) * scale, 9)
+            except (TypeError, ValueError):
+                continue
+        elif isinstance(value, (np.generic,)):
+            value = value.item()
+        elif isinstance(value, tuple):
+            value = list(value)
+        out[bids] = value
+    return out
+
+
+def convert_stack(task: StackTask) -> dict:
+    """Plan, decode, resample and write one stack. Never raises: returns a status dict."""
+    frames = list(task.frames)
+    temporal = list(task.temporal)
+    bad_files: list[tuple[str, str, str]] = []
+    for _attempt in range(len(frames) + 1):
+        try:
+            plan = plan_for(frames, temporal)
+            stack, affine, geo = assemble(frames, plan)
+            break
+        except DecodeError as exc:  # drop the undecodable file, quarantine it, try the rest
+            bad = str(exc.path)
+            bad_files.append((bad, exc.code, exc.reason))
+            keep = [i for i, f in enumerate(frames) if str(f.path) != bad]
+            if len(keep) == len(frames) or not keep:
+                return {"status": "refused", "code": exc.code, "message": exc.reason, "bad_files": bad_files}
+            frames = [frames[i] for i in keep]
+            temporal = [temporal[i] for i in keep]
+        except GeometryError as exc:
+            return {"status": "refused", "code": exc.code, "message": str(exc), "bad_files": bad_files}
+        except Exception as exc:  # never let one series stop the run
+            return {"status": "refused", "code": "internal_error",
+                    "message": f"{type(exc).__name__}: {exc}", "bad_files": bad_files}
+    else:  # pragma: no cover - loop always breaks or returns
+        return {"status": "refused", "code": "internal_error", "message": "retry limit", "bad_files": bad_files}
+
+    used = sorted({str(frames[i].path) for i in plan.order.ravel()})
+    dropped = sorted({str(frames[i].path) for i in plan.dropped} - set(used))
+    vol = stack if plan.n_volumes > 1 else stack[0]
+    first = frames[int(plan.order[0, 0])]
+    rgb = first.samples_per_pixel > 1
+    zooms = [float(np.linalg.norm(affine[:3, i])) for i in range(3)]
+    result = {"status": "written", "used_files": used, "dropped_files": dropped, "bad_files": bad_files,
+              "n_frames": int(plan.order.size), "n_volumes": plan.n_volumes,
+              "shape": [int(s) for s in (vol.shape[::-1][1:] if rgb else vol.shape[::-1])],
+              "voxel_size": [round(z, 6) for z in zooms], "dtype": str(vol.dtype),
+              "resampled": bool(geo["resampled"]), "issues": list(plan.issues)}
+    if task.out_stem is None:
+        result.update(array=vol, affine=affine, geometry=geo)
+        return result
+    sidecar = dict(task.sidecar)
+    sidecar.update(_bids_sidecar(first))
+    sidecar["ImageOrientationPatientDICOM"] = [round(float(x), 8) for x in first.iop]
+    sidecar["SliceSpacingMm"] = round(float(plan.step), 6)
+    sidecar["GeometryResampled"] = bool(geo["resampled"])
+    if geo["resampled"]:
+        sidecar["GeometryResampling"] = geo
+    if plan.dropped:
+        sidecar["DroppedDuplicateFrames"] = len(plan.dropped)
+    sidecar["SourceFileCount"] = len(used)
+    if plan.n_volumes > 1:
+        sidecar["NumberOfVolumes"] = plan.n_volumes
+    tr = (first.header or {}).get("RepetitionTime")
+    suffix = ".nii.gz" if task.compress else ".nii"
+    nii = task.out_stem.with_name(task.out_stem.name + suffix)
+    try:
+        write_nifti(stack if plan.n_volumes > 1 else stack[0], affine, nii, rgb=rgb,
+                    repetition_time=float(tr) / 1000.0 if tr and plan.n_volumes > 1 else None,
+                    gzip_level=task.gzip_level)
+        write_sidecar(sidecar, task.out_stem.with_name(task.out_stem.name + ".json"))
+    except Exception as exc:
+        return {"status": "refused", "code": "write_failed", "message": f"{type(exc).__name__}: {exc}",
+                "bad_files": bad_files}
+    result["nifti"] = nii
+    return result
+
+
+# ---------------------------------------------------------------------------------------------
+# naming
+
+
+def _short_hash(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:8]
+
+
+def _suffix(group: StackGroup, sibling_number: int) -> str:
+    parts = []
+    other = False
+    for reason, value in group.split:
+        if reason == "echo":
+            number = value[0] if value and value[0] is not None and not pd.isna(value[0]) else sibling_number
+            parts.append(f"_echo-{int(number)}")
+        elif reason == "component":
+            if value != "magnitude":
+                parts.append(f"_part-{value}")
+        elif reason == "localizer":
+            if value:
+                parts.append("_localizer")
+        else:
+            other = True
+    if other:
+        parts.append(f"_stack-{sibling_number}")
+    return "".join(parts)
+
+
+# ---------------------------------------------------------------------------------------------
+# the tree
+
+
+def _default_deid(in_dir: Path, out_dir: Path):
+    from medcore.dicom.deid import Deidentifier, load_or_create_key
+
+    return Deidentifier(load_or_create_key(forbidden_roots=[in_dir, out_dir]))
+
+
+def _default_workers() -> int:
+    return max(1, min(os.cpu_count() or 1, 8))
+
+
+def _tasks(scan: ScanResult, groups: list[StackGroup], deid, out_dir: Path, compress: bool,
+           gzip_level: int) -> Iterable[tuple[StackGroup, str, StackTask]]:
+    idx = scan.index
+    siblings: dict[str, int] = defaultdict(int)
+    used_names: set[str] = set()
+    for group in groups:
+        rows = idx.loc[list(group.rows)]
+        first = rows.iloc[0]
+        subject = deid.subject(first["patient_id"] or "")
+        session = deid.session(first["study_uid"] or "")
+        series_uid = deid.uid(group.series_uid)
+        siblings[group.series_uid] += 1
+        number = first["series_number"]
+        number = int(number) if number is not None and not pd.isna(number) else 0
+        stem = f"{subject}_{session}_ser-{number:03d}-{_short_hash(series_uid)}{_suffix(group, siblings[group.series_uid])}"
+        while stem in used_names:
+            stem += "x"
+        used_names.add(stem)
+        frames = tuple(scan.frames[i] for i in group.rows)
+        temporal = tuple(temporal_key(r) for _, r in rows.iterrows())
+        sidecar = {"Modality": str(first["modality"] or ""), "SeriesNumber": number or None,
+                   "ImageType": [str(x) for x in (first["image_type"] or ())],
+                   "ImageComponent": image_component(first["image_type"]),
+                   "SeriesInstanceUID": series_uid, "StudyInstanceUID": deid.uid(first["study_uid"] or ""),
+                   "Subject": subject, "Session": session,
+                   "ConversionSoftware": "medcore.dicom", "DeidentificationKeyId": deid.key_id}
+        if first["echo_number"] is not None and not pd.isna(first["echo_number"]):
+            sidecar["EchoNumber"] = int(first["echo_number"])
+        if group.localizer:
+            sidecar["Localizer"] = True
+        task = StackTask(frames=frames, temporal=temporal, out_stem=out_dir / subject / session / stem,
+                         compress=compress, sidecar=sidecar, gzip_level=gzip_level)
+        yield group, stem, task
+
+
+def convert_tree(in_dir: str | os.PathLike, out_dir: str | os.PathLike, *, deid=None, compress: bool = True,
+                 progress: bool = True, workers: int | None = None,
+                 gzip_level: int = GZIP_LEVEL) -> ConversionReport:
+    """Convert every series below ``in_dir`` into ``out_dir``; see the module docstring.
+
+    Writes ``series_index.parquet``, ``quarantine.parquet`` and ``scan_index.parquet`` (all
+    de-identified) into ``out_dir``. ``deid`` defaults to a :class:`Deidentifier` with the key
+    from :func:`medcore.dicom.deid.load_or_create_key` (never stored in either tree).
+    """
+    from medcore.dicom.scan import deidentified_index
+    from medcore.utils.atomic import atomic_path
+
+    in_dir, out_dir = Path(in_dir), Path(out_dir)
+    if not in_dir.is_dir():
+        raise NotADirectoryError(f"{in_dir}: input folder does not exist or is not a folder")
+    deid = deid if deid is not None else _default_deid(in_dir, out_dir)
+    workers = _default_workers() if workers is None else max(1, int(workers))
+    scan = scan_tree(in_dir, workers=workers, progress=progress, exclude=[out_dir])
+    quarantine = Quarantine(deid=deid, root=in_dir)
+    for row in scan.skipped.itertuples():
+        quarantine.add(scan.files[row.file], row.code, row.message)
+
+    groups = group_frames(scan.index)
+    converted: set[str] = set()
+    pending: dict[str, tuple[str, str, str]] = {}  # path -> (code, message, series)
+    records: list[SeriesRecord] = []
+    file_count = defaultdict(int)
+    all_image_files = {str(scan.files[i]) for i in scan.index["file"].unique()} if len(scan.index) else set()
+
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(groups), desc="convert", unit="series")
+
+    def handle(group: StackGroup, stem: str, task: StackTask, result: dict) -> None:
+        for path, code, message in result.get("bad_files", []):
+            pending[path] = (code, message, stem)
+        if result["status"] == "written":
+            converted.update(result["used_files"])
+            for path in result["dropped_files"]:
+                pending.setdefault(path, ("duplicate_file", "exact duplicate of another input file (same "
+                                          "SOPInstanceUID and frame); the copy was not used", stem))
+            nii = Path(result["nifti"])
+            records.append(SeriesRecord(
+                series_id=stem, subject=task.sidecar["Subject"], session=task.sidecar["Session"],
+                series_uid=task.sidecar["SeriesInstanceUID"], series_number=task.sidecar["SeriesNumber"],
+                modality=task.sidecar["Modality"], nifti=nii.relative_to(out_dir).as_posix(),
+                sidecar=nii.with_name(stem + ".json").relative_to(out_dir).as_posix(),
+                shape=result["shape"], voxel_size=result["voxel_size"], dtype=result["dtype"],
+                n_files=len(result["used_files"]), n_frames=result["n_frames"],
+                n_volumes=result["n_volumes"], resampled=result["resampled"], issues=result["issues"]))
+        else:
+            for f in task.frames:
+                pending.setdefault(str(f.path), (result["code"], f"series {stem}: {result['message']}", stem))
+        if bar is not None:
+            bar.update(1)
+
+    jobs = list(_tasks(scan, groups, deid, out_dir, compress, gzip_level))
+    if workers > 1 and len(jobs) > 1:
+        with ProcessPoolExecutor(max_workers=min(workers, len(jobs))) as pool:
+            futures = [(g, s, t, pool.submit(convert_stack, t)) for g, s, t in jobs]
+            for group, stem, task, fut in futures:
+                try:
+                    result = fut.result()
+                except Exception as exc:  # a crashed worker refuses that series only
+                    result = {"status": "refused", "code": "internal_error",
+                              "message": f"{type(exc).__name__}: {exc}"}
+                handle(group, stem, task, result)
+                task = None  # release frames early
+    else:
+        for group, stem, task in jobs:
+            handle(group, stem, task, convert_stack(task))
+    if bar is not None:
+        bar.close()
+
+    for path in sorted(all_image_files - converted):
+        code, message, stem = pending.get(path, ("internal_error", "the file was not assigned to any series", ""))
+        quarantine.add(Path(path), code, message, stem)
+    del file_count
+
+    qframe = quarantine.to_frame()
+    series_df = pd.DataFrame([asdict(r) for r in records],
+                             columns=[f for f in SeriesRecord.__dataclass_fields__])
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for frame, name in ((series_df, SERIES_INDEX), (qframe, QUARANTINE_TABLE),
+                        (deidentified_index(scan, deid), SCAN_INDEX)):
+        with atomic_path(out_dir / name) as tmp:
+            frame.to_parquet(tmp, index=False)
+    report = ConversionReport(out_dir=out_dir, series=records, quarantine=qframe, files_in=scan.n_files,
+                              files_converted=len(converted), files_quarantined=len(qframe),
+                              local_paths=dict(quarantine.local_paths))
+    if not report.balanced:  # a bug, never silently accepted
+        raise AssertionError(f"file accounting does not balance: {report.summary()}")
+    return report
+
+
+# ---------------------------------------------------------------------------------------------
+# in memory
+
+
+def load_series(source: str | os.PathLike | Sequence[str | os.PathLike]) -> tuple[np.ndarray, np.ndarray, dict]:
+    """Read one DICOM series (a folder or a list of files) into ``(array, affine, meta)``.
+
+    ``array`` is in NIfTI axis order ``(X=col, Y=row, Z=slice[, T])`` with real values
+    (rescale applied); ``affine`` is the float64 4x4 voxel-to-RAS map. Raises ``ValueError``
+    naming the reason when the input is not exactly one convertible stack.
+    """
+    if isinstance(source, (str, os.PathLike)):
+        root = Path(source)
+        if root.is_dir():
+            scan = scan_tree(root, workers=1)
+        else:
+            scan = _scan_files([root])
+    else:
+        scan = _scan_files([Path(p) for p in source])
+    if scan.index.empty:
+        reasons = "; ".join(f"{scan.files[r.file].name}: {r.message}" for r in scan.skipped.itertuples())
+        raise ValueError(f"{source}: no DICOM image found ({reasons or 'no files'})")
+    groups = [g for g in group_frames(scan.index) if not g.localizer] or group_frames(scan.index)
+    if len(groups) != 1:
+        raise ValueError(f"{source}: holds {len(groups)} distinct stacks (series, orientations, echoes or "
+                         "sizes); pass one series folder or use convert_tree")
+    group = groups[0]
+    rows = scan.index.loc[list(group.rows)]
+    task = StackTask(frames=tuple(scan.frames[i] for i in group.rows),
+                     temporal=tuple(temporal_key(r) for _, r in rows.iterrows()),
+                     out_stem=None, compress=False, sidecar={})
+    result = convert_stack(task)
+    if result["status"] != "written":
+        raise ValueError(f"{source}: {result['code']}: {result['message']}")
+    array = np.ascontiguousarray(result["array"]).T
+    if array.ndim == 4 and result["array"].dtype.fields is None and result["n_volumes"] == 1:
+        array = array[..., 0]
+    first = task.frames[0]
+    meta = {"modality": first.modality, "series_number": first.series_number,
+            "n_volumes": result["n_volumes"], "resampled": result["resampled"],
+            "issues": result["issues"], "geometry": result["geometry"], "source_format": "dicom"}
+    return array, result["affine"], meta
+
+
+def _scan_files(paths: list[Path]) -> ScanResult:
+    from medcore.dicom.scan import _frame_row, read_file
+
+    frames, rows, skipped = [], [], []
+    for i, p in enumerate(paths):
+        fr, pid, code, message = read_file(p)
+        if fr is None:
+            skipped.append({"file": i, "code": code, "message": message})
+            continue
+        for f in fr:
+            row = _frame_row(f)
+            row.update(file=i, patient_id=pid)
+            rows.append(row)
+            frames.append(f)
+    from medcore.dicom.scan import _FRAME_COLUMNS
+
+    return ScanResult(root=paths[0].parent if paths else Path("."), files=paths, frames=frames,
+                      index=pd.DataFrame(rows, columns=[*_FRAME_COLUMNS, "file", "patient_id"]),
+                      skipped=pd.DataFrame(skipped, columns=["file", "code", "message"]))

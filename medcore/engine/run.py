@@ -1,0 +1,159 @@
+"""One training run from a config: plan, cache, train (1 process or torchrun), export a MODEL_DIR, summarise.
+
+Files in ``run_dir`` (rank 0 only): ``config.json`` (resolved), ``plan.json`` (choices and reasons),
+``split.json`` (case ids), ``train_config.json`` (loop settings, fixed at the first start so a resume
+continues the same schedule), ``history.*``, ``curves.png``, ``checkpoints/``, ``model/`` and
+``summary.json`` (machine-readable outcome, written last).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from medcore.engine.config import resolve_config
+from medcore.engine.data import EpochDataset
+from medcore.engine.distributed import DistContext, barrier, init_distributed
+from medcore.engine.presets import default_data_root, find_msd_cases, fingerprint, make_plan, preset, split_cases
+from medcore.engine.segmentation import (CachedCases, PatchAugment, SegmentationEvaluator, build_cache, cache_key,
+                                         make_synthetic_ct, preprocessing_configs)
+from medcore.engine.trainer import Trainer, TrainerConfig
+from medcore.utils.atomic import atomic_write_text
+
+
+def _write_json(path: Path, value: Any) -> None:
+    atomic_write_text(path, json.dumps(value, indent=2) + "\n")
+
+
+def resolve_cases(config: dict, run_dir: Path, ctx: DistContext) -> list[dict]:
+    """The preset's cases: an MSD-layout folder (given, or the preset's default; synthetic CT is generated)."""
+    info = preset(config["preset"])
+    data_dir = config["data_dir"]
+    if data_dir is None and info["data_dir"] is not None:
+        data_dir = default_data_root() / info["data_dir"]
+    if data_dir is None:
+        data_dir = run_dir / "data"
+        if ctx.is_main:
+            make_synthetic_ct(data_dir, num_cases=info.get("num_cases", 24))
+        barrier(ctx)
+    cases = find_msd_cases(data_dir)
+    return cases[:config["max_cases"]] if config["max_cases"] else cases
+
+
+def calibrate_step_seconds(model: torch.nn.Module, loss_fn: torch.nn.Module, plan: dict, device: str,
+                           steps: int = 3) -> float:
+    """Seconds per training step of a copy of ``model`` on a random batch (global RNG untouched)."""
+    from medcore.engine.optim import build_optimizer
+
+    probe = copy.deepcopy(model).to(device).train()
+    opt = build_optimizer(plan["optimizer"], probe.parameters())
+    with torch.random.fork_rng(devices=[]):
+        x = torch.randn(plan["batch_size"], 1, *plan["patch_size"], device=device)
+        y = torch.randint(0, plan["num_classes"], (plan["batch_size"], 1, *plan["patch_size"]), device=device)
+        times = []
+        for _ in range(steps + 1):
+            t = time.perf_counter()
+            opt.zero_grad()
+            loss_fn(probe(x), y).backward()
+            opt.step()
+            if device.startswith("cuda"):
+                torch.cuda.synchronize()
+            times.append(time.perf_counter() - t)
+    return sorted(times[1:])[len(times[1:]) // 2]
+
+
+def loop_settings(config: dict, plan: dict, num_train: int, num_val: int, step_seconds: float | None,
+                  world_size: int) -> dict:
+    """TrainerConfig fields: the plan's optimiser/schedule/batch, config overrides, and a budget-derived length."""
+    settings: dict[str, Any] = {"batch_size": plan["batch_size"], "optimizer": plan["optimizer"],
+                                "schedule": plan["schedule"], "samples_per_epoch": max(num_train, 100),
+                                "val_every": 1, "checkpoint_every_steps": 50, "max_epochs": 50}
+    budget = config["time_budget_minutes"]
+    if budget and step_seconds:
+        steps_per_epoch = settings["samples_per_epoch"] // (settings["batch_size"] * world_size)
+        val_seconds = math.ceil(num_val / world_size) * step_seconds * 0.6
+        epoch_seconds = steps_per_epoch * step_seconds * 1.05 + val_seconds / settings["val_every"]
+        settings["max_epochs"] = max(1, int(budget * 60 / epoch_seconds))
+        settings["max_train_seconds"] = budget * 60
+    settings.update(config["train"])
+    return settings
+
+
+def run_training(raw_config: dict, run_dir: str | Path, progress: bool = True) -> dict:
+    """Train as ``raw_config`` says into ``run_dir`` (resuming if a checkpoint is there); return the summary."""
+    from medcore.inferers.model_dir import save_model_dir
+    from medcore.losses import build_loss
+    from medcore.networks import build_network
+    import medcore.networks.dynunet  # noqa: F401  (registers "dynunet")
+
+    config = resolve_config(raw_config)
+    run_dir = Path(run_dir).resolve()
+    ctx = init_distributed(config["device"])
+    if ctx.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        _write_json(run_dir / "config.json", config)
+    started = time.perf_counter()
+    cases = resolve_cases(config, run_dir, ctx)
+    split = config["split"]
+    train_cases, val_cases = split_cases(cases, split["fraction"], split["seed"], split["folds"], split["fold"])
+    if config["max_val_cases"]:
+        val_cases = val_cases[:config["max_val_cases"]]
+    plan = make_plan(fingerprint(train_cases), config["preset"], ctx.device, config["plan"])
+    pre = preprocessing_configs(plan)
+    plan["preprocessing"] = pre
+    cache_dir = Path(config["cache_dir"] or run_dir / "cache")
+    key = cache_key(train_cases + val_cases, pre)
+    train_cache, val_cache = cache_dir / f"train-{key}.safetensors", cache_dir / f"val-{key}.safetensors"
+    if ctx.is_main:
+        _write_json(run_dir / "plan.json", plan)
+        _write_json(run_dir / "split.json", {"train": [c["id"] for c in train_cases],
+                                             "val": [c["id"] for c in val_cases], **split})
+        build_cache(train_cases, pre, train_cache, progress)
+        build_cache(val_cases, pre, val_cache, progress)
+    barrier(ctx)  # every rank memory-maps the one cache rank 0 wrote
+    train_data, val_data = CachedCases(train_cache), CachedCases(val_cache)
+
+    torch.manual_seed(int(config["train"].get("seed", 0)))
+    model = build_network(plan["network"])
+    loss_fn = build_loss(plan["loss"])
+    settings_path = run_dir / "train_config.json"
+    if settings_path.is_file():  # resuming: keep the schedule the run started with
+        settings = json.loads(settings_path.read_text())
+    else:
+        step_s = calibrate_step_seconds(model, loss_fn, plan, ctx.device) if config["time_budget_minutes"] else None
+        settings = loop_settings(config, plan, len(train_data), len(val_data), step_s, ctx.world_size)
+        settings["progress"] = progress
+        if ctx.is_main:
+            _write_json(settings_path, {**settings, "calibrated_step_seconds": step_s})
+    settings.pop("calibrated_step_seconds", None)
+    trainer_config = TrainerConfig.from_dict(settings)
+    augment = PatchAugment(plan["patch_size"], plan["foreground_oversample"])
+    evaluator = SegmentationEvaluator(val_data, plan, progress) if len(val_data) else None
+    trainer = Trainer(model, loss_fn, EpochDataset(train_data, augment, seed=trainer_config.seed), run_dir,
+                      trainer_config, evaluator=evaluator, ctx=ctx)
+    summary = trainer.fit()
+    if ctx.is_main:
+        best = run_dir / "checkpoints" / ("best.safetensors" if summary["best_epoch"] is not None else "last.safetensors")
+        from medcore.engine.checkpoint import load_checkpoint
+
+        export = build_network(plan["network"])
+        export.load_state_dict(load_checkpoint(best)["model"])
+        best_record = next((r for r in trainer.history.records if r["epoch"] == summary["best_epoch"]), {})
+        val_metrics = {k: v for k, v in best_record.items() if k.startswith("val_")}
+        model_dir = Path(config["model_dir"] or run_dir / "model")
+        save_model_dir(model_dir, export, preprocessing=pre, inference=plan["inference"], labels=plan["labels"],
+                       provenance={"preset": config["preset"], "epoch": summary["best_epoch"],
+                                   "validation": val_metrics, "train_cases": len(train_cases),
+                                   "val_cases": len(val_cases), "checkpoint": best.name})
+        summary.update({"model_dir": str(model_dir), "validation": val_metrics, "plan": "plan.json",
+                        "train_cases": len(train_cases), "val_cases": len(val_cases),
+                        "wall_seconds": time.perf_counter() - started})
+        _write_json(run_dir / "summary.json", summary)
+    barrier(ctx)
+    return summary

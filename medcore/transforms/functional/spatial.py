@@ -1,0 +1,391 @@
+"""Pure geometry functions: voxel maps, affine updates and ONE resampler.
+
+A geometric operation on a ``d``-dimensional grid is a *voxel map*: a ``(d+1, d+1)`` float64
+matrix ``M`` sending an OUTPUT voxel index to the INPUT voxel index it reads, plus the output
+shape. The output affine is ``affine @ embed(M)``, so every voxel keeps its world position.
+Composing maps is a matrix product, which is how consecutive spatial transforms fuse into one
+resample (ARCHITECTURE rule 7).
+
+``resample`` picks the cheapest exact path:
+1. *gather* - ``M`` is a signed permutation with integer offsets (flips, rot90, orientation,
+   integer crops/pads): pure indexing, bit-exact, any dtype;
+2. *separable* - ``M`` is a permutation times a diagonal (spacing, zoom, resize, and those fused
+   with 1.): one 1-D interpolation per axis (trilinear is separable), no dense grid;
+3. *grid* - anything else (rotation, shear): ``torch.nn.functional.grid_sample``.
+All paths run on the input's device. Linear modes return float32 (float64 stays float64);
+``nearest`` keeps the dtype. Out-of-grid samples are 0 (``padding_mode="zeros"``) or clamped to
+the edge (``"border"``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+TOL = 1e-6
+LINEAR = ("bilinear", "linear", "trilinear")
+
+
+# --- affine helpers ---------------------------------------------------------------------------
+def spatial_affine(affine: torch.Tensor, d: int) -> np.ndarray:
+    """The ``(d+1, d+1)`` voxel->world block of a 4x4 affine (world axes 0..d-1)."""
+    a = np.asarray(affine, dtype=np.float64)
+    idx = list(range(d)) + [3]
+    return a[np.ix_(idx, idx)]
+
+
+def embed(m: np.ndarray) -> np.ndarray:
+    """Embed a ``(d+1, d+1)`` voxel map into 4x4 (identity on the unused voxel axes)."""
+    m = np.asarray(m, dtype=np.float64)
+    d = m.shape[0] - 1
+    out = np.eye(4)
+    out[:d, :d] = m[:d, :d]
+    out[:d, 3] = m[:d, d]
+    return out
+
+
+def update_affine(affine: torch.Tensor, m: np.ndarray) -> torch.Tensor:
+    """Affine of the output grid of voxel map ``m`` (output voxel -> world)."""
+    return torch.from_numpy(np.asarray(affine, dtype=np.float64) @ embed(m))
+
+
+def translation(offsets: Sequence[float]) -> np.ndarray:
+    d = len(offsets)
+    m = np.eye(d + 1)
+    m[:d, d] = offsets
+    return m
+
+
+def voxel_spacing(affine: torch.Tensor, d: int) -> np.ndarray:
+    return np.linalg.norm(np.asarray(affine, dtype=np.float64)[:3, :d], axis=0)
+
+
+# --- voxel maps for each operation -------------------------------------------------------------
+def flip_map(shape: Sequence[int], axes: Sequence[int]) -> np.ndarray:
+    d = len(shape)
+    m = np.eye(d + 1)
+    for a in axes:
+        m[a, a] = -1.0
+        m[a, d] = shape[a] - 1
+    return m
+
+
+def rot90_map(shape: Sequence[int], k: int, axes: Sequence[int] = (0, 1)) -> tuple[np.ndarray, tuple[int, ...]]:
+    """Voxel map of ``torch.rot90(x, k, dims=axes)`` (rotation from the first axis to the second)."""
+    d = len(shape)
+    a, b = axes
+    m = np.eye(d + 1)
+    out = list(shape)
+    for _ in range(k % 4):
+        # one quarter turn: out[.., i, .., j, ..] = in[.., j, .., n_b - 1 - i, ..]
+        step = np.eye(d + 1)
+        step[a, a] = 0.0
+        step[a, b] = 1.0
+        step[b, b] = 0.0
+        step[b, a] = -1.0
+        step[b, d] = out[b] - 1
+        out[a], out[b] = out[b], out[a]
+        m = m @ step
+    return m, tuple(out)
+
+
+def orientation_map(affine: torch.Tensor, shape: Sequence[int], axcodes: str) -> tuple[np.ndarray, tuple[int, ...]]:
+    """Voxel map that reorders/flips voxel axes so they point along ``axcodes`` (e.g. "RAS")."""
+    import nibabel.orientations as nio
+
+    d = len(shape)
+    if len(axcodes) != d:
+        raise ValueError(f"Orientation: axcodes {axcodes!r} has {len(axcodes)} letters but the image has {d} spatial axes")
+    src = nio.io_orientation(spatial_affine(affine, d))
+    labels = (("L", "R"), ("P", "A"), ("I", "S"))[:d]
+    dst = nio.axcodes2ornt(tuple(axcodes.upper()), labels=labels)
+    tr = nio.ornt_transform(src, dst)
+    m = np.zeros((d + 1, d + 1))
+    m[d, d] = 1.0
+    out = [0] * d
+    for i in range(d):
+        j, sign = int(tr[i, 0]), float(tr[i, 1])
+        m[i, j] = sign
+        m[i, d] = shape[i] - 1 if sign < 0 else 0.0
+        out[j] = int(shape[i])
+    return m, tuple(out)
+
+
+def spacing_map(affine: torch.Tensor, shape: Sequence[int], pixdim: Sequence[float | None]) -> tuple[np.ndarray, tuple[int, ...]]:
+    """Voxel map onto a grid with voxel size ``pixdim`` (mm), same axis directions, shear removed.
+
+    The output grid starts at the input corner that is lowest along every output axis (so for a
+    RAS-like volume voxel 0 keeps its world position) and covers the input's voxel centres:
+    ``n_out = round(extent / pixdim) + 1``. If no corner is lowest along all axes (strong
+    obliquity) the grid centres are aligned instead. ``None``/``<=0`` keeps an axis' spacing.
+    """
+    d = len(shape)
+    a = np.asarray(affine, dtype=np.float64)
+    rzs = a[:3, :d]
+    old = np.linalg.norm(rzs, axis=0)
+    target = np.array([old[i] if (p is None or p <= 0) else float(p) for i, p in enumerate(list(pixdim) + [None] * (d - len(pixdim)))][:d])
+    zs = np.linalg.cholesky(rzs.T @ rzs).T
+    rot = rzs @ np.linalg.inv(zs)
+    new_rzs = rot @ np.diag(np.sign(np.diag(zs)) * target)
+    pinv_in = np.linalg.pinv(rzs)
+    # input corners expressed in (untranslated) output voxel coordinates
+    corners = np.array(np.meshgrid(*[(0.0, n - 1.0) for n in shape], indexing="ij")).reshape(d, -1)
+    world = rzs @ corners  # relative to the input origin
+    pinv_out = np.linalg.pinv(new_rzs)
+    c_out = pinv_out @ world
+    out_shape = tuple(int(v) for v in np.round(np.ptp(c_out, axis=1) + 1.0))
+    mins = c_out.min(axis=1)
+    hit = np.where(np.all(np.isclose(c_out, mins[:, None], atol=1e-4), axis=0))[0]
+    if hit.size:
+        origin_rel = world[:, hit[0]]  # out voxel 0 sits on that input corner
+    else:
+        origin_rel = rzs @ (np.asarray(shape) / 2.0) - new_rzs @ (np.asarray(out_shape) / 2.0)
+    m = np.eye(d + 1)
+    m[:d, :d] = pinv_in @ new_rzs
+    m[:d, d] = pinv_in @ origin_rel
+    return m, out_shape
+
+
+def zoom_map(shape: Sequence[int], zoom: Sequence[float]) -> np.ndarray:
+    """Scale content by ``zoom`` about the grid centre, same output shape (zoom > 1 enlarges)."""
+    d = len(shape)
+    c = (np.asarray(shape, dtype=np.float64) - 1) / 2
+    m = np.eye(d + 1)
+    z = np.asarray(zoom, dtype=np.float64)
+    m[:d, :d] = np.diag(1.0 / z)
+    m[:d, d] = c - c / z
+    return m
+
+
+def resize_map(shape: Sequence[int], size: Sequence[int]) -> np.ndarray:
+    """Map of ``F.interpolate(..., align_corners=False)``: voxel edges stay on voxel edges."""
+    d = len(shape)
+    s = np.asarray(shape, dtype=np.float64) / np.asarray(size, dtype=np.float64)
+    m = np.eye(d + 1)
+    m[:d, :d] = np.diag(s)
+    m[:d, d] = 0.5 * s - 0.5
+    return m
+
+
+def rotation_matrix(angles: Sequence[float] | float, d: int) -> np.ndarray:
+    """``d x d`` rotation: 2D one angle; 3D three right-handed angles (radians) about axes 0, 1, 2,
+    composed as ``R0 @ R1 @ R2`` (MONAI's convention)."""
+    if d == 2:
+        t = float(angles if np.isscalar(angles) else list(angles)[0])
+        return np.array([[math.cos(t), -math.sin(t)], [math.sin(t), math.cos(t)]])
+    ang = [float(angles)] * 1 if np.isscalar(angles) else [float(v) for v in angles]
+    ang = (ang + [0.0, 0.0, 0.0])[:3]
+    r = np.eye(3)
+    for axis, t in enumerate(ang):
+        c, s = math.cos(t), math.sin(t)
+        i, j = (axis + 1) % 3, (axis + 2) % 3  # right-handed rotation about ``axis``
+        rot = np.eye(3)
+        rot[i, i], rot[i, j], rot[j, i], rot[j, j] = c, -s, s, c
+        r = r @ rot
+    return r
+
+
+def centred_affine_map(shape: Sequence[int], matrix: np.ndarray, translate: Sequence[float] | None = None,
+                       out_shape: Sequence[int] | None = None) -> np.ndarray:
+    """Voxel map ``in - c_in = matrix @ (out - c_out) + translate`` about the grid centres.
+
+    As in MONAI, ``matrix`` transforms the SAMPLING grid (output -> input), so the content moves
+    by its inverse; ``translate`` is in input voxels."""
+    d = len(shape)
+    out_shape = shape if out_shape is None else out_shape
+    c_in = (np.asarray(shape, dtype=np.float64) - 1) / 2
+    c_out = (np.asarray(out_shape, dtype=np.float64) - 1) / 2
+    t = np.zeros(d) if translate is None else np.asarray(translate, dtype=np.float64)
+    mat = np.asarray(matrix, dtype=np.float64)
+    m = np.eye(d + 1)
+    m[:d, :d] = mat
+    m[:d, d] = c_in - mat @ c_out + t
+    return m
+
+
+def shear_matrix(d: int, shear) -> np.ndarray:
+    """``d x d`` shear: one elementary shear per off-diagonal coefficient (``d*(d-1)``, row by
+    row), each pre-multiplied so the first applies first and the determinant stays 1."""
+    sh = np.eye(d)
+    vals = [float(v) for v in np.atleast_1d(shear)]
+    offdiag = [(i, j) for i in range(d) for j in range(d) if i != j]
+    for (i, j), v in zip(offdiag, vals, strict=False):
+        e = np.eye(d)
+        e[i, j] = v
+        sh = e @ sh
+    return sh
+
+
+def affine_map(shape: Sequence[int], rotate=None, shear=None, scale=None, translate=None,
+               out_shape: Sequence[int] | None = None) -> np.ndarray:
+    """Voxel map of a centred sampling-grid transform ``R @ Sh @ T @ S`` (MONAI's order): the
+    output grid is scaled, translated (voxels), sheared, then rotated into the input."""
+    d = len(shape)
+    rs = np.eye(d)
+    if rotate is not None:
+        rs = rs @ rotation_matrix(rotate, d)
+    if shear is not None:
+        rs = rs @ shear_matrix(d, shear)
+    s = np.eye(d) if scale is None else np.diag([float(v) for v in (list(np.atleast_1d(scale)) * d)[:d]]
+                                                if np.size(scale) == 1 else [float(v) for v in list(scale)[:d]])
+    t = np.zeros(d) if translate is None else np.asarray([float(v) for v in translate], dtype=np.float64)
+    return centred_affine_map(shape, rs @ s, rs @ t, out_shape)
+
+
+def bounding_shape(shape: Sequence[int], matrix: np.ndarray) -> tuple[int, ...]:
+    """Shape of the box holding the input voxel centres after moving them by ``inv(matrix)``."""
+    d = len(shape)
+    corners = np.array(np.meshgrid(*[(0.0, n - 1.0) for n in shape], indexing="ij")).reshape(d, -1)
+    moved = np.linalg.inv(np.asarray(matrix)) @ corners
+    return tuple(int(v) for v in np.round(np.ptp(moved, axis=1) + 1.0))
+
+
+# --- resampling ----------------------------------------------------------------------------------
+def _signed_permutation(a: np.ndarray) -> list[int] | None:
+    """For each input axis k, the output axis feeding it, if every row/column has one nonzero."""
+    d = a.shape[0]
+    nz = np.abs(a) > TOL
+    if not (np.all(nz.sum(axis=1) == 1) and np.all(nz.sum(axis=0) == 1)):
+        return None
+    return [int(np.argmax(nz[k])) for k in range(d)]
+
+
+def _axis_resample(x: torch.Tensor, dim: int, coords: np.ndarray, mode: str, padding: str) -> torch.Tensor:
+    """Sample ``x`` along ``dim`` at float ``coords`` (1-D linear or nearest)."""
+    n = x.shape[dim]
+    if np.all(np.abs(coords - np.round(coords)) < TOL):
+        idx = np.round(coords).astype(np.int64)
+        inside = (idx >= 0) & (idx < n)
+        if inside.all():
+            if idx.size == n and np.array_equal(idx, np.arange(n)):
+                return x
+            if idx.size == n and np.array_equal(idx, np.arange(n)[::-1]):
+                return torch.flip(x, (dim,))
+            lo, hi = int(idx[0]), int(idx[-1])
+            if np.array_equal(idx, np.arange(lo, hi + 1)):
+                return x.narrow(dim, lo, idx.size)
+            return x.index_select(dim, torch.from_numpy(idx).to(x.device))
+        mode = "nearest"  # integer coords: nearest == linear; handle the out-of-grid part below
+    if padding == "border":
+        coords = np.clip(coords, 0, n - 1)
+    shape = [1] * x.ndim
+    shape[dim] = coords.size
+    if mode == "nearest":
+        idx = np.rint(coords).astype(np.int64)  # half to even, like grid_sample
+        inside = (idx >= 0) & (idx < n)
+        out = x.index_select(dim, torch.from_numpy(np.clip(idx, 0, n - 1)).to(x.device))
+        if not inside.all():
+            mask = torch.from_numpy(inside).to(x.device).reshape(shape)
+            out = out * mask.to(out.dtype) if out.is_floating_point() else torch.where(mask, out, torch.zeros((), dtype=out.dtype, device=out.device))
+        return out
+    i0 = np.floor(coords).astype(np.int64)
+    w1 = coords - i0
+    w0 = 1.0 - w1
+    i1 = i0 + 1
+    # zero weight for neighbours outside the grid ("zeros" padding)
+    w0 = np.where((i0 >= 0) & (i0 < n), w0, 0.0)
+    w1 = np.where((i1 >= 0) & (i1 < n), w1, 0.0)
+    dev = x.device
+    wdtype = _float_dtype(x.dtype)  # integer input: the weighted sum promotes to float32
+    a = x.index_select(dim, torch.from_numpy(np.clip(i0, 0, n - 1)).to(dev))
+    b = x.index_select(dim, torch.from_numpy(np.clip(i1, 0, n - 1)).to(dev))
+    wa = torch.from_numpy(w0).to(device=dev, dtype=wdtype).reshape(shape)
+    wb = torch.from_numpy(w1).to(device=dev, dtype=wdtype).reshape(shape)
+    out = a * wa
+    out += b * wb
+    return out
+
+
+def _float_dtype(dtype: torch.dtype) -> torch.dtype:
+    return dtype if dtype in (torch.float32, torch.float64) else torch.float32
+
+
+def resample(data: torch.Tensor, m: np.ndarray, out_shape: Sequence[int], mode: str = "bilinear",
+             padding_mode: str = "zeros") -> torch.Tensor:
+    """Resample channel-first ``data`` through voxel map ``m`` onto ``out_shape`` (see module doc)."""
+    if mode not in ("nearest", *LINEAR):
+        raise ValueError(f"resample: mode must be 'nearest' or 'bilinear', got {mode!r}")
+    if padding_mode not in ("zeros", "border"):
+        raise ValueError(f"resample: padding_mode must be 'zeros' or 'border', got {padding_mode!r}")
+    m = np.asarray(m, dtype=np.float64)
+    d = data.ndim - 1
+    out_shape = tuple(int(s) for s in out_shape)
+    a, b = m[:d, :d], m[:d, d]
+    perm = _signed_permutation(a)
+    if perm is not None:
+        x = data
+        linear = mode != "nearest"
+        # do shrinking axes first: less work for the later passes
+        order = sorted(range(d), key=lambda k: out_shape[perm[k]] / max(data.shape[k + 1], 1))
+        for k in order:
+            coords = a[k, perm[k]] * np.arange(out_shape[perm[k]], dtype=np.float64) + b[k]
+            x = _axis_resample(x, k + 1, coords, "nearest" if not linear else "linear", padding_mode)
+        # axis k of x now runs along output axis perm[k]
+        inv = [0] * d
+        for k in range(d):
+            inv[perm[k]] = k
+        if inv != list(range(d)):
+            x = x.permute(0, *[i + 1 for i in inv])
+        from medcore.transforms.functional.crop_pad import compact
+
+        return compact(x)
+    return _grid_resample(data, m, out_shape, mode, padding_mode)
+
+
+def _grid_resample(data: torch.Tensor, m: np.ndarray, out_shape: tuple[int, ...], mode: str, padding_mode: str) -> torch.Tensor:
+    d = data.ndim - 1
+    if d not in (2, 3):
+        raise ValueError(f"resample: rotations/shears need 2 or 3 spatial axes, got {d}")
+    dev = data.device
+    dtype = _float_dtype(data.dtype) if data.dtype != torch.float64 else torch.float64
+    in_shape = np.asarray(data.shape[1:], dtype=np.float64)
+    # normalised coords (align_corners=True): g = 2 * i / (n - 1) - 1; fold that into the map
+    norm_in = np.eye(d + 1)
+    norm_in[:d, :d] = np.diag(np.where(in_shape > 1, 2.0 / np.maximum(in_shape - 1, 1), 0.0))
+    norm_in[:d, d] = np.where(in_shape > 1, -1.0, 0.0)
+    g = norm_in @ m  # output voxel -> normalised input coordinate
+    # grid_sample wants the last dim in (x=W, y=H, z=D) order: reverse the spatial axes
+    rev = g[:d][::-1]
+    mat = torch.from_numpy(rev.copy()).to(device=dev, dtype=torch.float32 if dtype != torch.float64 else torch.float64)
+    axes = [torch.arange(n, device=dev, dtype=mat.dtype) for n in out_shape]
+    grid = mat[:, d].clone().expand(*out_shape, d).clone()
+    for j in range(d):
+        shape = [1] * d
+        shape[j] = out_shape[j]
+        grid += axes[j].reshape(*shape, 1) * mat[:, j]
+    x = data.to(dtype)[None]
+    out = F.grid_sample(x, grid[None], mode="nearest" if mode == "nearest" else "bilinear",
+                        padding_mode="zeros" if padding_mode == "zeros" else "border", align_corners=True)[0]
+    if mode == "nearest" and not data.is_floating_point():
+        out = out.round().to(data.dtype)
+    return out
+
+
+def gaussian_kernel1d(sigma: float, truncate: float = 4.0, device=None, dtype=torch.float32) -> torch.Tensor:
+    radius = max(int(truncate * sigma + 0.5), 1)
+    x = torch.arange(-radius, radius + 1, device=device, dtype=torch.float64)
+    k = torch.exp(-0.5 * (x / sigma) ** 2)
+    return (k / k.sum()).to(dtype)
+
+
+def gaussian_smooth(data: torch.Tensor, sigma: Sequence[float] | float) -> torch.Tensor:
+    """Separable Gaussian blur per channel (sigma in voxels; 0 skips an axis), edges replicated."""
+    d = data.ndim - 1
+    sig = [float(sigma)] * d if np.isscalar(sigma) else [float(s) for s in sigma]
+    x = data if data.is_floating_point() else data.float()
+    for axis, s in enumerate(sig):
+        if s <= 0:
+            continue
+        k = gaussian_kernel1d(s, device=x.device, dtype=x.dtype)
+        r = (k.numel() - 1) // 2
+        moved = x.movedim(axis + 1, -1)
+        shp = moved.shape
+        flat = moved.reshape(-1, 1, shp[-1])
+        flat = F.pad(flat, (r, r), mode="replicate") if shp[-1] > 1 else F.pad(flat, (r, r), mode="constant", value=float(flat.flatten()[0]) if flat.numel() else 0.0)
+        flat = F.conv1d(flat, k.reshape(1, 1, -1))
+        x = flat.reshape(shp).movedim(-1, axis + 1)
+    return x.contiguous()

@@ -1,0 +1,78 @@
+"""``medcore convert`` end to end, ``load_series``, NIfTI writing and the sidecar."""
+
+from __future__ import annotations
+
+import json
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pytest
+from dicom_factory import phantom, write_series
+
+from medcore.cli import main
+from medcore.dicom.convert import load_series
+from medcore.dicom.nifti import write_nifti
+
+
+@pytest.fixture()
+def key_env(monkeypatch):
+    monkeypatch.setenv("MEDCORE_DEID_KEY", "ab" * 32)
+
+
+def test_cli_converts_and_summarises(tmp_path, key_env, capsys):
+    write_series(tmp_path / "in" / "Doe^Jane", 4, rows=8, cols=6, series_number=3)
+    (tmp_path / "in" / "junk.txt").write_text("x")
+    rc = main(["convert", str(tmp_path / "in"), str(tmp_path / "out"), "--quiet", "--workers", "1"])
+    out = capsys.readouterr().out
+    assert rc == 0
+    assert "series written: 1" in out and "quarantined not_dicom: 1" in out
+    assert "junk.txt" not in out and "Doe" not in out
+    (nii,) = (tmp_path / "out").rglob("*.nii.gz")
+    assert nii.name.startswith("sub-") and "_ses-" in nii.name
+    img = nib.load(nii)
+    assert img.shape == (6, 8, 4) and int(img.header["qform_code"]) == 1 and int(img.header["sform_code"]) == 1
+    sidecar = json.loads(nii.with_name(nii.name.replace(".nii.gz", ".json")).read_text())
+    assert sidecar["SeriesNumber"] == 3 and sidecar["Modality"] == "CT" and sidecar["SliceThickness"] == 2.0
+    index = pd.read_parquet(tmp_path / "out" / "series_index.parquet")
+    assert index.loc[0, "n_files"] == 4
+
+
+def test_cli_show_paths_and_uncompressed(tmp_path, key_env, capsys):
+    write_series(tmp_path / "in", 3, rows=8, cols=6)
+    (tmp_path / "in" / "junk.txt").write_text("x")
+    assert main(["convert", str(tmp_path / "in"), str(tmp_path / "out"), "--quiet", "--no-compress",
+                 "--show-paths", "--workers", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "junk.txt" in out  # only on request, only to the terminal
+    assert list((tmp_path / "out").rglob("*.nii")) and not list((tmp_path / "out").rglob("*.nii.gz"))
+    q = pd.read_parquet(tmp_path / "out" / "quarantine.parquet")
+    assert "junk" not in q.to_csv()
+
+
+def test_cli_missing_input_is_a_clear_error(tmp_path, key_env, capsys):
+    assert main(["convert", str(tmp_path / "nope"), str(tmp_path / "out")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_load_series_folder_and_file_list(tmp_path):
+    paths = write_series(tmp_path / "s", 5, rows=8, cols=6, origin=(1.0, 2.0, 3.0))
+    arr, affine, meta = load_series(tmp_path / "s")
+    assert arr.shape == (6, 8, 5) and meta["n_volumes"] == 1
+    np.testing.assert_array_equal(arr[:, :, 2], (phantom(8, 6, 2).astype(np.int32) - 1024).T)
+    np.testing.assert_allclose(affine @ [0, 0, 0, 1], [-1.0, -2.0, 3.0, 1.0])
+    arr2, affine2, _ = load_series(paths[::-1])
+    np.testing.assert_array_equal(arr, arr2)
+    np.testing.assert_allclose(affine, affine2)
+    with pytest.raises(ValueError, match="no DICOM image"):
+        (tmp_path / "t").mkdir()
+        (tmp_path / "t" / "a.txt").write_text("x")
+        load_series(tmp_path / "t")
+
+
+def test_write_nifti_refuses_a_sheared_affine(tmp_path):
+    shear = np.eye(4)
+    shear[0, 2] = 0.5
+    with pytest.raises(ValueError, match="sheared"):
+        write_nifti(np.zeros((2, 3, 4), np.int16), shear, tmp_path / "x.nii")
+    assert not (tmp_path / "x.nii").exists()

@@ -1,0 +1,238 @@
+"""Acceptance on real data: same image in world space as the reference conversions, and never a
+wrong affine on the hard cases (gantry tilt, irregular spacing, missing slices, mixed orientations).
+
+Comparison is in world space: the reference's voxel grid is mapped through both affines onto
+ours (dcm2niix flips and orders axes its own way); the map must be a signed axis permutation
+whose voxel centres agree within 0.01 mm, and the voxel values must then be identical (integers)
+or within 1e-4 relative (scaled data).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pydicom
+import pytest
+
+from medcore.dicom.convert import convert_tree
+from medcore.dicom.deid import Deidentifier
+
+DCM_QA = ["dcm_qa", "dcm_qa_12bit", "dcm_qa_enh", "dcm_qa_nih", "dcm_qa_philips", "dcm_qa_ts", "dcm_qa_uih"]
+WORLD_TOL_MM = 0.01
+KEY = Deidentifier(b"r" * 32)
+
+
+def _convert(folder: Path, out: Path):
+    return convert_tree(folder, out, deid=KEY, compress=False, progress=False, workers=1)
+
+
+def _grid_map(ref_aff, ref_shape, our_aff, our_shape):
+    """Signed permutation ``(perm, flips)`` taking our array to the reference grid, or a reason."""
+    m = np.linalg.inv(our_aff) @ ref_aff
+    p = np.round(m[:3, :3])
+    if not (np.all(np.abs(p).sum(0) == 1) and np.all(np.abs(p).sum(1) == 1)):
+        return f"axes not a permutation:\n{np.round(m[:3, :3], 3)}"
+    t = np.round(m[:3, 3])
+    corners = np.array(list(itertools.product(*[(0, n - 1) for n in ref_shape[:3]])), dtype=float)
+    ref_w = corners @ ref_aff[:3, :3].T + ref_aff[:3, 3]
+    our_idx = corners @ p.T + t
+    our_w = our_idx @ our_aff[:3, :3].T + our_aff[:3, 3]
+    err = float(np.max(np.linalg.norm(ref_w - our_w, axis=1)))
+    if err > WORLD_TOL_MM:
+        return f"voxel centres differ by {err:.4f} mm"
+    if np.any(our_idx < -1e-6) or np.any(our_idx > np.asarray(our_shape[:3]) - 1 + 1e-6):
+        return f"reference grid {ref_shape} falls outside ours {our_shape}"
+    perm = [int(np.argmax(np.abs(p[:, i]))) for i in range(3)]
+    flips = [p[perm[i], i] < 0 for i in range(3)]
+    if [our_shape[j] for j in perm] != list(ref_shape[:3]):
+        return f"shape {our_shape} does not match reference {ref_shape}"
+    return perm, flips
+
+
+def _values(img) -> np.ndarray:
+    arr = np.asanyarray(img.dataobj)
+    return arr
+
+
+def compare(ref_path: Path, ours: Path) -> str | None:
+    """None when ``ours`` equals the reference in world space, else the reason."""
+    ref, our = nib.load(str(ref_path)), nib.load(str(ours))
+    rs, os_ = ref.shape, our.shape
+    if len(rs) != len(os_) or rs[3:] != os_[3:]:
+        return f"dimensions {os_} vs reference {rs}"
+    mapped = _grid_map(ref.affine, rs, our.affine, os_)
+    if isinstance(mapped, str):
+        return mapped
+    perm, flips = mapped
+    a = _values(our)
+    a = np.transpose(a, perm + list(range(3, a.ndim)))
+    for i, f in enumerate(flips):
+        if f:
+            a = np.flip(a, axis=i)
+    b = _values(ref)
+    if a.dtype.fields is not None or b.dtype.fields is not None:  # RGB
+        equal = a.tobytes() == b.tobytes()
+        return None if equal else "RGB values differ"
+    a64, b64 = a.astype(np.float64), b.astype(np.float64)
+    if np.issubdtype(a.dtype, np.integer) and np.issubdtype(b.dtype, np.integer):
+        bad = int(np.count_nonzero(a64 != b64))
+        return None if bad == 0 else f"{bad} voxels differ"
+    scale = max(1.0, float(np.max(np.abs(b64))))
+    diff = float(np.max(np.abs(a64 - b64))) if a64.size else 0.0
+    return None if diff <= 1e-4 * scale else f"max difference {diff:.4g} (scale {scale:.4g})"
+
+
+def _refs_by_series(ref_dir: Path) -> list[tuple[Path, int, int | None]]:
+    out = []
+    for nii in sorted(ref_dir.glob("*.nii")):
+        meta = json.loads(nii.with_suffix(".json").read_text())
+        out.append((nii, int(meta["SeriesNumber"]), meta.get("EchoNumber")))
+    return out
+
+
+def _match(ref: Path, candidates: list[Path]) -> tuple[bool, list[str]]:
+    reasons = []
+    for c in candidates:
+        why = compare(ref, c)
+        if why is None:
+            return True, []
+        reasons.append(f"{c.name}: {why}")
+    return False, reasons
+
+
+def test_dcm_qa_references(shared_data, tmp_path):
+    compared, failures = 0, []
+    for name in DCM_QA:
+        root = shared_data / "dicom" / name
+        report = _convert(root / "In", tmp_path / name)
+        assert report.balanced
+        for ref, number, echo in _refs_by_series(root / "Ref"):
+            cands = [tmp_path / name / r.nifti for r in report.series if r.series_number == number]
+            ok, reasons = _match(ref, cands)
+            compared += 1
+            if not ok:
+                failures.append(f"{name}/{ref.name}: " + ("; ".join(reasons) or "no output for this series"))
+    print(f"\ncompared {compared} dcm_qa reference series, {len(failures)} failed")
+    assert compared >= 30
+    assert not failures, "\n".join(failures)
+
+
+def test_dicom2nifti_ground_truths(shared_data, tmp_path):
+    base = shared_data / "dicom" / "dicom2nifti"
+    compared, failures = 0, []
+    for truth in sorted(base.rglob("*_ground_truth.nii.gz")):
+        if "failing" in truth.parts:
+            continue  # checked geometrically below: those inputs must never give a wrong affine
+        folder = truth.parent / truth.name.replace("_ground_truth.nii.gz", "")
+        out = tmp_path / f"{truth.parent.name}_{folder.name}"
+        report = _convert(folder, out)
+        ok, reasons = _match(truth, [out / r.nifti for r in report.series])
+        compared += 1
+        if not ok:
+            failures.append(f"{truth.relative_to(base)}: " + ("; ".join(reasons) or "no output"))
+    print(f"\ncompared {compared} dicom2nifti ground truths, {len(failures)} failed")
+    assert compared >= 9
+    assert not failures, "\n".join(failures)
+
+
+def test_dcm_qa_ct_philips_matches_dcm2niix_run_here(shared_data, tmp_path):
+    """dcm_qa_ct ships JSON only: run the dcm2niix binary in the test as the reference."""
+    exe = shutil.which("dcm2niix") or str(Path(sys.executable).parent / "dcm2niix")
+    if not Path(exe).exists():
+        pytest.fail("dcm2niix binary not found (pip package dcm2niix, installed with the dev extra)")
+    src = shared_data / "dicom" / "dcm_qa_ct" / "In" / "Philips"
+    ref_dir = tmp_path / "ref"
+    ref_dir.mkdir()
+    subprocess.run([exe, "-z", "n", "-f", "%s_%e", "-o", str(ref_dir), str(src)], check=True,
+                   capture_output=True, timeout=120)
+    report = _convert(src, tmp_path / "ours")
+    refs = sorted(ref_dir.glob("*.nii"))
+    assert refs
+    compared = 0
+    for ref in refs:
+        number = int(ref.name.split("_")[0])
+        ok, reasons = _match(ref, [tmp_path / "ours" / r.nifti for r in report.series if r.series_number == number])
+        assert ok, f"{ref.name}: {reasons}"
+        compared += 1
+    print(f"\ncompared {compared} dcm_qa_ct Philips series against dcm2niix run here")
+
+
+def _header_geometry(path: Path):
+    ds = pydicom.dcmread(path, stop_before_pixels=True, force=True)
+    return (np.array(ds.ImageOrientationPatient, float), np.array(ds.ImagePositionPatient, float),
+            np.array(ds.PixelSpacing, float), int(ds.Rows), int(ds.Columns))
+
+
+def _check_geometry(out: Path, record, sources: list[Path]) -> None:
+    """Independent check from the DICOM headers: orthogonal axes along IOP, origin at the
+    lowest slice, and (when not resampled) every source slice at a whole voxel plane."""
+    img = nib.load(str(out / record.nifti))
+    aff = img.affine
+    lps = np.diag([-1, -1, 1, 1]) @ aff
+    geo = [_header_geometry(p) for p in sources]
+    iop, _, ps, rows, cols = geo[0]
+    u, v = iop[:3] / np.linalg.norm(iop[:3]), iop[3:] / np.linalg.norm(iop[3:])
+    n = np.cross(u, v)
+    np.testing.assert_allclose(lps[:3, 0], u * ps[1], atol=1e-4)
+    np.testing.assert_allclose(lps[:3, 1], v * ps[0], atol=1e-4)
+    assert abs(float(lps[:3, 2] @ n) - np.linalg.norm(lps[:3, 2])) < 1e-4, "slice axis not along the normal"
+    assert img.shape[:2] == (cols, rows)
+    if record.resampled:
+        ipps = np.array([g[1] for g in geo])
+        first = ipps[np.argmin(ipps @ n)]
+        np.testing.assert_allclose(lps[:3, 3], first, atol=WORLD_TOL_MM)
+        extent = (ipps @ n).max() - (ipps @ n).min()
+        assert (img.shape[2] - 1) * np.linalg.norm(lps[:3, 2]) <= extent + 1e-3
+        return
+    inv = np.linalg.inv(lps)
+    for _, ipp, _, _, _ in geo:
+        idx = inv @ np.append(ipp, 1.0)
+        assert np.allclose(idx[:3], np.round(idx[:3]), atol=WORLD_TOL_MM / np.linalg.norm(lps[:3, 2])), idx
+        assert abs(idx[0]) < 1e-3 and abs(idx[1]) < 1e-3
+
+
+@pytest.mark.parametrize("case", ["dcm_qa_ct/In/GE", "dicom2nifti/failing", "monai_ct"])
+def test_hard_cases_never_give_a_wrong_affine(shared_data, tmp_path, case):
+    src = shared_data / "dicom" / case
+    report = _convert(src, tmp_path / "out")
+    assert report.balanced
+    files_by_series: dict[str, list[Path]] = {}
+    written = {r.series_id for r in report.series}
+    for rec in report.series:
+        # the files behind a record: all image files of that SeriesNumber whose header has its orientation
+        sources = []
+        for p in sorted(src.rglob("*")):
+            if not p.is_file() or p.suffix == ".gz":
+                continue
+            try:
+                ds = pydicom.dcmread(p, stop_before_pixels=True, force=True)
+            except Exception:
+                continue
+            if getattr(ds, "SeriesNumber", None) == rec.series_number and "ImagePositionPatient" in ds:
+                sources.append(p)
+        files_by_series[rec.series_id] = sources
+        iops = {tuple(np.round(_header_geometry(p)[0], 3)) for p in sources}
+        if len(iops) > 1:  # several stacks share the number: keep the files matching this output
+            img = nib.load(str(tmp_path / "out" / rec.nifti))
+            u = (np.diag([-1, -1, 1, 1]) @ img.affine)[:3, 0]
+            sources = [p for p in sources if np.allclose(_header_geometry(p)[0][:3] * _header_geometry(p)[2][1],
+                                                         u, atol=1e-3)]
+            positions = {tuple(np.round(_header_geometry(p)[1], 2)) for p in sources}
+            sources = [p for p in sources if tuple(np.round(_header_geometry(p)[1], 2)) in positions]
+        _check_geometry(tmp_path / "out", rec, sources)
+    refused = report.quarantine[report.quarantine["code"] != "duplicate_file"]
+    assert all(len(m) > 10 for m in refused["message"])
+    print(f"\n{case}: {len(written)} volumes written (geometry checked), "
+          f"{len(refused)} files refused: {sorted(set(refused['code']))}")
+    if case == "monai_ct":
+        assert set(report.quarantine["code"]) == {"missing_slices"}
+    if case == "dcm_qa_ct/In/GE":
+        (rec,) = report.series
+        assert rec.resampled and {"gantry_tilt", "irregular_spacing"} <= set(rec.issues)

@@ -1,0 +1,110 @@
+"""A tiny, deterministic training run used by the engine tests (as a plain script and under torchrun).
+
+python tests/engine/engine_tiny_train.py RUN_DIR [--batch-size B] [--epochs E] [--ckpt-every N] ...
+Writes RUN_DIR/final.safetensors (the final weights) on rank 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from medcore.engine.data import EpochDataset  # noqa: E402
+from medcore.engine.distributed import (all_reduce_sum, init_distributed, shard_indices,  # noqa: E402
+                                        shutdown_distributed)
+from medcore.engine.trainer import Callback, Trainer, TrainerConfig  # noqa: E402
+
+
+def make_item(index: int, size: int = 8) -> dict:
+    g = torch.Generator().manual_seed(1000 + index)
+    image = torch.randn(1, size, size, size, generator=g)
+    label = (image[0] > 0.3).long()
+    return {"image": image, "label": label}
+
+
+def augment(item: dict, rng: torch.Generator) -> dict:
+    image, label = item["image"], item["label"]
+    if torch.rand((), generator=rng) < 0.5:
+        image, label = image.flip(-1), label.flip(-1)
+    image = image + 0.05 * torch.randn(image.shape, generator=rng)
+    return {"image": image, "label": label}
+
+
+class TinyNet(nn.Module):
+    def __init__(self, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv3d(1, 4, 3, padding=1, bias=False), nn.InstanceNorm3d(4), nn.LeakyReLU(0.01),
+                                  nn.Dropout3d(dropout), nn.Conv3d(4, 2, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)
+
+
+def dice_evaluator(items: list[dict]):
+    def evaluate(model, ctx, precision) -> dict:
+        sums = torch.zeros(2, dtype=torch.float64)
+        for i in shard_indices(len(items), ctx):
+            pred = model(items[i]["image"][None].to(ctx.device)).argmax(1)[0].cpu()
+            ref = items[i]["label"]
+            inter, total = ((pred == 1) & (ref == 1)).sum().item(), (pred == 1).sum().item() + (ref == 1).sum().item()
+            sums += torch.tensor([2 * inter / max(total, 1), 1.0], dtype=torch.float64)
+        sums = all_reduce_sum(sums, ctx)
+        return {"val_dice_mean": (sums[0] / sums[1]).item()}
+    return evaluate
+
+
+class Pause(Callback):
+    """Write ``RUN_DIR/step_N`` markers and sleep a little after each step (so a test can kill mid-epoch)."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+
+    def on_step_end(self, trainer, loss) -> None:
+        if trainer.ctx.is_main:
+            (trainer.run_dir / f"step_{trainer.global_step}").touch()
+        time.sleep(self.seconds)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser()
+    p.add_argument("run_dir")
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--epochs", type=int, default=2)
+    p.add_argument("--items", type=int, default=16)
+    p.add_argument("--ckpt-every", type=int, default=0)
+    p.add_argument("--dropout", type=float, default=0.0)
+    p.add_argument("--workers", type=int, default=0)
+    p.add_argument("--optimizer", default="adamw")
+    p.add_argument("--pause", type=float, default=0.0)
+    args = p.parse_args()
+    torch.set_num_threads(1)
+    ctx = init_distributed("cpu")
+    run_dir = Path(args.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    items = [make_item(i) for i in range(args.items)]
+    config = TrainerConfig(max_epochs=args.epochs, batch_size=args.batch_size, checkpoint_every_steps=args.ckpt_every,
+                           seed=7, num_workers=args.workers, optimizer={"name": args.optimizer, "lr": 1e-2},
+                           schedule={"kind": "cosine", "warmup_steps": 2}, grad_clip=1.0, progress=False)
+    torch.manual_seed(0)
+    trainer = Trainer(TinyNet(args.dropout), nn.CrossEntropyLoss(), EpochDataset(items, augment, seed=3), run_dir,
+                      config, evaluator=dice_evaluator([make_item(100 + i) for i in range(5)]), ctx=ctx,
+                      callbacks=[Pause(args.pause)] if args.pause else [])
+    trainer.fit()
+    if ctx.is_main:
+        save_file({k: v.contiguous() for k, v in trainer.model.state_dict().items()}, str(run_dir / "final.safetensors"))
+    shutdown_distributed()
+    return 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    sys.exit(main())

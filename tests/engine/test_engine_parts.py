@@ -1,0 +1,146 @@
+"""Schedules, optimisers, precision choices, the sharded sampler, epoch data and the metrics history."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from medcore.engine.amp import choose_precision, make_scaler, use_channels_last
+from medcore.engine.data import EpochDataset, sample_rng
+from medcore.engine.distributed import DistContext, ShardedBatchSampler, all_reduce_sum, shard_indices
+from medcore.engine.history import MetricsHistory
+from medcore.engine.optim import build_optimizer
+from medcore.engine.schedulers import LRSchedule, build_schedule, set_learning_rate
+
+
+def test_poly_cosine_and_warmup_factors():
+    poly = LRSchedule("poly", total_steps=100, power=0.9)
+    assert poly.factor(0) == 1.0 and poly.factor(50) == pytest.approx(0.5 ** 0.9) and poly.factor(100) == 0.0
+    cos = LRSchedule("cosine", total_steps=110, warmup_steps=10, min_factor=0.1)
+    assert [cos.factor(i) for i in (0, 4, 9)] == pytest.approx([0.1, 0.5, 1.0])
+    assert cos.factor(60) == pytest.approx(0.1 + 0.9 * 0.5) and cos.factor(110) == pytest.approx(0.1)
+    assert LRSchedule("constant", total_steps=5).factor(3) == 1.0
+    with pytest.raises(ValueError, match="unknown lr schedule kind 'step'"):
+        LRSchedule("step")
+    with pytest.raises(ValueError, match=r"unknown field\(s\) \['gamma'\]"):
+        build_schedule({"gamma": 0.1}, 10)
+
+
+def test_set_learning_rate_scales_each_group_from_its_initial_lr():
+    a, b = nn.Parameter(torch.zeros(1)), nn.Parameter(torch.zeros(1))
+    opt = torch.optim.SGD([{"params": [a], "lr": 1.0}, {"params": [b], "lr": 0.1}])
+    sched = LRSchedule("poly", total_steps=10, power=1.0)
+    set_learning_rate(opt, sched, 5)
+    set_learning_rate(opt, sched, 5)  # idempotent: always from initial_lr
+    assert [g["lr"] for g in opt.param_groups] == pytest.approx([0.5, 0.05])
+
+
+def test_optimizers_from_config():
+    params = [nn.Parameter(torch.zeros(2))]
+    sgd = build_optimizer({"name": "sgd", "lr": 0.01}, params)
+    assert isinstance(sgd, torch.optim.SGD) and sgd.defaults["nesterov"] and sgd.defaults["momentum"] == 0.99
+    adamw = build_optimizer({"name": "AdamW", "weight_decay": 0.01}, params)
+    assert isinstance(adamw, torch.optim.AdamW) and adamw.defaults["weight_decay"] == 0.01
+    with pytest.raises(ValueError, match="unknown optimizer 'lamb'"):
+        build_optimizer({"name": "lamb"}, params)
+    with pytest.raises(ValueError, match=r"unknown field\(s\) \['nesterov'\]"):
+        build_optimizer({"name": "adamw", "nesterov": True}, params)
+
+
+def test_precision_is_full_on_cpu_and_chosen_on_cuda(monkeypatch):
+    cpu = choose_precision("cpu", "auto")
+    assert cpu.dtype is None and not cpu.needs_scaler and cpu.name == "fp32"
+    assert not make_scaler(cpu).is_enabled()
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    assert choose_precision("cuda:0", "auto").dtype == torch.bfloat16
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    fp16 = choose_precision("cuda:0", "auto")
+    assert fp16.dtype == torch.float16 and fp16.needs_scaler
+    assert choose_precision("cuda:0", "fp32").dtype is None
+    with pytest.raises(ValueError, match="unknown amp mode"):
+        choose_precision("cpu", "int8")
+    model = nn.Conv3d(1, 1, 1)
+    assert use_channels_last(model, "cpu") is False
+
+
+@pytest.mark.parametrize("world,batch,n", [(1, 4, 16), (2, 2, 16), (2, 3, 17), (3, 2, 5)])
+def test_sampler_shards_evenly_and_matches_the_multiplied_batch(world, batch, n):
+    single = ShardedBatchSampler(n, batch * world, seed=5, drop_last=False)
+    shards = [ShardedBatchSampler(n, batch, rank=r, world_size=world, seed=5, drop_last=False) for r in range(world)]
+    for s in [single, *shards]:
+        s.set_epoch(2)
+    per_rank = [list(s) for s in shards]
+    assert len({len(b) for b in per_rank}) == 1 and len(per_rank[0]) == len(single)
+    for k, big in enumerate(single):
+        union = sorted(key for r in range(world) for key in per_rank[r][k])
+        assert union == sorted(big)
+    covered = {key[2] for b in single for key in b}
+    assert covered == set(range(n))
+
+
+def test_sampler_resume_skips_trained_batches_and_epochs_differ():
+    s = ShardedBatchSampler(10, 2, seed=1, samples_per_epoch=14)
+    s.set_epoch(0)
+    full = list(s)
+    assert len(full) == len(s) == 7
+    s.set_epoch(0, start_batch=3)
+    assert list(s) == full[3:]
+    s.set_epoch(1)
+    assert [k[2] for b in list(s) for k in b] != [k[2] for b in full for k in b]
+    with pytest.raises(ValueError, match="dataset is empty"):
+        ShardedBatchSampler(0, 2)
+
+
+def test_epoch_dataset_draws_depend_only_on_seed_epoch_and_position():
+    ds = EpochDataset([torch.zeros(3)] * 4, lambda x, rng: x + torch.rand(3, generator=rng), seed=9)
+    assert torch.equal(ds[(1, 2, 0)], ds[(1, 2, 3)])  # same (epoch, position), any index: same draw
+    assert not torch.equal(ds[(1, 2, 0)], ds[(1, 3, 0)])
+    assert not torch.equal(ds[(1, 2, 0)], ds[(2, 2, 0)])
+    assert torch.equal(torch.rand(2, generator=sample_rng(9, 1, 2)), torch.rand(2, generator=sample_rng(9, 1, 2)))
+
+
+def test_single_process_helpers_need_no_process_group():
+    ctx = DistContext()
+    t = torch.tensor([1.0, 2.0])
+    assert torch.equal(all_reduce_sum(t, ctx), t) and ctx.is_main and not ctx.is_distributed
+    assert shard_indices(5, DistContext(rank=1, world_size=2)) == [1, 3]
+
+
+def test_history_writes_csv_json_and_png(tmp_path):
+    h = MetricsHistory()
+    h.append({"epoch": 0, "train_loss": 1.0})
+    h.append({"epoch": 1, "train_loss": 0.5, "val_dice_mean": 0.7})
+    h.write(tmp_path)
+    assert (tmp_path / "history.csv").read_text().splitlines() == [
+        "epoch,train_loss,val_dice_mean", "0,1.0,", "1,0.5,0.7"]
+    assert json.loads((tmp_path / "history.json").read_text())[1]["val_dice_mean"] == 0.7
+    png = (tmp_path / "curves.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
+
+
+def test_trainer_early_stops_and_keeps_best_checkpoint(tmp_path):
+    from engine_tiny_train import TinyNet, augment, make_item
+
+    from medcore.engine.checkpoint import load_checkpoint
+    from medcore.engine.trainer import Trainer, TrainerConfig
+
+    scores = iter([0.5, 0.7, 0.6, 0.65, 0.1, 0.9])
+    evaluator = lambda model, ctx, precision: {"val_dice_mean": next(scores)}  # noqa: E731
+    cfg = TrainerConfig(max_epochs=6, batch_size=2, early_stopping_patience=2, progress=False, seed=1,
+                        optimizer={"name": "sgd", "lr": 0.01}, schedule={"kind": "poly", "warmup_steps": 1})
+    trainer = Trainer(TinyNet(), nn.CrossEntropyLoss(), EpochDataset([make_item(i) for i in range(4)], augment),
+                      tmp_path, cfg, evaluator=evaluator)
+    summary = trainer.fit()
+    assert summary["epochs"] == 4 and summary["stop_reason"].startswith("early stopping")
+    assert summary["best_score"] == 0.7 and summary["best_epoch"] == 1
+    best = load_checkpoint(tmp_path / "checkpoints" / "best.safetensors")
+    assert best["best"] == {"score": 0.7, "epoch": 1, "bad_validations": 0} and best["progress"]["epoch"] == 2
+    records = json.loads((tmp_path / "history.json").read_text())
+    assert [r["val_dice_mean"] for r in records] == [0.5, 0.7, 0.6, 0.65]
+    assert all(0.0 <= r["data_wait_fraction"] <= 1.0 and r["samples_per_s"] > 0 for r in records)
+    assert math.isclose(records[-1]["lr"], 0.01 * (1 - (7 - 1) / (12 - 1)) ** 0.9)  # step 7 of 12, 1 warm-up
+    assert json.loads((tmp_path / "summary.json").read_text())["status"] == "completed"

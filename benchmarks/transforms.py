@@ -211,45 +211,47 @@ def medcore_cache(prefix: Compose, items: list[dict]):
 
 
 def bench(items: list[dict], kind: str, epochs: int, torchio: bool) -> dict:
+    """Interleaved timing (medcore, then MONAI, per item) so machine load hits both alike."""
     import monai
     from monai.data import CacheDataset as MonaiCache
 
     res: dict = {}
     chain = medcore_chain(kind)
     prefix, rest = chain.split_deterministic()
-    n_out = 0
-    t0 = time.perf_counter()
-    for i, it in enumerate(tqdm(items, desc=f"medcore {kind} uncached", leave=False)):
-        n_out += len(chain(medcore_load(it), make_rng(0, 0, i)))
-    res["medcore_uncached"] = n_out / (time.perf_counter() - t0)
-
     mc = monai_chain(kind)
-    n_out = 0
-    t0 = time.perf_counter()
-    for it in tqdm(items, desc=f"monai {kind} uncached", leave=False):
-        n_out += len(mc(dict(it)))
-    res["monai_uncached"] = n_out / (time.perf_counter() - t0)
+    t_ours = t_monai = 0.0
+    n_ours = n_monai = 0
+    for i, it in enumerate(tqdm(items, desc=f"{kind} uncached", leave=False)):
+        t0 = time.perf_counter()
+        n_ours += len(chain(medcore_load(it), make_rng(0, 0, i)))
+        t1 = time.perf_counter()
+        n_monai += len(mc(dict(it)))
+        t2 = time.perf_counter()
+        t_ours += t1 - t0
+        t_monai += t2 - t1
+    res["medcore_uncached"] = n_ours / t_ours
+    res["monai_uncached"] = n_monai / t_monai
 
     cache, how = medcore_cache(prefix, items)
     res["cache_impl"] = how
     raw = sum(c["image"].data.numel() * c["image"].data.element_size() + c["label"].data.numel() * c["label"].data.element_size()
               for c in cache)
     res["cache_bytes_ratio"] = storage_bytes(cache, set()) / raw
-    n_out = 0
-    t0 = time.perf_counter()
-    for ep in range(epochs):
-        for i, c in enumerate(cache):
-            n_out += len(rest(c, make_rng(0, ep + 1, i)))
-    res["medcore_cached"] = n_out / (time.perf_counter() - t0)
-
     monai.utils.set_determinism(0)
     ds = MonaiCache([dict(it) for it in items], transform=monai_chain(kind), cache_rate=1.0, num_workers=0, progress=False)
-    n_out = 0
-    t0 = time.perf_counter()
-    for _ in range(epochs):
-        for i in range(len(ds)):
-            n_out += len(ds[i])
-    res["monai_cached"] = n_out / (time.perf_counter() - t0)
+    t_ours = t_monai = 0.0
+    n_ours = n_monai = 0
+    for ep in range(epochs):
+        for i, c in enumerate(cache):
+            t0 = time.perf_counter()
+            n_ours += len(rest(c, make_rng(0, ep + 1, i)))
+            t1 = time.perf_counter()
+            n_monai += len(ds[i])
+            t2 = time.perf_counter()
+            t_ours += t1 - t0
+            t_monai += t2 - t1
+    res["medcore_cached"] = n_ours / t_ours
+    res["monai_cached"] = n_monai / t_monai
     if torchio:
         res["torchio_uncached"] = run_torchio(items, kind)
     return res

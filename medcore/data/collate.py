@@ -8,7 +8,7 @@ batch of B*N. For each ``Image`` entry ``k`` the batch holds
 * ``batch[k + "_affine"]``: ``(B*N, 4, 4)`` float64 affines,
 * ``batch[k + "_meta"]`` and ``batch[k + "_ops"]``: lists of the meta dicts and op lists.
 
-Tensors are stacked, numbers become tensors, other values become lists; label-index side entries
+Tensors are stacked, bools/ints/floats become bool/int64/float64 tensors, other values become lists; label-index side entries
 (``<key>_indices``) are dropped. ``None`` samples (items skipped with ``on_error="skip"``) are
 dropped. A bare ``Image`` sample is treated as ``{"image": img}``. ``decollate`` inverts it.
 """
@@ -62,7 +62,7 @@ def collate(batch: list[Any]) -> dict[str, Any]:
         return {}
     keys = list(samples[0])
     for i, s in enumerate(samples[1:], 1):
-        if list(s) != keys and set(s) != set(keys):
+        if set(s) != set(keys):
             raise ValueError(f"collate: sample {i} has keys {sorted(s)} but sample 0 has {sorted(keys)}")
     out: dict[str, Any] = {}
     for k in keys:
@@ -79,9 +79,12 @@ def collate(batch: list[Any]) -> dict[str, Any]:
             out[k + "_ops"] = [v.ops for v in values]
         elif isinstance(first, torch.Tensor):
             out[k] = _stack(k, values)
-        elif isinstance(first, numbers.Number) and not isinstance(first, bool) and \
-                all(isinstance(v, numbers.Number) for v in values):
-            out[k] = torch.tensor(values)
+        elif all(isinstance(v, bool) for v in values):
+            out[k] = torch.tensor(values, dtype=torch.bool)
+        elif all(isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in values):
+            out[k] = torch.tensor(values, dtype=torch.int64)
+        elif all(isinstance(v, numbers.Real) and not isinstance(v, bool) for v in values):
+            out[k] = torch.tensor(values, dtype=torch.float64)
         else:
             out[k] = values
     return out

@@ -389,7 +389,7 @@ def _series_phi(phi: _Phi, rng: np.random.Generator, kind: str) -> Dataset:
 
 
 def _ct_template(patient: Dataset, study: Dataset, series: Dataset, geometry: _Geometry,
-                 uids: dict[str, str], private_phi: str, overlay_phi: str) -> Dataset:
+                 uids: dict[str, str], private_phi: str, overlay_phi: str | None) -> Dataset:
     ds = Dataset()
     ds.SpecificCharacterSet = "ISO_IR 100"
     ds.SOPClassUID = CTImageStorage
@@ -457,6 +457,8 @@ def _ct_template(patient: Dataset, study: Dataset, series: Dataset, geometry: _G
     block = ds.private_block(0x0009, "MEDCORE SYNTH PRIVATE", create=True)
     block.add_new(0x10, "LO", private_phi)
     block.add_new(0x11, "LO", f"{private_phi} copy")
+    if overlay_phi is None:
+        return ds
     ds.add_new(0x60000010, "US", geometry.rows)
     ds.add_new(0x60000011, "US", geometry.columns)
     ds.add_new(0x60000040, "CS", "G")
@@ -518,6 +520,8 @@ def write_synthetic_studies(
     studies_per_patient: tuple[int, ...] | None = None,
     phi_in_paths: bool = False,
     localizer: bool = True,
+    overlays: bool = True,
+    seg: bool = False,
     noise: bool = True,
     progress: bool = False,
 ) -> SyntheticManifest:
@@ -528,7 +532,10 @@ def write_synthetic_studies(
     patient 1's first series is oblique, patient 2 has non-square pixels; slice spacing, thickness and
     in-plane spacing vary across patients. ``phi_in_paths=True`` names study folders after the
     patient (for audits of how converters treat input paths); ``localizer=False`` leaves the
-    localizer out. Deterministic for a given ``seed``.
+    localizer out and
+    ``overlays=False`` the overlay plane (whose description carries planted PHI). ``seg=True`` also writes each mask as a
+    DICOM SEG (``labels/seg-NNN.dcm``, listed in the label manifest under ``"seg"``); like the
+    source images it carries the planted patient and study PHI. Deterministic for a given ``seed``.
     """
     if n_patients < 1:
         raise ValueError(f"n_patients must be >= 1, got {n_patients}")
@@ -588,8 +595,11 @@ def write_synthetic_studies(
                 phi(series_uid)
                 series_ds = _series_phi(phi, rng, geometry.kind)
                 private_phi = phi(f"PRV{_digits(rng, 9)} {pat['family']}")
-                overlay_phi = phi(f"Overlay note OVL{_digits(rng, 6)}")
-                template = _ct_template(pat["ds"], study_ds, series_ds, geometry, uids, private_phi, overlay_phi)
+                overlay_phi = f"Overlay note OVL{_digits(rng, 6)}"
+                if overlays:
+                    phi(overlay_phi)
+                template = _ct_template(pat["ds"], study_ds, series_ds, geometry, uids, private_phi,
+                                        overlay_phi if overlays else None)
                 folder = f"dicom/{study_folder}/series-{s_index:02d}"
                 labelled = geometry.kind != "localizer"
                 sops, mask = _write_series(root, folder, template, geometry, phantom, rng, seed, tag, labelled)
@@ -606,7 +616,15 @@ def write_synthetic_studies(
                     img.header.set_xyzt_units("mm")
                     with atomic_path(root / mask_rel) as tmp:
                         nib.save(img, str(tmp))
-                    entries.append({"series_instance_uid": series_uid, "mask": Path(mask_rel).name})
+                    entry = {"series_instance_uid": series_uid, "mask": Path(mask_rel).name}
+                    if seg:
+                        from medcore.dicom.seg import write_seg
+
+                        seg_name = f"seg-{len(entries):03d}.dcm"
+                        write_seg(mask, root / folder, labels_dir / seg_name, LABEL_NAMES,
+                                  series_description="synthetic organ labels")
+                        entry["seg"] = seg_name
+                    entries.append(entry)
                 all_series.append(SyntheticSeries(
                     patient, study, geometry.kind, folder, study_uid, series_uid, frame_uid,
                     geometry.n_slices, geometry.rows, geometry.columns, geometry.pixel_spacing,

@@ -135,6 +135,7 @@ class StackTask:
     compress: bool
     sidecar: dict
     gzip_level: int = GZIP_LEVEL
+    refuse: tuple[str, str] | None = None  # (code, message) decided before decoding
 
 
 def plan_for(frames: Sequence[Frame], temporal: Sequence[tuple]) -> StackPlan:
@@ -153,18 +154,83 @@ def plan_for(frames: Sequence[Frame], temporal: Sequence[tuple]) -> StackPlan:
                       slice_thickness=thickness)
 
 
+_PHILIPS_SCALE_SLOPE = 0x2005100E
+
+
+def _private_float(ds, deep: bool) -> float | None:
+    """Philips private scale slope (2005,100E) in ``ds`` (or, if ``deep``, in nested sequences)."""
+    import struct
+
+    if _PHILIPS_SCALE_SLOPE in ds:
+        value = ds[_PHILIPS_SCALE_SLOPE].value
+        if isinstance(value, (bytes, bytearray)):
+            value = struct.unpack("<f", bytes(value[:4]))[0] if len(value) >= 4 else None
+        elif isinstance(value, (list, tuple)):
+            value = value[0] if value else None
+        try:
+            return float(value) if value is not None else None
+        except (TypeError, ValueError):
+            return None
+    if deep:
+        for elem in ds:
+            if elem.VR == "SQ":
+                for item in elem.value:
+                    found = _private_float(item, True)
+                    if found is not None:
+                        return found
+    return None
+
+
+def philips_scale_slopes(frames: Sequence[Frame]) -> np.ndarray | None:
+    """Per-frame Philips private ScaleSlope (2005,100E) for Philips MR, else None.
+
+    With it, Philips MR values become floating-point values ``(PV*RS + RI) / (RS*SS)``
+    ("precise" scaling, comparable across series), as dcm2niix does by default.
+    """
+    import pydicom
+
+    first = frames[0]
+    if first.modality != "MR" or "philips" not in str((first.header or {}).get("Manufacturer", "")).lower():
+        return None
+    out = np.empty(len(frames))
+    cache: dict[str, tuple] = {}
+    for i, f in enumerate(frames):
+        key = str(f.path)
+        if key not in cache:
+            ds = pydicom.dcmread(f.path, stop_before_pixels=True, force=True)
+            per = ds.get("PerFrameFunctionalGroupsSequence")
+            cache[key] = (_private_float(ds, False), [_private_float(item, True) for item in per] if per else [])
+        top, per_frame = cache[key]
+        value = per_frame[f.frame_index] if f.frame_index < len(per_frame) else None
+        value = top if value is None else value
+        if value is None or not np.isfinite(value) or value == 0 or f.slope == 0:
+            return None
+        out[i] = value
+    return out
+
+
 def assemble(frames: Sequence[Frame], plan: StackPlan) -> tuple[np.ndarray, np.ndarray, dict]:
     """Decode, rescale, order and (if planned) resample; returns (stack, RAS affine, geometry meta).
 
-    ``stack`` is C-ordered ``(vols, slices, rows, cols[, 3])``.
+    ``stack`` is C-ordered ``(vols, slices, rows, cols[, 3])``. Philips MR with a private scale
+    slope gets floating-point ("precise") values; see :func:`philips_scale_slopes`.
     """
     ordered = [frames[i] for i in plan.order.ravel()]
     pixels = load_pixels(ordered)
     rgb = ordered[0].samples_per_pixel > 1
     values = pixels if rgb else to_real_values(pixels, ordered)
+    scaling: dict = {}
+    if not rgb:
+        ss = philips_scale_slopes(ordered)
+        if ss is not None:
+            rs = np.array([f.slope for f in ordered])
+            factor = (1.0 / (rs * ss)).astype(np.float32)
+            values = values.astype(np.float32) * factor.reshape((-1,) + (1,) * (values.ndim - 1))
+            scaling = {"PhilipsFloatScaling": True, "PhilipsScaleSlope": float(ss[0]),
+                       "PhilipsRescaleSlope": float(rs[0])}
     stack = values.reshape(plan.n_volumes, plan.n_slices, *values.shape[1:])
     first = frames[int(plan.order[0, 0])]
-    meta: dict = {"resampled": False}
+    meta: dict = {"resampled": False, "scaling": scaling}
     if plan.resample:
         if rgb:
             raise GeometryError("unsupported", "resampling of colour (RGB) stacks is not supported")
@@ -173,7 +239,7 @@ def assemble(frames: Sequence[Frame], plan: StackPlan) -> tuple[np.ndarray, np.n
         out = np.stack([cast_like(resample_stack(stack[v], plan.positions, plan.in_plane_offsets,
                                                  target, fill=fill), stack.dtype)
                         for v in range(plan.n_volumes)])
-        meta = {"resampled": True, "reasons": [i for i in plan.issues if i != "duplicate_frames"],
+        meta = {"resampled": True, "scaling": scaling, "reasons": [i for i in plan.issues if i != "duplicate_frames"],
                 "method": "linear along the slice normal, bilinear in-plane",
                 "source_slice_positions_mm": [round(float(p - plan.positions[0]), 4) for p in plan.positions],
                 "output_slice_spacing_mm": round(float(plan.step), 6),
@@ -207,6 +273,8 @@ def _bids_sidecar(frame: Frame) -> dict:
 
 def convert_stack(task: StackTask) -> dict:
     """Plan, decode, resample and write one stack. Never raises: returns a status dict."""
+    if task.refuse is not None:
+        return {"status": "refused", "code": task.refuse[0], "message": task.refuse[1], "bad_files": []}
     frames = list(task.frames)
     temporal = list(task.temporal)
     bad_files: list[tuple[str, str, str]] = []
@@ -249,6 +317,7 @@ def convert_stack(task: StackTask) -> dict:
     sidecar.update(_bids_sidecar(first))
     sidecar["ImageOrientationPatientDICOM"] = [round(float(x), 8) for x in first.iop]
     sidecar["SliceSpacingMm"] = round(float(plan.step), 6)
+    sidecar.update(geo.pop("scaling", {}))
     sidecar["GeometryResampled"] = bool(geo["resampled"])
     if geo["resampled"]:
         sidecar["GeometryResampling"] = geo
@@ -293,6 +362,8 @@ def _suffix(group: StackGroup, sibling_number: int) -> str:
         elif reason == "localizer":
             if value:
                 parts.append("_localizer")
+        elif reason == "series_number":
+            continue  # already in the name
         else:
             other = True
     if other:
@@ -320,20 +391,23 @@ def _tasks(scan: ScanResult, groups: list[StackGroup], deid, out_dir: Path, comp
     siblings: dict[str, int] = defaultdict(int)
     used_names: set[str] = set()
     for group in groups:
-        rows = idx.loc[list(group.rows)]
-        first = rows.iloc[0]
-        subject = deid.subject(first["patient_id"] or "")
+        frames = tuple(scan.frames[i] for i in group.rows)
+        first = idx.loc[group.rows[0]]
+        files = idx.loc[[group.rows[0], group.rows[-1]], "file"].tolist()
+        patients = {scan.patient_id_of(int(f)) for f in files}
+        subject = deid.subject(min(patients))
         session = deid.session(first["study_uid"] or "")
         series_uid = deid.uid(group.series_uid)
         siblings[group.series_uid] += 1
         number = first["series_number"]
         number = int(number) if number is not None and not pd.isna(number) else 0
         stem = f"{subject}_{session}_ser-{number:03d}-{_short_hash(series_uid)}{_suffix(group, siblings[group.series_uid])}"
+        base, k = stem, 1
         while stem in used_names:
-            stem += "x"
+            k += 1
+            stem = f"{base}_v{k}"
         used_names.add(stem)
-        frames = tuple(scan.frames[i] for i in group.rows)
-        temporal = tuple(temporal_key(r) for _, r in rows.iterrows())
+        temporal = tuple(temporal_key(f) for f in frames)
         sidecar = {"Modality": str(first["modality"] or ""), "SeriesNumber": number or None,
                    "ImageType": [str(x) for x in (first["image_type"] or ())],
                    "ImageComponent": image_component(first["image_type"]),
@@ -345,7 +419,10 @@ def _tasks(scan: ScanResult, groups: list[StackGroup], deid, out_dir: Path, comp
         if group.localizer:
             sidecar["Localizer"] = True
         task = StackTask(frames=frames, temporal=temporal, out_stem=out_dir / subject / session / stem,
-                         compress=compress, sidecar=sidecar, gzip_level=gzip_level)
+                         compress=compress, sidecar=sidecar, gzip_level=gzip_level,
+                         refuse=None if len(patients) == 1 else (
+                             "mixed_patients", "the series holds images of more than one PatientID; "
+                             "split it at the source before converting"))
         yield group, stem, task
 
 
@@ -473,9 +550,8 @@ def load_series(source: str | os.PathLike | Sequence[str | os.PathLike]) -> tupl
         raise ValueError(f"{source}: holds {len(groups)} distinct stacks (series, orientations, echoes or "
                          "sizes); pass one series folder or use convert_tree")
     group = groups[0]
-    rows = scan.index.loc[list(group.rows)]
-    task = StackTask(frames=tuple(scan.frames[i] for i in group.rows),
-                     temporal=tuple(temporal_key(r) for _, r in rows.iterrows()),
+    frames = tuple(scan.frames[i] for i in group.rows)
+    task = StackTask(frames=frames, temporal=tuple(temporal_key(f) for f in frames),
                      out_stem=None, compress=False, sidecar={})
     result = convert_stack(task)
     if result["status"] != "written":
@@ -495,17 +571,17 @@ def _scan_files(paths: list[Path]) -> ScanResult:
 
     frames, rows, skipped = [], [], []
     for i, p in enumerate(paths):
-        fr, pid, code, message = read_file(p)
+        fr, code, message = read_file(p)
         if fr is None:
             skipped.append({"file": i, "code": code, "message": message})
             continue
         for f in fr:
             row = _frame_row(f)
-            row.update(file=i, patient_id=pid)
+            row.update(file=i)
             rows.append(row)
             frames.append(f)
     from medcore.dicom.scan import _FRAME_COLUMNS
 
     return ScanResult(root=paths[0].parent if paths else Path("."), files=paths, frames=frames,
-                      index=pd.DataFrame(rows, columns=[*_FRAME_COLUMNS, "file", "patient_id"]),
+                      index=pd.DataFrame(rows, columns=[*_FRAME_COLUMNS, "file"]),
                       skipped=pd.DataFrame(skipped, columns=["file", "code", "message"]))

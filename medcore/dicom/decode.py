@@ -164,6 +164,37 @@ def _file_frames(frame: Frame, wanted: list[int]) -> tuple[np.ndarray, list[int]
     return arr, rows
 
 
+def _direct_read_ok(frame: Frame, dtype: np.dtype) -> bool:
+    """Native little-endian, interleaved, not a mosaic, stored type equals the output type."""
+    return (
+        frame.pixel_offset >= 0
+        and frame.transfer_syntax_uid in _NATIVE
+        and not frame.big_endian
+        and not frame.is_mosaic
+        and (frame.samples_per_pixel == 1 or frame.planar_configuration == 0)
+        and stored_dtype(frame) == dtype
+    )
+
+
+def _read_into(frame: Frame, wanted: list[int], out: np.ndarray, positions: list[int]) -> None:
+    """Read the wanted frames of a native file straight into ``out`` (no intermediate copy)."""
+    nbytes = out[0].nbytes
+    try:
+        with open(frame.path, "rb", buffering=0) as fh:
+            for index, pos in zip(wanted, positions):
+                fh.seek(frame.pixel_offset + index * nbytes)
+                view = memoryview(out[pos]).cast("B")
+                got = fh.readinto(view)
+                if got != nbytes:
+                    raise DecodeError(
+                        frame.path,
+                        f"pixel data is truncated (frame {index}: {got} of {nbytes} bytes); re-copy the file",
+                        "truncated",
+                    )
+    except OSError as exc:
+        raise DecodeError(frame.path, f"cannot read pixel data ({exc.strerror or exc})") from exc
+
+
 def load_frame_pixels(frames: Sequence[Frame]) -> np.ndarray:
     """Stored values of ``frames`` in order, each file read and decoded once."""
     if not frames:
@@ -185,6 +216,9 @@ def load_frame_pixels(frames: Sequence[Frame]) -> np.ndarray:
     for positions in by_file.values():
         frame = frames[positions[0]]
         wanted = [frames[p].frame_index for p in positions]
+        if _direct_read_ok(frame, dtype):
+            _read_into(frame, wanted, out, positions)
+            continue
         try:
             arr, rows = _file_frames(frame, wanted)
             block = arr[rows] if rows != list(range(len(arr))) else arr

@@ -568,7 +568,11 @@ class Deidentifier:
 
     def _clean(self, ds: Dataset, patient: str) -> Dataset:
         out = Dataset()
-        for elem in ds:
+        for tag in list(ds.keys()):
+            try:
+                elem = ds[tag]
+            except Exception:  # a value that cannot be parsed cannot be checked: leave it out
+                continue
             new = self._element(elem, patient)
             if new is not None:
                 out.add(new)
@@ -582,6 +586,8 @@ class Deidentifier:
             return None
         vr = elem.VR
         action = _ACTIONS.get(tag)
+        if vr == "UN" and action is None:  # an unknown public attribute: its content cannot be vetted
+            return None
         if tag in _NEVER_RETAIN:
             return _zeroed(elem) if action == "Z" else None
         if vr == "SQ":

@@ -120,10 +120,11 @@ _NON_IMAGE_SOP_PREFIXES = (
     "1.2.840.10008.5.1.4.1.1.9.",  # waveforms
     "1.2.840.10008.5.1.4.1.1.104.",  # encapsulated PDF / CDA / STL
     "1.2.840.10008.5.1.4.1.1.66",  # raw data, spatial registration, fiducials, SEG
-    "1.2.840.10008.5.1.4.1.1.481.",  # RT objects except RT Image, handled below
+    "1.2.840.10008.5.1.4.1.1.481.",  # RT objects except RT Image and RT Dose
     "1.2.840.10008.1.3.10",  # media storage directory (DICOMDIR)
 )
-_RT_IMAGE_SOP = "1.2.840.10008.5.1.4.1.1.481.1"
+#: RT Image and RT Dose hold pixel data on a patient grid: they are images.
+_RT_IMAGE_SOPS = {"1.2.840.10008.5.1.4.1.1.481.1", "1.2.840.10008.5.1.4.1.1.481.2"}
 _PIXEL_TAGS = {0x7FE00010: "PixelData", 0x7FE00008: "FloatPixelData", 0x7FE00009: "DoubleFloatPixelData"}
 _LOCALIZER_WORDS = {"LOCALIZER", "SCOUT", "SCANOGRAM", "TOPOGRAM", "SURVEY", "LOCALISER"}
 
@@ -159,6 +160,7 @@ _PRIVATE_TAGS = (
     0x00291010,  # Siemens CSA image header
     0x00190010, 0x00290010,  # private creators
     0x00431039,  # GE slop_int_6..9 (b-value)
+    0x00100020,  # PatientID: only for read_frames_and_patient, never stored on a Frame
 )
 
 
@@ -456,9 +458,22 @@ def read_frames(path, ds=None) -> list[Frame]:
     pixel data offset is then unknown and decoding goes through pydicom.
     Raises :class:`NotDicomError` or :class:`UnsupportedDicomError` naming the file.
     """
+    return _frames_and_header(Path(path), ds)[0]
+
+
+def read_frames_and_patient(path) -> tuple[list[Frame], str]:
+    """:func:`read_frames` plus the file's PatientID from the same single header read.
+
+    The PatientID is PHI: it is returned for de-identification keys (per-patient date shift) and
+    is never stored on a :class:`Frame`. Raises like :func:`read_frames`.
+    """
+    frames, ds = _frames_and_header(Path(path), None)
+    return frames, _str(ds.get("PatientID"))
+
+
+def _frames_and_header(path: Path, ds):
     from medcore.dicom import mosaic, multiframe
 
-    path = Path(path)
     if ds is None:
         ds, tsuid, pixel, size = _read_header(path)
     else:
@@ -476,10 +491,10 @@ def read_frames(path, ds=None) -> list[Frame]:
         offset = -1
     base["pixel_offset"] = offset
     if multiframe.is_multiframe(ds):
-        return multiframe.expand(ds, base)
+        return multiframe.expand(ds, base), ds
     if mosaic.is_mosaic(ds):
-        return mosaic.expand(ds, base)
-    return [Frame(**base)]
+        return mosaic.expand(ds, base), ds
+    return [Frame(**base)], ds
 
 
 _NOT_NATIVE = {"1.2.840.10008.1.2.1.99"}
@@ -488,7 +503,7 @@ _NOT_NATIVE = {"1.2.840.10008.1.2.1.99"}
 def _check_image(ds, path: Path, pixel, size: int) -> None:
     """Raise :class:`UnsupportedDicomError` unless ``ds`` is an image we can convert."""
     sop = _str(ds.get("SOPClassUID"))
-    if sop and sop != _RT_IMAGE_SOP and sop.startswith(_NON_IMAGE_SOP_PREFIXES):
+    if sop and sop not in _RT_IMAGE_SOPS and sop.startswith(_NON_IMAGE_SOP_PREFIXES):
         raise UnsupportedDicomError(
             path,
             f"SOP class {sop} ({_sop_name(sop)}) is not an image; it is not converted to a volume",

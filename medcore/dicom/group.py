@@ -1,6 +1,6 @@
 """Group scanned frames into stacks the way a careful reader would, not by SeriesInstanceUID alone.
 
-Within one SeriesInstanceUID, frames are split on: orientation, image size, pixel spacing,
+Within one SeriesInstanceUID, frames are split on: SeriesNumber, orientation, image size, pixel spacing,
 samples per pixel, echo (number and time), image component (magnitude / phase / real /
 imaginary), and localizer versus main stack. If positions then repeat, the frames are a 4D
 series when every temporal value (TemporalPositionIdentifier, AcquisitionNumber) covers the
@@ -21,7 +21,7 @@ _IOP_DECIMALS = 3
 _POSITION_DECIMALS = 2
 
 _COMPONENTS = {"P": "phase", "PHASE": "phase", "R": "real", "REAL": "real", "I": "imaginary",
-               "IMAGINARY": "imaginary"}
+               "IMAGINARY": "imaginary", "FIELD_MAP": "fieldmap", "B0": "fieldmap", "FIELDMAPHZ": "fieldmap"}
 
 
 @dataclass(frozen=True)
@@ -35,7 +35,7 @@ class StackGroup:
 
 
 def image_component(image_type) -> str:
-    """'magnitude', 'phase', 'real' or 'imaginary' from the ImageType values."""
+    """'magnitude', 'phase', 'real', 'imaginary' or 'fieldmap' from the ImageType values."""
     values = [str(v).upper() for v in (image_type or ())][2:]
     for v in values:
         if v in _COMPONENTS:
@@ -60,18 +60,26 @@ def _scalar(value):
     return value
 
 
-def temporal_key(row) -> tuple:
-    """Sort key ordering repeated positions into volumes (missing values sort first)."""
+_TEMPORAL_FIELDS = ("temporal_position", "acquisition_number", "trigger_time", "acquisition_time",
+                    "instance_number", "frame_index")
+
+
+def temporal_key(item) -> tuple:
+    """Sort key ordering repeated positions into volumes (missing values sort first).
+
+    ``item`` is a :class:`~medcore.dicom.frames.Frame` or a mapping with the same field names.
+    """
+    get = item.get if isinstance(item, dict) else (lambda name: getattr(item, name, None))
+
     def k(v):
         v = _scalar(v)
         return (0, 0) if v is None else (1, v)
-    return (k(row.get("temporal_position")), k(row.get("acquisition_number")),
-            k(row.get("trigger_time")), k(row.get("acquisition_time")),
-            k(row.get("instance_number")), k(row.get("frame_index")))
+    return tuple(k(get(name)) for name in _TEMPORAL_FIELDS)
 
 
 def _split_key(row) -> tuple:
     return (
+        ("series_number", _scalar(row["series_number"])),
         ("orientation", _round_tuple(row["iop"], _IOP_DECIMALS)),
         ("size", (int(row["rows"]), int(row["cols"]))),
         ("pixel_spacing", _round_tuple(row["pixel_spacing"], 4)),
@@ -88,19 +96,24 @@ def _temporal_value(row):
     return (tp, an)
 
 
-def _split_temporal(df: pd.DataFrame, labels: list) -> list[tuple[list, object]]:
+def _split_temporal(records: dict[int, dict], labels: list[int]) -> list[tuple[list[int], object]]:
     """Keep a 4D set together; split acquisitions that cover different positions."""
-    sub = df.loc[labels]
-    pos = sub["ipp"].map(lambda v: _round_tuple(v, _POSITION_DECIMALS))
-    if pos.isna().any() or not pos.duplicated().any():
+    pos = [_round_tuple(records[i]["ipp"], _POSITION_DECIMALS) for i in labels]
+    if any(p is None for p in pos) or len(set(pos)) == len(pos):
         return [(labels, None)]
-    tvals = sub.apply(_temporal_value, axis=1)
-    if tvals.nunique(dropna=False) <= 1:
+    tvals = [_temporal_value(records[i]) for i in labels]
+    distinct = list(dict.fromkeys(tvals))
+    if len(distinct) <= 1:
         return [(labels, None)]
-    position_sets = {t: frozenset(pos[tvals == t]) for t in tvals.unique()}
+    position_sets = {t: frozenset(p for p, tv in zip(pos, tvals) if tv == t) for t in distinct}
     if len(set(position_sets.values())) == 1:
         return [(labels, None)]
-    return [(list(sub.index[tvals == t]), t) for t in sorted(position_sets, key=str)]
+    return [([i for i, tv in zip(labels, tvals) if tv == t], t) for t in sorted(distinct, key=str)]
+
+
+_COLUMNS = ("series_uid", "series_number", "iop", "rows", "cols", "pixel_spacing", "samples_per_pixel",
+            "echo_number", "echo_time", "image_type", "is_localizer", "ipp", "temporal_position",
+            "acquisition_number")
 
 
 def group_frames(index: pd.DataFrame) -> list[StackGroup]:
@@ -108,15 +121,23 @@ def group_frames(index: pd.DataFrame) -> list[StackGroup]:
     groups: list[StackGroup] = []
     if index.empty:
         return groups
-    for series_uid, series in index.groupby("series_uid", sort=True):
-        keys = series.apply(_split_key, axis=1)
-        distinct = list(dict.fromkeys(keys))
+    columns = {c: index[c].tolist() for c in _COLUMNS}
+    labels_all = index.index.tolist()
+    records = {lab: {c: columns[c][k] for c in _COLUMNS} for k, lab in enumerate(labels_all)}
+    by_series: dict[str, list[int]] = {}
+    for lab in labels_all:
+        by_series.setdefault(str(records[lab]["series_uid"]), []).append(lab)
+    for series_uid in sorted(by_series):
+        members = by_series[series_uid]
+        keyed: dict[tuple, list[int]] = {}
+        for lab in members:
+            keyed.setdefault(_split_key(records[lab]), []).append(lab)
+        distinct = list(keyed)
         varying = [i for i in range(len(distinct[0])) if len({d[i] for d in distinct}) > 1]
-        for key in distinct:
-            labels = list(series.index[keys.map(lambda k, key=key: k == key)])
+        for key, labels in keyed.items():
             split = tuple(key[i] for i in varying)
-            for part, tval in _split_temporal(index, labels):
+            for part, tval in _split_temporal(records, labels):
                 extra = (("acquisition", tval),) if tval is not None else ()
-                groups.append(StackGroup(series_uid=str(series_uid), rows=tuple(int(x) for x in part),
+                groups.append(StackGroup(series_uid=series_uid, rows=tuple(int(x) for x in part),
                                          split=split + extra, localizer=dict(key)["localizer"]))
     return groups

@@ -41,6 +41,7 @@ REASONS = {
     "mixed_pixel_spacing": "slices with different pixel spacing in one stack",
     "inconsistent_repeats": "positions repeat unevenly (incomplete 4D series)",
     "moving_positions": "positions differ between the volumes of a 4D series",
+    "mixed_patients": "one series holds images of several patients",
     "write_failed": "the output could not be written",
     "internal_error": "an unexpected error while converting the series",
 }
@@ -71,8 +72,16 @@ class Quarantine:
         return fid
 
     def add(self, path: Path, code: str, message: str, series: str = "") -> None:
-        self.rows.append({"file_id": self.id_of(path), "code": code, "message": message,
+        self.rows.append({"file_id": self.id_of(path), "code": code, "message": self.scrub(message, path),
                           "series": series})
+
+    def scrub(self, message: str, path: Path) -> str:
+        """Remove the input path, the input root and the file name from a message (they may hold PHI)."""
+        path = Path(path)
+        for text, placeholder in ((str(path), "<file>"), (str(self.root), "<input>"), (path.name, "<file>")):
+            if text and text not in (".", "/"):
+                message = message.replace(text, placeholder)
+        return message
 
     def __len__(self) -> int:
         return len(self.rows)

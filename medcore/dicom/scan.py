@@ -3,7 +3,8 @@
 :func:`scan_tree` lists every regular file, reads each header once (in a process pool for
 big trees) and returns a :class:`ScanResult`: the :class:`~medcore.dicom.frames.Frame` objects, a
 pandas index with one row per frame, and the files that are not usable DICOM images with a
-reason code. The in-memory index holds local paths and the raw PatientID (needed to pseudonymise);
+reason code. The in-memory result holds local paths and reads the raw PatientID on demand (once per series,
+to derive the subject pseudonym);
 :func:`deidentified_index` is the form that may be saved (``scan_index.parquet``): paths become
 keyed file ids, UIDs are remapped, the patient becomes a pseudonym.
 """
@@ -13,7 +14,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -37,10 +38,17 @@ class ScanResult:
     frames: list[Frame]
     index: pd.DataFrame  # one row per frame (row label = position in ``frames``)
     skipped: pd.DataFrame  # columns: file (index into files), code, message
+    _patients: dict[int, str] = field(default_factory=dict, repr=False)
 
     @property
     def n_files(self) -> int:
         return len(self.files)
+
+    def patient_id_of(self, file_idx: int) -> str:
+        """Raw PatientID of one file (read on demand, cached; in memory only, never saved)."""
+        if file_idx not in self._patients:
+            self._patients[file_idx] = read_patient_id(self.files[file_idx])
+        return self._patients[file_idx]
 
 
 def list_files(root: str | os.PathLike, exclude: Iterable[Path] = ()) -> list[Path]:
@@ -63,7 +71,7 @@ def list_files(root: str | os.PathLike, exclude: Iterable[Path] = ()) -> list[Pa
 _PATIENT_ID_TAG = frozenset({0x00100020})
 
 
-def _patient_id(path: Path) -> str:
+def read_patient_id(path: Path) -> str:
     """PatientID (kept in memory only, to derive the subject pseudonym)."""
     import pydicom
 
@@ -82,19 +90,19 @@ def _patient_id(path: Path) -> str:
         return ""
 
 
-def read_file(path: Path) -> tuple[list[Frame] | None, str, str | None, str]:
-    """``(frames, patient_id, error_code, error_message)`` for one file; never raises."""
+def read_file(path: Path) -> tuple[list[Frame] | None, str | None, str]:
+    """``(frames, error_code, error_message)`` for one file; never raises."""
     try:
         if path.stat().st_size == 0:
-            return None, "", "empty_file", "the file is empty (0 bytes); re-export or remove it"
+            return None, "empty_file", "the file is empty (0 bytes); re-export or remove it"
         frames = read_frames(path)
     except DicomFrameError as exc:
-        return None, "", exc.code, exc.reason
+        return None, exc.code, exc.reason
     except Exception as exc:  # a reader bug must not stop the scan
-        return None, "", "unreadable", f"{type(exc).__name__}: {exc}"
+        return None, "unreadable", f"{type(exc).__name__}: {exc}"
     if not frames:
-        return None, "", "unsupported", "no image frames in the file"
-    return frames, _patient_id(path), None, ""
+        return None, "unsupported_image", "no image frames in the file"
+    return frames, None, ""
 
 
 def _scan_chunk(paths: Sequence[Path]) -> list[tuple]:
@@ -135,17 +143,16 @@ def scan_tree(root: str | os.PathLike, *, workers: int | None = None, progress: 
     frames: list[Frame] = []
     rows: list[dict] = []
     skipped: list[dict] = []
-    for file_idx, (file_frames, patient_id, code, message) in enumerate(results):
+    for file_idx, (file_frames, code, message) in enumerate(results):
         if file_frames is None:
             skipped.append({"file": file_idx, "code": code, "message": message})
             continue
         for frame in file_frames:
             row = _frame_row(frame)
             row["file"] = file_idx
-            row["patient_id"] = patient_id
             rows.append(row)
             frames.append(frame)
-    index = pd.DataFrame(rows, columns=[*_FRAME_COLUMNS, "file", "patient_id"])
+    index = pd.DataFrame(rows, columns=[*_FRAME_COLUMNS, "file"])
     return ScanResult(root=root, files=files, frames=frames, index=index,
                       skipped=pd.DataFrame(skipped, columns=["file", "code", "message"]))
 
@@ -164,9 +171,13 @@ def deidentified_index(scan: ScanResult, deid) -> pd.DataFrame:
 
     idx = scan.index
     out = pd.DataFrame(index=idx.index)
-    rel = [scan.files[i].relative_to(scan.root).as_posix() for i in idx["file"]] if len(idx) else []
-    out["file_id"] = [file_id(deid, r) for r in rel]
-    out["subject"] = [deid.subject(p) for p in idx["patient_id"]] if len(idx) else []
+    ids: dict[int, str] = {}
+    for i in idx["file"].unique() if len(idx) else []:
+        ids[int(i)] = file_id(deid, scan.files[int(i)].relative_to(scan.root).as_posix())
+    out["file_id"] = [ids[int(i)] for i in idx["file"]] if len(idx) else []
+    first_file = idx.groupby("series_uid")["file"].first().to_dict() if len(idx) else {}
+    subjects = {uid: deid.subject(scan.patient_id_of(int(f))) for uid, f in first_file.items()}
+    out["subject"] = [subjects[u] for u in idx["series_uid"]] if len(idx) else []
     for col in _UID_COLUMNS:
         out[col] = [deid.uid(u) for u in idx[col]] if len(idx) else []
     for col in _SAFE_COLUMNS:

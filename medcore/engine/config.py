@@ -16,6 +16,7 @@ DEFAULTS: dict[str, Any] = {
     "train": {},                 # TrainerConfig fields (max_epochs, val_every, checkpoint_every_steps, ...)
     "time_budget_minutes": None,  # choose max_epochs from a timing calibration to fit this budget
     "device": "auto",
+    "threads": None,             # torch CPU threads per process (default: torch's choice)
     "model_dir": None,           # default: RUN_DIR/model
     "cache_dir": None,           # default: RUN_DIR/cache
 }

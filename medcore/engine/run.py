@@ -76,8 +76,14 @@ def loop_settings(config: dict, plan: dict, num_train: int, num_val: int, step_s
                                 "val_every": 1, "checkpoint_every_steps": 50, "max_epochs": 50}
     budget = config["time_budget_minutes"]
     if budget and step_seconds:
-        steps_per_epoch = settings["samples_per_epoch"] // (settings["batch_size"] * world_size)
+        block = settings["batch_size"] * world_size
         val_seconds = math.ceil(num_val / world_size) * step_seconds * 0.6
+        total_steps = max(1, int(budget * 60 / (step_seconds * 1.05)))
+        steps_per_epoch = settings["samples_per_epoch"] // block
+        epochs = total_steps // max(1, steps_per_epoch)
+        if epochs < 4:  # short budget: shorter epochs, so validation and best-model selection still happen
+            steps_per_epoch = max(1, (total_steps - int(4 * val_seconds / step_seconds)) // 4)
+            settings["samples_per_epoch"] = steps_per_epoch * block
         epoch_seconds = steps_per_epoch * step_seconds * 1.05 + val_seconds / settings["val_every"]
         settings["max_epochs"] = max(1, int(budget * 60 / epoch_seconds))
         settings["max_train_seconds"] = budget * 60
@@ -94,6 +100,8 @@ def run_training(raw_config: dict, run_dir: str | Path, progress: bool = True) -
 
     config = resolve_config(raw_config)
     run_dir = Path(run_dir).resolve()
+    if config["threads"]:
+        torch.set_num_threads(int(config["threads"]))
     ctx = init_distributed(config["device"])
     if ctx.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)

@@ -53,7 +53,7 @@ class TrainerConfig:
     amp: str = "auto"
     compile: bool = False
     channels_last: bool = True
-    max_train_seconds: float | None = None     # stop after the epoch in which this is exceeded
+    max_train_seconds: float | None = None     # stop (mid-epoch if need be) once this much training time is spent
     progress: bool = True
     keys: tuple[str, str] = ("image", "label")
 
@@ -244,6 +244,12 @@ class Trainer:
         self.scaler.update()
         return loss.detach()
 
+    def _out_of_time(self) -> bool:
+        """True (on every rank) once ``max_train_seconds`` of training have passed in this process."""
+        if self.config.max_train_seconds is None:
+            return False
+        return broadcast_flag(time.perf_counter() - self._started > self.config.max_train_seconds, self.ctx)
+
     def _run_epoch(self) -> dict:
         cfg = self.config
         self.train_model.train()
@@ -272,6 +278,8 @@ class Trainer:
                 cb.on_step_end(self, value)
             if cfg.checkpoint_every_steps and self.global_step % cfg.checkpoint_every_steps == 0:
                 self.save()
+            if self._out_of_time():
+                break
             tick = time.perf_counter()
         bar.close()
         steps_here = max(1.0, total[1].item())
@@ -298,13 +306,12 @@ class Trainer:
         resumed = self.resume_if_possible() if resume else False
         for cb in self.callbacks:
             cb.on_train_start(self)
-        started = time.perf_counter()
+        self._started = time.perf_counter()
         while self.epoch < cfg.max_epochs and self.stop_reason is None:
             epoch_started = time.perf_counter()
             record: dict[str, Any] = {"epoch": self.epoch, **self._run_epoch()}
             last_epoch = self.epoch + 1 >= cfg.max_epochs
-            over_time = cfg.max_train_seconds is not None and time.perf_counter() - started > cfg.max_train_seconds
-            over_time = broadcast_flag(over_time, self.ctx)
+            over_time = self._out_of_time()
             if self.evaluator is not None and ((self.epoch + 1) % cfg.val_every == 0 or last_epoch or over_time):
                 metrics = self.validate()
                 record.update(metrics)

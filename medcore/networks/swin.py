@@ -7,7 +7,6 @@ branches, which keeps the network exportable with dynamic sizes).
 
 from __future__ import annotations
 
-import itertools
 import math
 from typing import Sequence
 
@@ -69,10 +68,8 @@ class WindowAttention(nn.Module):
         q, k, v = self.qkv(x).reshape(bw, n, 3, self.num_heads, c // self.num_heads).permute(2, 0, 3, 1, 4)
         scores = (q * self.scale) @ k.transpose(-2, -1)
         scores = scores + self.bias_table[self.bias_index].permute(2, 0, 1).to(scores.dtype)
-        nw = allowed.shape[0]
-        scores = scores.view(-1, nw, self.num_heads, n, n)
-        scores = scores.masked_fill(~allowed[None, :, None], torch.finfo(scores.dtype).min)
-        attn = scores.view(bw, self.num_heads, n, n).softmax(-1)
+        blocked = (~allowed).repeat(bw // allowed.shape[0], 1, 1)[:, None]
+        attn = scores.masked_fill(blocked, torch.finfo(scores.dtype).min).softmax(-1)
         return self.proj((attn @ v).transpose(1, 2).reshape(bw, n, c))
 
 
@@ -130,7 +127,7 @@ class SwinBlock(nn.Module):
         y = self.norm1(x)
         pad: list[int] = []
         for s, w in zip(reversed(spatial), reversed(self.window)):
-            pad += [0, (w - s % w) % w]
+            pad += [0, (s + w - 1) // w * w - s]
         y = F.pad(y, [0, 0] + pad)
         padded = y.shape[1:-1]
         dims = list(range(1, len(spatial) + 1))
@@ -143,7 +140,7 @@ class SwinBlock(nn.Module):
 
 
 class PatchMerging(nn.Module):
-    """Halve every spatial size: concatenate each 2x2(x2) neighbourhood, normalise, project to 2C."""
+    """Halve every (even) spatial size: concatenate each 2x2(x2) neighbourhood, normalise, project to 2C."""
 
     def __init__(self, dim: int, spatial_dims: int) -> None:
         super().__init__()
@@ -152,14 +149,13 @@ class PatchMerging(nn.Module):
         self.reduction = nn.Linear(2 ** spatial_dims * dim, 2 * dim, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        spatial = x.shape[1:-1]
-        pad: list[int] = []
-        for s in reversed(spatial):
-            pad += [0, s % 2]
-        x = F.pad(x, [0, 0] + pad)
-        offsets = itertools.product((0, 1), repeat=self.spatial_dims)
-        parts = [x[(slice(None), *[slice(o, None, 2) for o in offset])] for offset in offsets]
-        return self.reduction(self.norm(torch.cat(parts, dim=-1)))
+        b, c, d = x.shape[0], x.shape[-1], self.spatial_dims
+        half = [s // 2 for s in x.shape[1:-1]]
+        split: list[int] = []
+        for h in half:
+            split += [h, 2]
+        x = x.reshape(b, *split, c).permute(0, *range(1, 2 * d, 2), *range(2, 2 * d + 1, 2), 2 * d + 1)
+        return self.reduction(self.norm(x.reshape(b, *half, 2 ** d * c)))
 
 
 class SwinStage(nn.Module):
@@ -177,7 +173,7 @@ class SwinStage(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         spatial = list(x.shape[1:-1])
-        padded = [s + (w - s % w) % w for s, w in zip(spatial, self.window)]
+        padded = [(s + w - 1) // w * w for s, w in zip(spatial, self.window)]
         masks = [window_mask(spatial, padded, self.window, [0] * len(spatial), x.device),
                  window_mask(spatial, padded, self.window, self.shift, x.device)]
         for i, block in enumerate(self.blocks):

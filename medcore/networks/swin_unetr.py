@@ -51,6 +51,10 @@ class SwinUNETR(nn.Module):
         self.head = conv_type(spatial_dims)(f, out_channels, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for axis, size in enumerate(x.shape[2:]):
+            if size % 32:
+                raise ValueError(f"swin_unetr: spatial size {size} on axis {axis} is not divisible by 32; pad or crop "
+                                 "the input (e.g. sliding-window patches of 64 or 96)")
         h0, h1, h2, h3, h4 = self.encoder(x)
         y = self.up4(self.bottleneck(h4), h3)
         y = self.up3(y, self.skip3(h2))

@@ -60,7 +60,7 @@ def pipeline(a_min: float = 0.0, num_samples: int = 2, roi=(8, 8, 8)) -> Compose
 
 
 def normalize_only() -> Compose:
-    return Compose([Keyed(Orientation("RAS")), Keyed(NormalizeIntensity(), keys="image")])
+    return Compose([Keyed(Orientation("RAS"), keys="image"), Keyed(NormalizeIntensity(), keys="image")])
 
 
 def same_sample(a, b) -> bool:

@@ -102,7 +102,7 @@ def test_input_bytes_change_invalidates_exactly_that_entry(tmp_path):
     assert same_sample(again[(0, 1)], Dataset(items, pipeline())[(0, 1)])
 
 
-def test_same_size_rewrite_with_restored_mtime_is_still_detected(tmp_path):
+def test_same_size_rewrite_with_restored_mtime_is_still_detected(tmp_path, monkeypatch):
     path = tmp_path / "f.bin"
     path.write_bytes(b"a" * 1000)
     fresh = HashIndex(tmp_path / "idx.json")  # default: a file changed < 1 s ago is never indexed
@@ -112,7 +112,9 @@ def test_same_size_rewrite_with_restored_mtime_is_still_detected(tmp_path):
     d1 = index.digest(path)
     index.save()
     assert json.loads((tmp_path / "idx.json").read_text())["files"]
-    assert HashIndex(tmp_path / "idx.json").digest(path) == d1  # served from the index
+    with monkeypatch.context() as m:  # served from the index: the file is not read again
+        m.setattr("medcore.data.persistent.file_digest", lambda p: pytest.fail("re-hashed an indexed file"))
+        assert HashIndex(tmp_path / "idx.json").digest(path) == d1
     old = os.stat(path)
     time.sleep(0.05)  # past the file system's coarse timestamp tick, so the rewrite gets a new ctime
     path.write_bytes(b"b" * 1000)

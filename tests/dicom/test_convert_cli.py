@@ -76,3 +76,35 @@ def test_write_nifti_refuses_a_sheared_affine(tmp_path):
     with pytest.raises(ValueError, match="sheared"):
         write_nifti(np.zeros((2, 3, 4), np.int16), shear, tmp_path / "x.nii")
     assert not (tmp_path / "x.nii").exists()
+
+
+def test_quarantine_messages_never_carry_paths(tmp_path):
+    from medcore.dicom.deid import Deidentifier
+    from medcore.dicom.quarantine import Quarantine, file_id
+
+    root = tmp_path / "Doe^Jane"
+    q = Quarantine(deid=Deidentifier(b"q" * 32), root=root)
+    bad = root / "MRN123" / "Jane.dcm"
+    q.add(bad, "unreadable", f"OSError: cannot open {bad} (in {root}); Jane.dcm is locked")
+    (row,) = q.rows
+    assert "Jane" not in row["message"] and "MRN123" not in row["message"] and "<file>" in row["message"]
+    assert row["file_id"] == file_id(Deidentifier(b"q" * 32), "MRN123/Jane.dcm")
+    assert q.local_paths[row["file_id"]] == bad
+
+
+def test_pool_workers_give_the_same_outputs(tmp_path):
+    import hashlib
+
+    from medcore.dicom.convert import convert_tree
+    from medcore.dicom.deid import Deidentifier
+
+    for seed in range(3):
+        write_series(tmp_path / "in" / f"s{seed}", 3, rows=8, cols=6, seed=seed, series_number=seed + 1)
+    digests = []
+    for workers in (1, 2):
+        out = tmp_path / f"out{workers}"
+        report = convert_tree(tmp_path / "in", out, deid=Deidentifier(b"w" * 32), progress=False, workers=workers)
+        assert len(report.series) == 3 and report.balanced
+        digests.append(sorted((p.relative_to(out).as_posix(), hashlib.sha256(p.read_bytes()).hexdigest())
+                              for p in out.rglob("*.nii.gz")))
+    assert digests[0] == digests[1]

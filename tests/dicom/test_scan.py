@@ -26,7 +26,8 @@ def test_scan_lists_frames_and_skips_with_reasons(tmp_path):
     assert scan.index["series_uid"].nunique() == 2
     reasons = dict(zip([scan.files[i].name for i in scan.skipped["file"]], scan.skipped["code"]))
     assert reasons == {"readme.txt": "not_dicom", "empty.dcm": "empty_file"}
-    assert (scan.index["patient_id"] == PHI_ID).all()
+    assert {scan.patient_id_of(int(f)) for f in scan.index["file"]} == {PHI_ID}
+    assert "patient_id" not in scan.index  # raw identifiers are read on demand, not indexed
 
 
 def test_pool_scan_equals_serial_scan(tmp_path, monkeypatch):

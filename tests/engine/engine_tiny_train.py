@@ -74,6 +74,37 @@ class Pause(Callback):
         time.sleep(self.seconds)
 
 
+def train(run_dir: str | Path, batch_size: int = 4, epochs: int = 2, items: int = 16, ckpt_every: int = 0,
+          dropout: float = 0.0, workers: int = 0, optimizer: str = "adamw", pause: float = 0.0) -> dict:
+    """Train the tiny model into ``run_dir`` (under torchrun: one shard per process); final weights on rank 0."""
+    ctx = init_distributed("cpu")
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    data = [make_item(i) for i in range(items)]
+    config = TrainerConfig(max_epochs=epochs, batch_size=batch_size, checkpoint_every_steps=ckpt_every,
+                           seed=7, num_workers=workers, optimizer={"name": optimizer, "lr": 1e-2},
+                           schedule={"kind": "cosine", "warmup_steps": 2}, grad_clip=1.0, progress=False)
+    torch.manual_seed(0)
+    trainer = Trainer(TinyNet(dropout), nn.CrossEntropyLoss(), EpochDataset(data, augment, seed=3), run_dir,
+                      config, evaluator=dice_evaluator([make_item(100 + i) for i in range(5)]), ctx=ctx,
+                      callbacks=[Pause(pause)] if pause else [])
+    summary = trainer.fit()
+    if ctx.is_main:
+        save_file({k: v.contiguous() for k, v in trainer.model.state_dict().items()}, str(run_dir / "final.safetensors"))
+    return summary
+
+
+def train_in_process(run_dir: str | Path, **kwargs) -> dict:
+    """:func:`train` in the calling (test) process, on 1 thread, leaving its RNG and thread settings as they were."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with torch.random.fork_rng(devices=[]):
+            return train(run_dir, **kwargs)
+    finally:
+        torch.set_num_threads(threads)
+
+
 def main() -> int:
     p = argparse.ArgumentParser()
     p.add_argument("run_dir")
@@ -85,22 +116,9 @@ def main() -> int:
     p.add_argument("--workers", type=int, default=0)
     p.add_argument("--optimizer", default="adamw")
     p.add_argument("--pause", type=float, default=0.0)
-    args = p.parse_args()
+    a = p.parse_args()
     torch.set_num_threads(1)
-    ctx = init_distributed("cpu")
-    run_dir = Path(args.run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    items = [make_item(i) for i in range(args.items)]
-    config = TrainerConfig(max_epochs=args.epochs, batch_size=args.batch_size, checkpoint_every_steps=args.ckpt_every,
-                           seed=7, num_workers=args.workers, optimizer={"name": args.optimizer, "lr": 1e-2},
-                           schedule={"kind": "cosine", "warmup_steps": 2}, grad_clip=1.0, progress=False)
-    torch.manual_seed(0)
-    trainer = Trainer(TinyNet(args.dropout), nn.CrossEntropyLoss(), EpochDataset(items, augment, seed=3), run_dir,
-                      config, evaluator=dice_evaluator([make_item(100 + i) for i in range(5)]), ctx=ctx,
-                      callbacks=[Pause(args.pause)] if args.pause else [])
-    trainer.fit()
-    if ctx.is_main:
-        save_file({k: v.contiguous() for k, v in trainer.model.state_dict().items()}, str(run_dir / "final.safetensors"))
+    train(a.run_dir, a.batch_size, a.epochs, a.items, a.ckpt_every, a.dropout, a.workers, a.optimizer, a.pause)
     shutdown_distributed()
     return 0
 

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import torch
+from engine_tiny_train import train_in_process
 from safetensors.torch import load_file
 
 SCRIPT = Path(__file__).with_name("engine_tiny_train.py")
@@ -30,8 +31,7 @@ def _free_port() -> int:
 
 def test_two_process_gloo_matches_single_process_doubled_batch(tmp_path):
     single, ddp = tmp_path / "single", tmp_path / "ddp"
-    subprocess.run([sys.executable, str(SCRIPT), str(single), "--batch-size", "4"], check=True, env=_env(),
-                   timeout=120)
+    train_in_process(single, batch_size=4)
     subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--nnodes", "1",
                     "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), str(SCRIPT), str(ddp),
                     "--batch-size", "2"], check=True, env=_env(), timeout=180, capture_output=True)

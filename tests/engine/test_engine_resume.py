@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import torch
+from engine_tiny_train import train_in_process
 from safetensors.torch import load_file
 
 SCRIPT = Path(__file__).with_name("engine_tiny_train.py")
@@ -26,7 +27,7 @@ def _env() -> dict:
 
 def test_sigkill_mid_epoch_then_resume_is_bit_identical(tmp_path):
     reference, killed = tmp_path / "reference", tmp_path / "killed"
-    subprocess.run([sys.executable, str(SCRIPT), str(reference), *COMMON], check=True, env=_env(), timeout=120)
+    train_in_process(reference, batch_size=2, epochs=2, ckpt_every=3, dropout=0.2, optimizer="sgd")
 
     # 8 steps per epoch; checkpoints every 3 steps. Kill during epoch 1 (after step 11: last ckpt at 9).
     proc = subprocess.Popen([sys.executable, str(SCRIPT), str(killed), *COMMON, "--pause", "0.2"], env=_env())

@@ -14,11 +14,15 @@ from medcore.engine.presets import find_msd_cases, fingerprint, make_plan, split
 
 def test_train_cli_synthetic_ct_writes_plan_history_summary_and_a_predictable_model_dir(tmp_path):
     config = tmp_path / "train.yaml"
-    config.write_text("preset: synthetic_ct\nmax_cases: 6\nsplit: {fraction: 0.34}\n"
+    config.write_text("preset: synthetic_ct\nmax_cases: 6\nthreads: 1\nsplit: {fraction: 0.34}\n"
                       "train: {max_epochs: 2, samples_per_epoch: 4, checkpoint_every_steps: 1, progress: false}\n"
                       "plan: {base_filters: 4}\n")
     run_dir = tmp_path / "run"
-    assert main(["train", "--config", str(config), "--run-dir", str(run_dir), "--no-progress"]) == 0
+    threads = torch.get_num_threads()
+    try:
+        assert main(["train", "--config", str(config), "--run-dir", str(run_dir), "--no-progress"]) == 0
+    finally:
+        torch.set_num_threads(threads)
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["status"] == "completed" and summary["epochs"] == 2 and summary["global_step"] == 4
     assert summary["train_cases"] == 4 and summary["val_cases"] == 2
@@ -48,7 +52,10 @@ def test_train_cli_synthetic_ct_writes_plan_history_summary_and_a_predictable_mo
 
     # a second invocation resumes the finished run and changes nothing
     before = (run_dir / "checkpoints" / "last.safetensors").read_bytes()
-    assert main(["train", "--config", str(config), "--run-dir", str(run_dir), "--no-progress"]) == 0
+    try:
+        assert main(["train", "--config", str(config), "--run-dir", str(run_dir), "--no-progress"]) == 0
+    finally:
+        torch.set_num_threads(threads)
     assert json.loads((run_dir / "summary.json").read_text())["resumed"] is True
     assert (run_dir / "checkpoints" / "last.safetensors").read_bytes() == before
 

@@ -149,3 +149,22 @@ def test_cli_on_real_hippocampus_case(shared_data, tmp_path, model_dir):
     out = nib.load(str(tmp_path / "o" / "hippocampus_004.nii.gz"))
     assert out.shape == original.shape
     np.testing.assert_allclose(out.affine, original.affine, atol=1e-5)
+
+
+def test_channel_argmax_equals_torch_argmax_with_ties():
+    from medcore.inferers.predict import channel_argmax
+
+    scores = torch.randint(0, 3, (4, 9, 8, 7)).float()  # many ties: the first maximum must win
+    assert torch.equal(channel_argmax(scores), scores.argmax(0, keepdim=True).to(torch.uint8))
+
+
+def test_channels_last_model_from_model_dir_predicts_the_same(model_dir):
+    from medcore.inferers.predict import is_channels_last, predict_probabilities
+
+    cl_model, spec = load_model_dir(model_dir)  # CPU: channels-last by default
+    cf_model, _ = load_model_dir(model_dir, channels_last=False)
+    assert is_channels_last(cl_model) and not is_channels_last(cf_model)
+    x = torch.randn(1, 21, 19, 17)
+    a = predict_probabilities(cl_model, x, spec.inference, torch.device("cpu"))
+    b = predict_probabilities(cf_model, x, spec.inference, torch.device("cpu"))
+    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)

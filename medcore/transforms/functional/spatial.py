@@ -255,49 +255,60 @@ def _signed_permutation(a: np.ndarray) -> list[int] | None:
 
 
 def _axis_resample(x: torch.Tensor, dim: int, coords: np.ndarray, mode: str, padding: str) -> torch.Tensor:
-    """Sample ``x`` along ``dim`` at float ``coords`` (1-D linear or nearest)."""
+    """Sample ``x`` along ``dim`` at float ``coords`` (1-D linear or nearest), same layout.
+
+    Integer coordinates inside the grid are views or gathers (exact, dtype kept). Linear: two
+    slab gathers and one ``lerp`` for outer dims; the innermost dim, where gathers are
+    element-wise and slow, is a matmul with the (2-nonzeros-per-column) interpolation matrix."""
     n = x.shape[dim]
-    if np.all(np.abs(coords - np.round(coords)) < TOL):
-        idx = np.round(coords).astype(np.int64)
-        inside = (idx >= 0) & (idx < n)
-        if inside.all():
+    if padding == "border":
+        coords = np.clip(coords, 0, n - 1)
+    rounded = np.round(coords)
+    dev = x.device
+    if np.all(np.abs(coords - rounded) < TOL):
+        idx = rounded.astype(np.int64)
+        if np.all((idx >= 0) & (idx < n)):
+            lo = int(idx[0])
             if idx.size == n and np.array_equal(idx, np.arange(n)):
                 return x
             if idx.size == n and np.array_equal(idx, np.arange(n)[::-1]):
                 return torch.flip(x, (dim,))
-            lo, hi = int(idx[0]), int(idx[-1])
-            if np.array_equal(idx, np.arange(lo, hi + 1)):
+            if np.array_equal(idx, np.arange(lo, lo + idx.size)):
                 return x.narrow(dim, lo, idx.size)
-            return x.index_select(dim, torch.from_numpy(idx).to(x.device))
-        mode = "nearest"  # integer coords: nearest == linear; handle the out-of-grid part below
-    if padding == "border":
-        coords = np.clip(coords, 0, n - 1)
-    shape = [1] * x.ndim
-    shape[dim] = coords.size
+            return x.index_select(dim, torch.from_numpy(idx).to(dev))
+        mode = "nearest"  # integer coords, partly outside: nearest == linear
     if mode == "nearest":
         idx = np.rint(coords).astype(np.int64)  # half to even, like grid_sample
         inside = (idx >= 0) & (idx < n)
-        out = x.index_select(dim, torch.from_numpy(np.clip(idx, 0, n - 1)).to(x.device))
+        y = x.index_select(dim, torch.from_numpy(np.clip(idx, 0, n - 1)).to(dev))
         if not inside.all():
-            mask = torch.from_numpy(inside).to(x.device).reshape(shape)
-            out = out * mask.to(out.dtype) if out.is_floating_point() else torch.where(mask, out, torch.zeros((), dtype=out.dtype, device=out.device))
-        return out
+            y.index_fill_(dim, torch.from_numpy(np.nonzero(~inside)[0]).to(dev), 0)
+        return y
     i0 = np.floor(coords).astype(np.int64)
     w1 = coords - i0
-    w0 = 1.0 - w1
     i1 = i0 + 1
-    # zero weight for neighbours outside the grid ("zeros" padding)
-    w0 = np.where((i0 >= 0) & (i0 < n), w0, 0.0)
-    w1 = np.where((i1 >= 0) & (i1 < n), w1, 0.0)
-    dev = x.device
-    wdtype = _float_dtype(x.dtype)  # integer input: the weighted sum promotes to float32
+    ok0, ok1 = (i0 >= 0) & (i0 < n), (i1 >= 0) & (i1 < n)
+    ftype = _float_dtype(x.dtype)
+    if dim == x.ndim - 1:
+        w = np.zeros((n, coords.size))
+        cols = np.arange(coords.size)
+        np.add.at(w, (i0[ok0], cols[ok0]), (1.0 - w1)[ok0])
+        np.add.at(w, (i1[ok1], cols[ok1]), w1[ok1])
+        xf = x if x.dtype == ftype else x.to(ftype)
+        return xf @ torch.from_numpy(w).to(device=dev, dtype=ftype)
     a = x.index_select(dim, torch.from_numpy(np.clip(i0, 0, n - 1)).to(dev))
     b = x.index_select(dim, torch.from_numpy(np.clip(i1, 0, n - 1)).to(dev))
-    wa = torch.from_numpy(w0).to(device=dev, dtype=wdtype).reshape(shape)
-    wb = torch.from_numpy(w1).to(device=dev, dtype=wdtype).reshape(shape)
-    out = a * wa
-    out += b * wb
-    return out
+    if a.dtype != ftype:
+        a, b = a.to(ftype), b.to(ftype)
+    # "zeros" padding: a neighbour outside the grid contributes 0 (lerp weights still sum to 1)
+    if not ok0.all():
+        a.index_fill_(dim, torch.from_numpy(np.nonzero(~ok0)[0]).to(dev), 0)
+    if not ok1.all():
+        b.index_fill_(dim, torch.from_numpy(np.nonzero(~ok1)[0]).to(dev), 0)
+    view = [1] * x.ndim
+    view[dim] = coords.size
+    w = torch.from_numpy(w1).to(device=dev, dtype=ftype).reshape(view)
+    return torch.lerp(a, b, w, out=a)
 
 
 def _float_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -318,12 +329,12 @@ def resample(data: torch.Tensor, m: np.ndarray, out_shape: Sequence[int], mode: 
     perm = _signed_permutation(a)
     if perm is not None:
         x = data
-        linear = mode != "nearest"
-        # do shrinking axes first: less work for the later passes
+        mode_1d = "nearest" if mode == "nearest" else "linear"
+        # most-shrinking axes first: later passes then touch fewer voxels
         order = sorted(range(d), key=lambda k: out_shape[perm[k]] / max(data.shape[k + 1], 1))
         for k in order:
             coords = a[k, perm[k]] * np.arange(out_shape[perm[k]], dtype=np.float64) + b[k]
-            x = _axis_resample(x, k + 1, coords, "nearest" if not linear else "linear", padding_mode)
+            x = _axis_resample(x, k + 1, coords, mode_1d, padding_mode)
         # axis k of x now runs along output axis perm[k]
         inv = [0] * d
         for k in range(d):

@@ -1,0 +1,233 @@
+"""DICOM -> NIfTI conversion: medcore against dcm2niix, dicom2nifti and SimpleITK on the same input.
+
+    .venv/bin/python -m benchmarks.dicom_convert            # >= 2000 slices of 512x512 CT, 6 series
+    .venv/bin/python -m benchmarks.dicom_convert --quick    # a small run (~250 slices of 256x256)
+
+The synthetic tree is generated once into ``--workdir`` (default ``/tmp/medcore-bench-dicom``) and
+reused while its parameters match. Every converter reads the same files from a warm page cache and
+writes into a fresh folder. Reported: wall time per tool and the ratios peer/medcore (> 1 means
+medcore is faster), header-scan throughput, and the peak memory of a medcore conversion run in a
+child process, once on the largest series alone and once on the whole tree: it should follow the
+largest series, not the tree. Last line: ``RESULT speedup_vs_dcm2niix=... ...``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+FULL = {"n_patients": 6, "shape": (512, 512, 350), "seed": 0}
+QUICK = {"n_patients": 4, "shape": (256, 256, 64), "seed": 0}
+
+
+def _say(msg: str) -> None:
+    print(msg, flush=True)
+
+
+def prepare(workdir: Path, params: dict) -> Path:
+    """The synthetic DICOM tree for ``params``, generated unless it is cached.
+
+    Each parameter set has its own folder (``data-<hash>``), generated into a private temporary
+    folder and renamed into place, so concurrent runs (quick and full) never see a partial tree.
+    """
+    from medcore.data.synthetic import write_synthetic_studies
+
+    wanted = json.dumps({**params, "shape": list(params["shape"]), "version": 2}, sort_keys=True)
+    key = hashlib.sha256(wanted.encode()).hexdigest()[:10]
+    data = workdir / f"data-{key}"
+    if (data / "params.json").is_file():
+        return data / "dicom"
+    tmp = workdir / f".tmp-{key}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    t0 = time.perf_counter()
+    write_synthetic_studies(tmp, n_patients=params["n_patients"], seed=params["seed"],
+                            shape=tuple(params["shape"]), studies_per_patient=(1,) * params["n_patients"],
+                            localizer=False, overlays=False, progress=True)
+    (tmp / "params.json").write_text(wanted)
+    try:
+        os.rename(tmp, data)
+    except OSError:  # another run finished the same tree first
+        shutil.rmtree(tmp, ignore_errors=True)
+    _say(f"generated synthetic tree in {time.perf_counter() - t0:.1f} s")
+    return data / "dicom"
+
+
+def warm_cache(root: Path) -> tuple[int, int]:
+    """Read every file once so all tools start from the same warm page cache."""
+    n = size = 0
+    for path in root.rglob("*.dcm"):
+        size += len(path.read_bytes())
+        n += 1
+    return n, size
+
+
+def timed(fn) -> tuple[float, object]:
+    t0 = time.perf_counter()
+    result = fn()
+    return time.perf_counter() - t0, result
+
+
+def fresh(path: Path) -> Path:
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True)
+    return path
+
+
+def count_outputs(out: Path, suffix: str) -> int:
+    return sum(1 for _ in out.rglob(f"*{suffix}"))
+
+
+# --- racers ------------------------------------------------------------------------------------------
+def run_medcore(dicom: Path, out: Path, compress: bool, workers: int):
+    from medcore.dicom.convert import convert_tree
+    from medcore.dicom.deid import Deidentifier
+
+    return convert_tree(dicom, fresh(out), deid=Deidentifier(b"benchmark-key-0123456789abcdef"),
+                        compress=compress, progress=False, workers=workers, gzip_level=1)
+
+
+def run_dcm2niix(dicom: Path, out: Path, compress: bool) -> None:
+    exe = shutil.which("dcm2niix", path=str(Path(sys.executable).parent)) or shutil.which("dcm2niix")
+    if exe is None:
+        raise RuntimeError("dcm2niix binary not found; install the dcm2niix PyPI package into the venv")
+    # -z i: internal zlib (single thread, like medcore's writer) at -1 (fastest) when compressing
+    zflags = ["-z", "i", "-1"] if compress else ["-z", "n"]
+    subprocess.run([exe, *zflags, "-b", "y", "-ba", "y", "-f", "%j", "-o", str(fresh(out)), str(dicom)],
+                   check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def run_dicom2nifti(dicom: Path, out: Path) -> None:
+    import logging
+
+    import dicom2nifti
+
+    logging.getLogger("dicom2nifti").setLevel(logging.ERROR)
+    dicom2nifti.convert_directory(str(dicom), str(fresh(out)), compression=False, reorient=False)
+
+
+def run_simpleitk(dicom: Path, out: Path) -> None:
+    import SimpleITK as sitk
+
+    fresh(out)
+    n = 0
+    for folder in sorted({p.parent for p in dicom.rglob("*.dcm")}):
+        reader = sitk.ImageSeriesReader()
+        for series_id in reader.GetGDCMSeriesIDs(str(folder)):
+            reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(folder), series_id))
+            sitk.WriteImage(reader.Execute(), str(out / f"s{n:03d}.nii"))
+            n += 1
+
+
+def run_scan(dicom: Path, workers: int) -> int:
+    from medcore.dicom.scan import scan_tree
+
+    return scan_tree(dicom, workers=workers, progress=False).n_files
+
+
+_PEAK_CHILD = r"""
+import json, resource, sys
+from medcore.dicom.convert import convert_tree
+from medcore.dicom.deid import Deidentifier
+convert_tree(sys.argv[1], sys.argv[2], deid=Deidentifier(b"benchmark-key-0123456789abcdef"), compress=False,
+             progress=False, workers=1)
+peak_kb = max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
+print(json.dumps({"peak_mb": peak_kb / 1024}))
+"""
+
+
+def peak_memory_mb(dicom: Path, out: Path) -> float:
+    """Peak RSS (MB) of a child process that converts ``dicom`` with one worker."""
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, "-c", _PEAK_CHILD, str(dicom), str(fresh(out))], check=True,
+                          capture_output=True, text=True, env=env)
+    return float(json.loads(proc.stdout.strip().splitlines()[-1])["peak_mb"])
+
+
+def baseline_mb() -> float:
+    proc = subprocess.run([sys.executable, "-c", "import json, resource, medcore.dicom.convert, "
+                           "medcore.dicom.deid; print(json.dumps(resource.getrusage("
+                           "resource.RUSAGE_SELF).ru_maxrss / 1024))"], check=True, capture_output=True, text=True)
+    return float(proc.stdout.strip())
+
+
+# --- main --------------------------------------------------------------------------------------------
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small run (also env MEDCORE_BENCH_QUICK=1)")
+    parser.add_argument("--workdir", type=Path, default=Path("/tmp/medcore-bench-dicom"))
+    parser.add_argument("--workers", type=int, default=1, help="medcore worker processes (default 1: per core)")
+    parser.add_argument("--skip", nargs="*", default=[], choices=["dicom2nifti", "simpleitk", "memory"],
+                        help="leave slow racers out")
+    args = parser.parse_args(argv)
+    quick = args.quick or os.environ.get("MEDCORE_BENCH_QUICK") == "1"
+    params = QUICK if quick else FULL
+    dicom = prepare(args.workdir, params)
+    n_files, n_bytes = warm_cache(dicom)
+    series_dirs = sorted({p.parent for p in dicom.rglob("*.dcm")})
+    _say(f"input: {n_files} files, {len(series_dirs)} series, {n_bytes / 2**20:.0f} MiB, "
+         f"shape {params['shape'][0]}x{params['shape'][1]}; machine: {platform.machine()}, "
+         f"{os.cpu_count()} CPUs; medcore workers={args.workers}")
+    outs = args.workdir / f"out-{os.getpid()}"
+    times: dict[str, float] = {}
+
+    run_scan(dicom, 1)  # imports and first-call costs stay out of the timing
+    times["scan"], scanned = timed(lambda: run_scan(dicom, 1))
+    scan_rate = scanned / times["scan"]
+    _say(f"medcore scan (1 worker):  {times['scan']:7.2f} s  {scan_rate:8.0f} files/s")
+
+    times["medcore"], report = timed(lambda: run_medcore(dicom, outs / "medcore", False, args.workers))
+    _say(f"medcore .nii:             {times['medcore']:7.2f} s  ({len(report.series)} series, "
+         f"{report.files_quarantined} quarantined)")
+    times["medcore_gz"], _ = timed(lambda: run_medcore(dicom, outs / "medcore_gz", True, args.workers))
+    _say(f"medcore .nii.gz (lvl 1):  {times['medcore_gz']:7.2f} s")
+    times["dcm2niix"], _ = timed(lambda: run_dcm2niix(dicom, outs / "dcm2niix", False))
+    _say(f"dcm2niix -z n:            {times['dcm2niix']:7.2f} s  ({count_outputs(outs / 'dcm2niix', '.nii')} volumes)")
+    times["dcm2niix_gz"], _ = timed(lambda: run_dcm2niix(dicom, outs / "dcm2niix_gz", True))
+    _say(f"dcm2niix -z i -1:         {times['dcm2niix_gz']:7.2f} s")
+    if "simpleitk" not in args.skip:
+        times["simpleitk"], _ = timed(lambda: run_simpleitk(dicom, outs / "simpleitk"))
+        _say(f"SimpleITK series reader:  {times['simpleitk']:7.2f} s")
+    if "dicom2nifti" not in args.skip:
+        times["dicom2nifti"], _ = timed(lambda: run_dicom2nifti(dicom, outs / "dicom2nifti"))
+        _say(f"dicom2nifti:              {times['dicom2nifti']:7.2f} s  "
+             f"({count_outputs(outs / 'dicom2nifti', '.nii')} volumes)")
+
+    ratios = {k: times[k] / times["medcore"] for k in ("dcm2niix", "dicom2nifti", "simpleitk") if k in times}
+    ratios["dcm2niix_gz"] = times["dcm2niix_gz"] / times["medcore_gz"]
+    _say("speedups (peer time / medcore time; > 1 means medcore is faster):")
+    for k, v in ratios.items():
+        _say(f"  vs {k:<12} {v:6.2f}x")
+
+    extra = ""
+    if "memory" not in args.skip:
+        largest = max(series_dirs, key=lambda d: sum(1 for _ in d.glob("*.dcm")))
+        base = baseline_mb()
+        one = peak_memory_mb(largest, outs / "mem_one")
+        tree = peak_memory_mb(dicom, outs / "mem_tree")
+        n_largest = sum(1 for _ in largest.glob("*.dcm"))
+        series_mb = n_largest * params["shape"][0] * params["shape"][1] * 2 / 2**20
+        _say(f"peak RSS (1 worker): imports {base:.0f} MB; largest series ({n_largest} files, "
+             f"{series_mb:.0f} MB of int16) {one:.0f} MB; whole tree ({n_files} files) {tree:.0f} MB; "
+             f"tree/largest {tree / one:.2f}")
+        extra = f" peak_rss_mb_largest={one:.0f} peak_rss_mb_tree={tree:.0f}"
+    shutil.rmtree(outs, ignore_errors=True)
+    result = (f"RESULT speedup_vs_dcm2niix={ratios['dcm2niix']:.2f} "
+              f"speedup_vs_dicom2nifti={ratios.get('dicom2nifti', float('nan')):.2f} "
+              f"scan_files_per_s={scan_rate:.0f} speedup_gz_vs_dcm2niix_gz={ratios['dcm2niix_gz']:.2f}")
+    if "simpleitk" in ratios:
+        result += f" speedup_vs_simpleitk={ratios['simpleitk']:.2f}"
+    result += f"{extra} files={n_files} series={len(series_dirs)} workers={args.workers} quick={int(quick)}"
+    print(result)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

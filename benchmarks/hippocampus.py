@@ -1,0 +1,188 @@
+"""Hippocampus (MSD Task04): medcore's preset against a MONAI-tutorial-style baseline, same split, same budget.
+
+    .venv/bin/python -m benchmarks.hippocampus [--minutes 30] [--quick] [--skip-monai] [--out DIR]
+
+Both racers train on the same fixed hold-out split (80/20, seed 0: 166 training, 42 validation
+cases) for the same wall-clock budget, at the same batch (2) and patch (40x56x40). medcore trains its
+``hippocampus`` preset (plan derived from the data, DynUNet with deep supervision, AdamW + poly, its
+own validation inside the budget). The baseline follows MONAI's tutorials: MONAI transforms and
+CacheDataset, RandCropByPosNegLabeld, MONAI UNet with residual units, DiceCELoss, Adam. Both final
+models are scored by the same code (whole volumes, sliding window, Dice and HD95 in mm per class).
+Prints samples/s and the fraction of step time spent waiting for data, leaves medcore's MODEL_DIR and
+prints its path; the last line is ``RESULT dice_mean=... dice_anterior=... dice_posterior=...
+monai_dice_mean=... train_minutes=...``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from medcore.engine.presets import default_data_root, find_msd_cases, split_cases
+from medcore.utils.atomic import atomic_write_text
+
+PATCH = (40, 56, 40)
+BATCH = 2
+NAMES = {1: "anterior", 2: "posterior"}
+
+
+def score(label_pairs: list[tuple[torch.Tensor, torch.Tensor]]) -> dict[str, float]:
+    """Mean per-class Dice and HD95 (1 mm spacing) over (prediction, reference) label maps."""
+    from medcore.metrics import dice, hausdorff_distance, one_hot
+
+    rows = []
+    for pred, ref in label_pairs:
+        p, r = one_hot(pred[None, None].long(), 3), one_hot(ref[None, None].long(), 3)
+        rows.append((dice(p, r)[0].numpy(), hausdorff_distance(p, r, spacing=[1.0, 1.0, 1.0], percentile=95)[0].numpy()))
+    out = {}
+    for c, name in NAMES.items():
+        out[f"dice_{name}"] = float(np.nanmean([d[c] for d, _ in rows]))
+        hd = [h[c] for _, h in rows if math.isfinite(h[c])]
+        out[f"hd95_{name}"] = float(np.mean(hd)) if hd else float("nan")
+    out["dice_mean"] = float(np.mean([out[f"dice_{n}"] for n in NAMES.values()]))
+    out["hd95_mean"] = float(np.mean([out[f"hd95_{n}"] for n in NAMES.values()]))
+    return out
+
+
+def run_medcore(minutes: float, out: Path, max_val: int | None, threads: int) -> dict:
+    import medcore.networks.dynunet  # noqa: F401  (registers "dynunet")
+    from medcore.engine.run import run_training
+    from medcore.engine.segmentation import CachedCases
+    from medcore.inferers.model_dir import load_model_dir
+    from medcore.inferers.sliding_window import sliding_window_inference
+
+    config = {"preset": "hippocampus", "split": {"fraction": 0.2, "seed": 0}, "time_budget_minutes": minutes,
+              "max_val_cases": max_val, "threads": threads, "device": "cpu"}
+    run_dir = out / "medcore_run"
+    started = time.perf_counter()
+    summary = run_training(config, run_dir, progress=True)
+    wall = time.perf_counter() - started
+    history = json.loads((run_dir / "history.json").read_text())
+    train_seconds = sum(r["epoch_seconds"] for r in history)
+    model, spec = load_model_dir(summary["model_dir"])
+    val = CachedCases(next((run_dir / "cache").glob("val-*.safetensors")))
+    pairs = []
+    with torch.inference_mode():
+        for i in range(len(val)):
+            case = val[i]
+            logits = sliding_window_inference(case["image"][None], PATCH, model, overlap=0.5, mode="gaussian")
+            pairs.append((logits.argmax(1)[0], case["label"]))
+    return {"metrics": score(pairs), "model_dir": summary["model_dir"], "train_minutes": train_seconds / 60,
+            "wall_minutes": wall / 60, "epochs": summary["epochs"], "steps": summary["global_step"],
+            "samples_per_s": float(np.mean([r["samples_per_s"] for r in history])),
+            "data_wait_fraction": float(np.mean([r["data_wait_fraction"] for r in history])),
+            "best_epoch": summary["best_epoch"]}
+
+
+def run_monai(minutes: float, train_cases: list[dict], val_cases: list[dict], seed: int = 0) -> dict:
+    from monai.data import CacheDataset, DataLoader
+    from monai.inferers import sliding_window_inference
+    from monai.losses import DiceCELoss
+    from monai.networks.layers import Norm
+    from monai.networks.nets import UNet
+    from monai.transforms import (Compose, EnsureChannelFirstd, EnsureTyped, LoadImaged, NormalizeIntensityd,
+                                  Orientationd, RandCropByPosNegLabeld, RandFlipd, RandScaleIntensityd,
+                                  RandShiftIntensityd, SpatialPadd)
+    from monai.utils import set_determinism
+
+    set_determinism(seed)
+    keys = ["image", "label"]
+    base = [LoadImaged(keys), EnsureChannelFirstd(keys), Orientationd(keys, axcodes="RAS"),
+            NormalizeIntensityd("image"), SpatialPadd(keys, spatial_size=PATCH), EnsureTyped(keys)]
+    train_tf = Compose(base + [
+        RandCropByPosNegLabeld(keys, label_key="label", spatial_size=PATCH, pos=1, neg=1, num_samples=1),
+        RandFlipd(keys, prob=0.5, spatial_axis=0), RandFlipd(keys, prob=0.5, spatial_axis=1),
+        RandFlipd(keys, prob=0.5, spatial_axis=2), RandScaleIntensityd("image", factors=0.1, prob=0.5),
+        RandShiftIntensityd("image", offsets=0.1, prob=0.5)])
+    files = [{"image": c["image"], "label": c["label"]} for c in train_cases]
+    ds = CacheDataset(files, train_tf, cache_rate=1.0, num_workers=0, progress=False)
+    loader = DataLoader(ds, batch_size=BATCH, shuffle=True, num_workers=0)
+    model = UNet(spatial_dims=3, in_channels=1, out_channels=3, channels=(16, 32, 64, 128), strides=(2, 2, 2),
+                 num_res_units=2, norm=Norm.BATCH)
+    loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    budget, steps, wait, compute = minutes * 60, 0, 0.0, 0.0
+    started = time.perf_counter()
+    done = False
+    while not done:
+        model.train()
+        tick = time.perf_counter()
+        for batch in loader:
+            got = time.perf_counter()
+            wait += got - tick
+            opt.zero_grad()
+            loss = loss_fn(model(batch["image"]), batch["label"])
+            loss.backward()
+            opt.step()
+            float(loss)
+            steps += 1
+            tick = time.perf_counter()
+            compute += tick - got
+            if tick - started > budget:
+                done = True
+                break
+    train_seconds = time.perf_counter() - started
+    model.eval()
+    val_tf = Compose([LoadImaged(keys), EnsureChannelFirstd(keys), Orientationd(keys, axcodes="RAS"),
+                      NormalizeIntensityd("image"), EnsureTyped(keys)])
+    pairs = []
+    with torch.inference_mode():
+        for c in val_cases:
+            d = val_tf({"image": c["image"], "label": c["label"]})
+            logits = sliding_window_inference(d["image"][None].as_tensor().float(), PATCH, 1, model, overlap=0.5,
+                                              mode="gaussian")
+            pairs.append((torch.as_tensor(logits).argmax(1)[0], torch.as_tensor(d["label"][0]).round().long()))
+    return {"metrics": score(pairs), "train_minutes": train_seconds / 60, "steps": steps,
+            "samples_per_s": steps * BATCH / (wait + compute), "data_wait_fraction": wait / (wait + compute)}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--minutes", type=float, default=30.0, help="training wall-clock budget per racer")
+    p.add_argument("--quick", action="store_true", help="2-minute budget, 10 validation cases")
+    p.add_argument("--skip-monai", action="store_true")
+    p.add_argument("--threads", type=int, default=max(1, min(2, os.cpu_count() or 1)))
+    p.add_argument("--out", default="outputs/bench_hippocampus")
+    args = p.parse_args()
+    minutes = 2.0 if args.quick else args.minutes
+    max_val = 10 if args.quick else None
+    torch.set_num_threads(args.threads)
+    out = Path(args.out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    cases = find_msd_cases(default_data_root() / "hippocampus")
+    train_cases, val_cases = split_cases(cases, 0.2, seed=0)
+    val_cases = val_cases[:max_val] if max_val else val_cases
+    print(f"hippocampus: {len(train_cases)} training / {len(val_cases)} validation cases, budget {minutes:g} min "
+          f"per racer, {args.threads} threads, batch {BATCH}, patch {PATCH}")
+    med = run_medcore(minutes, out, max_val, args.threads)
+    print(f"medcore: {json.dumps(med['metrics'])}")
+    print(f"medcore: {med['steps']} steps in {med['train_minutes']:.1f} min, {med['samples_per_s']:.2f} samples/s, "
+          f"data wait {100 * med['data_wait_fraction']:.1f}% of step time; MODEL_DIR {med['model_dir']}")
+    mon = None
+    if not args.skip_monai:
+        mon = run_monai(minutes, train_cases, val_cases)
+        print(f"monai:   {json.dumps(mon['metrics'])}")
+        print(f"monai:   {mon['steps']} steps in {mon['train_minutes']:.1f} min, {mon['samples_per_s']:.2f} samples/s, "
+              f"data wait {100 * mon['data_wait_fraction']:.1f}% of step time")
+        print(f"ratio: dice_mean medcore/monai = {med['metrics']['dice_mean'] / mon['metrics']['dice_mean']:.3f}; "
+              f"samples/s medcore/monai = {med['samples_per_s'] / mon['samples_per_s']:.2f} (different networks)")
+    atomic_write_text(out / "result.json", json.dumps({"medcore": med, "monai": mon, "minutes": minutes,
+                                                       "threads": args.threads}, indent=2) + "\n")
+    m = med["metrics"]
+    monai_dice = mon["metrics"]["dice_mean"] if mon else float("nan")
+    print(f"MODEL_DIR {med['model_dir']}")
+    print(f"RESULT dice_mean={m['dice_mean']:.4f} dice_anterior={m['dice_anterior']:.4f} "
+          f"dice_posterior={m['dice_posterior']:.4f} hd95_mean={m['hd95_mean']:.2f} monai_dice_mean={monai_dice:.4f} "
+          f"train_minutes={med['train_minutes']:.1f} samples_per_s={med['samples_per_s']:.2f} "
+          f"data_wait={med['data_wait_fraction']:.3f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -40,7 +40,7 @@ def prepare(workdir: Path, params: dict) -> Path:
     """
     from medcore.data.synthetic import write_synthetic_studies
 
-    wanted = json.dumps({**params, "shape": list(params["shape"]), "version": 2}, sort_keys=True)
+    wanted = json.dumps({**params, "shape": list(params["shape"]), "version": 3}, sort_keys=True)
     key = hashlib.sha256(wanted.encode()).hexdigest()[:10]
     data = workdir / f"data-{key}"
     if (data / "params.json").is_file():
@@ -132,30 +132,46 @@ def run_scan(dicom: Path, workers: int) -> int:
     return scan_tree(dicom, workers=workers, progress=False).n_files
 
 
-_PEAK_CHILD = r"""
-import json, resource, sys
+_HWM = r"""
+def _hwm_mb():
+    # VmHWM belongs to this process image only (ru_maxrss would carry the forking parent's peak over exec)
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    import resource
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+"""
+
+_PEAK_CHILD = _HWM + r"""
+import json, sys
 from medcore.dicom.convert import convert_tree
 from medcore.dicom.deid import Deidentifier
 convert_tree(sys.argv[1], sys.argv[2], deid=Deidentifier(b"benchmark-key-0123456789abcdef"), compress=False,
              progress=False, workers=1)
-peak_kb = max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
-print(json.dumps({"peak_mb": peak_kb / 1024}))
+print(json.dumps({"peak_mb": _hwm_mb()}))
 """
+
+_BASE_CHILD = _HWM + r"""
+import json
+import medcore.dicom.convert, medcore.dicom.deid
+print(json.dumps({"peak_mb": _hwm_mb()}))
+"""
+
+
+def _child_peak_mb(code: str, *args: str) -> float:
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, "-c", code, *args], check=True, capture_output=True, text=True, env=env)
+    return float(json.loads(proc.stdout.strip().splitlines()[-1])["peak_mb"])
 
 
 def peak_memory_mb(dicom: Path, out: Path) -> float:
     """Peak RSS (MB) of a child process that converts ``dicom`` with one worker."""
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    proc = subprocess.run([sys.executable, "-c", _PEAK_CHILD, str(dicom), str(fresh(out))], check=True,
-                          capture_output=True, text=True, env=env)
-    return float(json.loads(proc.stdout.strip().splitlines()[-1])["peak_mb"])
+    return _child_peak_mb(_PEAK_CHILD, str(dicom), str(fresh(out)))
 
 
 def baseline_mb() -> float:
-    proc = subprocess.run([sys.executable, "-c", "import json, resource, medcore.dicom.convert, "
-                           "medcore.dicom.deid; print(json.dumps(resource.getrusage("
-                           "resource.RUSAGE_SELF).ru_maxrss / 1024))"], check=True, capture_output=True, text=True)
-    return float(proc.stdout.strip())
+    """Peak RSS (MB) of a child process that only imports the converter."""
+    return _child_peak_mb(_BASE_CHILD)
 
 
 # --- main --------------------------------------------------------------------------------------------

@@ -41,7 +41,7 @@ def write_slices(workdir: Path, n_slices: int, n_series: int = 4, size: int = 51
     rng = np.random.default_rng(0)
     base_img = (rng.normal(1024, 200, (size, size))).clip(0, 4095).astype(np.int16)
     for s in range(n_series):
-        folder = workdir / f"series_{s}_{per}_{size}"
+        folder = workdir / f"series_v2_{s}_{per}_{size}"
         paths = [folder / f"{i:05d}.dcm" for i in range(per)]
         series_paths.append(paths)
         if all(p.is_file() for p in paths):
@@ -67,7 +67,7 @@ def write_slices(workdir: Path, n_slices: int, n_series: int = 4, size: int = 51
             ds.PixelSpacing = [0.9765625, 0.9765625]
             ds.Rows = ds.Columns = size
             ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-            ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 1
+            ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
             ds.RescaleSlope, ds.RescaleIntercept = 1.0, -1024.0
             ds.add_new((0x0009, 0x0010), "LO", "ACME PRIVATE")
             ds.add_new((0x0009, 0x1001), "OB", bytes(6000))  # vendor blob, like a CSA header
@@ -142,7 +142,7 @@ def bench_pixels(series: list[list[Path]], repeats: int) -> tuple[dict, bool]:
         for paths in series:
             reader = sitk.ImageSeriesReader()
             reader.SetFileNames([str(p) for p in paths])
-            out.append(sitk.GetArrayViewFromImage(reader.Execute()).copy())
+            out.append(sitk.GetArrayFromImage(reader.Execute()))
         results["sitk"] = out
 
     t = {"medcore": _best(ours, repeats), "pydicom": _best(pyd, repeats), "sitk": _best(itk, repeats)}

@@ -94,7 +94,7 @@ def run_monai(minutes: float, train_cases: list[dict], val_cases: list[dict], se
 
     set_determinism(seed)
     keys = ["image", "label"]
-    base = [LoadImaged(keys), EnsureChannelFirstd(keys), Orientationd(keys, axcodes="RAS"),
+    base = [LoadImaged(keys), EnsureChannelFirstd(keys), Orientationd(keys, axcodes="RAS", labels=None),
             NormalizeIntensityd("image"), SpatialPadd(keys, spatial_size=PATCH), EnsureTyped(keys)]
     train_tf = Compose(base + [
         RandCropByPosNegLabeld(keys, label_key="label", spatial_size=PATCH, pos=1, neg=1, num_samples=1),
@@ -121,7 +121,7 @@ def run_monai(minutes: float, train_cases: list[dict], val_cases: list[dict], se
             loss = loss_fn(model(batch["image"]), batch["label"])
             loss.backward()
             opt.step()
-            float(loss)
+            float(loss.detach())
             steps += 1
             tick = time.perf_counter()
             compute += tick - got
@@ -130,7 +130,7 @@ def run_monai(minutes: float, train_cases: list[dict], val_cases: list[dict], se
                 break
     train_seconds = time.perf_counter() - started
     model.eval()
-    val_tf = Compose([LoadImaged(keys), EnsureChannelFirstd(keys), Orientationd(keys, axcodes="RAS"),
+    val_tf = Compose([LoadImaged(keys), EnsureChannelFirstd(keys), Orientationd(keys, axcodes="RAS", labels=None),
                       NormalizeIntensityd("image"), EnsureTyped(keys)])
     pairs = []
     with torch.inference_mode():

@@ -254,7 +254,8 @@ def _series_plan(patient: int, study: int, shape, rng: np.random.Generator) -> l
     fov = float(rng.uniform(380.0, 460.0))
     aniso = 1.0 if patient % 3 != 2 else 0.9  # patient 2 gets non-square pixels
     spacing = (round(fov / rows, 4), round(fov * aniso / columns, 4))
-    step = (2.5, 3.0, 4.0, 5.0)[(patient + study) % 4] * max(1.0, 40.0 / n_slices)
+    # ~40 slices span the organs at 2.5-5 mm; longer stacks get thinner slices (>= 0.625 mm)
+    step = (2.5, 3.0, 4.0, 5.0)[(patient + study) % 4] * max(0.25, 40.0 / n_slices)
     thickness = step if patient % 2 == 0 else step * 1.25  # overlapping reconstruction for odd patients
     shift = (float(rng.uniform(-5, 5)), float(rng.uniform(-5, 5)), float(rng.uniform(-5, 5)))
     plan = []

@@ -2,7 +2,8 @@
 
 Public entry points: :func:`convert_tree` (a tree to NIfTI + sidecars + quarantine table),
 :func:`load_series` (one series into memory), :func:`scan_tree` (header index),
-:func:`group_frames`, :func:`plan_stack` and the frame reader of :mod:`medcore.dicom.frames`.
+:func:`group_frames`, :func:`plan_stack`, the frame reader of :mod:`medcore.dicom.frames`,
+de-identification (:class:`Deidentifier`) and DICOM SEG (:func:`write_seg`, :func:`read_seg`).
 Submodules are imported lazily so ``import medcore.dicom`` stays cheap.
 """
 
@@ -29,8 +30,16 @@ _EXPORTS = {
     "read_frames": "medcore.dicom.frames",
     "load_pixels": "medcore.dicom.frames",
     "to_real_values": "medcore.dicom.frames",
+    "NotDicomError": "medcore.dicom.frames",
+    "UnsupportedDicomError": "medcore.dicom.frames",
+    "DecodeError": "medcore.dicom.frames",
     "Deidentifier": "medcore.dicom.deid",
+    "DeidentificationError": "medcore.dicom.deid",
     "load_or_create_key": "medcore.dicom.deid",
+    "write_seg": "medcore.dicom.seg",
+    "read_seg": "medcore.dicom.seg",
+    "SegResult": "medcore.dicom.seg",
+    "SegmentationError": "medcore.dicom.seg",
 }
 
 __all__ = sorted(_EXPORTS)

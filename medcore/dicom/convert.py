@@ -24,7 +24,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from medcore.dicom import geometry
 from medcore.dicom.frames import DecodeError, Frame, load_pixels, to_real_values
 from medcore.dicom.group import StackGroup, group_frames, image_component, temporal_key
 from medcore.dicom.nifti import GZIP_LEVEL, write_nifti, write_sidecar
@@ -101,6 +100,7 @@ class ConversionReport:
     files_in: int
     files_converted: int
     files_quarantined: int
+    refused: list[dict] = field(default_factory=list)  # stacks not written: series, code, message, frames
     local_paths: dict[str, Path] = field(default_factory=dict, repr=False)  # in memory only
 
     @property
@@ -113,7 +113,7 @@ class ConversionReport:
         return {str(k): int(v) for k, v in self.quarantine["code"].value_counts().sort_index().items()}
 
     def summary(self) -> str:
-        lines = [f"series written: {len(self.series)}",
+        lines = [f"series written: {len(self.series)}, stacks refused: {len(self.refused)}",
                  f"files: {self.files_in} in = {self.files_converted} converted + "
                  f"{self.files_quarantined} quarantined"]
         for code, count in self.quarantine_counts().items():
@@ -209,6 +209,20 @@ def philips_scale_slopes(frames: Sequence[Frame]) -> np.ndarray | None:
     return out
 
 
+def check_duplicates(frames: Sequence[Frame], plan: StackPlan) -> None:
+    """Dropped copies must hold the same pixels as the frame kept; else ``conflicting_duplicates``."""
+    if not plan.dropped:
+        return
+    kept = {(f.sop_instance_uid, f.frame_index): f for i, f in enumerate(frames) if i not in set(plan.dropped)}
+    copies = [frames[i] for i in plan.dropped]
+    originals = [kept[(f.sop_instance_uid, f.frame_index)] for f in copies]
+    a, b = load_pixels(copies), load_pixels(originals)
+    if a.shape != b.shape or not np.array_equal(a, b):
+        raise GeometryError("conflicting_duplicates",
+                            "files share a SOPInstanceUID but hold different pixel data; which copy is right "
+                            "cannot be decided - remove the wrong export and convert again")
+
+
 def assemble(frames: Sequence[Frame], plan: StackPlan) -> tuple[np.ndarray, np.ndarray, dict]:
     """Decode, rescale, order and (if planned) resample; returns (stack, RAS affine, geometry meta).
 
@@ -281,6 +295,7 @@ def convert_stack(task: StackTask) -> dict:
     for _attempt in range(len(frames) + 1):
         try:
             plan = plan_for(frames, temporal)
+            check_duplicates(frames, plan)
             stack, affine, geo = assemble(frames, plan)
             break
         except DecodeError as exc:  # drop the undecodable file, quarantine it, try the rest
@@ -362,6 +377,9 @@ def _suffix(group: StackGroup, sibling_number: int) -> str:
         elif reason == "localizer":
             if value:
                 parts.append("_localizer")
+        elif reason == "derived":
+            if value:
+                parts.append("_derived")
         elif reason == "series_number":
             continue  # already in the name
         else:
@@ -401,7 +419,8 @@ def _tasks(scan: ScanResult, groups: list[StackGroup], deid, out_dir: Path, comp
         siblings[group.series_uid] += 1
         number = first["series_number"]
         number = int(number) if number is not None and not pd.isna(number) else 0
-        stem = f"{subject}_{session}_ser-{number:03d}-{_short_hash(series_uid)}{_suffix(group, siblings[group.series_uid])}"
+        suffix = _suffix(group, siblings[group.series_uid])
+        stem = f"{subject}_{session}_ser-{number:03d}-{_short_hash(series_uid)}{suffix}"
         base, k = stem, 1
         while stem in used_names:
             k += 1
@@ -452,7 +471,7 @@ def convert_tree(in_dir: str | os.PathLike, out_dir: str | os.PathLike, *, deid=
     converted: set[str] = set()
     pending: dict[str, tuple[str, str, str]] = {}  # path -> (code, message, series)
     records: list[SeriesRecord] = []
-    file_count = defaultdict(int)
+    refused: list[dict] = []
     all_image_files = {str(scan.files[i]) for i in scan.index["file"].unique()} if len(scan.index) else set()
 
     bar = None
@@ -479,6 +498,8 @@ def convert_tree(in_dir: str | os.PathLike, out_dir: str | os.PathLike, *, deid=
                 n_files=len(result["used_files"]), n_frames=result["n_frames"],
                 n_volumes=result["n_volumes"], resampled=result["resampled"], issues=result["issues"]))
         else:
+            refused.append({"series": stem, "code": result["code"], "message": result["message"],
+                            "frames": len(task.frames)})
             for f in task.frames:
                 pending.setdefault(str(f.path), (result["code"], f"series {stem}: {result['message']}", stem))
         if bar is not None:
@@ -505,7 +526,6 @@ def convert_tree(in_dir: str | os.PathLike, out_dir: str | os.PathLike, *, deid=
     for path in sorted(all_image_files - converted):
         code, message, stem = pending.get(path, ("internal_error", "the file was not assigned to any series", ""))
         quarantine.add(Path(path), code, message, stem)
-    del file_count
 
     qframe = quarantine.to_frame()
     series_df = pd.DataFrame([asdict(r) for r in records],
@@ -517,7 +537,7 @@ def convert_tree(in_dir: str | os.PathLike, out_dir: str | os.PathLike, *, deid=
             frame.to_parquet(tmp, index=False)
     report = ConversionReport(out_dir=out_dir, series=records, quarantine=qframe, files_in=scan.n_files,
                               files_converted=len(converted), files_quarantined=len(qframe),
-                              local_paths=dict(quarantine.local_paths))
+                              refused=refused, local_paths=dict(quarantine.local_paths))
     if not report.balanced:  # a bug, never silently accepted
         raise AssertionError(f"file accounting does not balance: {report.summary()}")
     return report
@@ -531,7 +551,8 @@ def load_series(source: str | os.PathLike | Sequence[str | os.PathLike]) -> tupl
     """Read one DICOM series (a folder or a list of files) into ``(array, affine, meta)``.
 
     ``array`` is in NIfTI axis order ``(X=col, Y=row, Z=slice[, T])`` with real values
-    (rescale applied); ``affine`` is the float64 4x4 voxel-to-RAS map. Raises ``ValueError``
+    (rescale applied; colour data get a trailing axis of 3 samples); ``affine`` is the float64
+    4x4 voxel-to-RAS map. Raises ``ValueError``
     naming the reason when the input is not exactly one convertible stack.
     """
     if isinstance(source, (str, os.PathLike)):
@@ -556,9 +577,11 @@ def load_series(source: str | os.PathLike | Sequence[str | os.PathLike]) -> tupl
     result = convert_stack(task)
     if result["status"] != "written":
         raise ValueError(f"{source}: {result['code']}: {result['message']}")
-    array = np.ascontiguousarray(result["array"]).T
-    if array.ndim == 4 and result["array"].dtype.fields is None and result["n_volumes"] == 1:
-        array = array[..., 0]
+    array = result["array"]
+    if frames[0].samples_per_pixel > 1:  # colour: (slices, rows, cols, 3) -> (X, Y, Z, 3)
+        array = array.transpose(3, 2, 1, 0, 4) if array.ndim == 5 else array.transpose(2, 1, 0, 3)
+    else:
+        array = array.T
     first = task.frames[0]
     meta = {"modality": first.modality, "series_number": first.series_number,
             "n_volumes": result["n_volumes"], "resampled": result["resampled"],

@@ -159,7 +159,6 @@ _PRIVATE_TAGS = (
     0x0019100E,  # Siemens DiffusionGradientDirection
     0x00291010,  # Siemens CSA image header
     0x00190010, 0x00290010,  # private creators
-    0x00431039,  # GE slop_int_6..9 (b-value)
     0x00100020,  # PatientID: only for read_frames_and_patient, never stored on a Frame
 )
 
@@ -278,7 +277,9 @@ def _sniff(path: Path) -> None:
         # No preamble: the first element must be a group 0002 (meta), 0008 or ACR-NEMA 0000 one.
         group_le = int.from_bytes(head[0:2], "little")
         group_be = int.from_bytes(head[0:2], "big")
-        if group_le in (0x0000, 0x0002, 0x0008) or group_be == 0x0008:
+        if group_le in (0x0002, 0x0008) or group_be == 0x0008:
+            return
+        if head[0:8] == b"\x00\x00\x00\x00\x04\x00\x00\x00":  # ACR-NEMA (0000,0000) group length
             return
     raise NotDicomError(
         path,
@@ -297,7 +298,12 @@ def _read_header(path: Path):
         _SPECIFIC_TAGS = _specific_tags()
         _WANTED = frozenset(_SPECIFIC_TAGS) | {0x00080005}
     _sniff(path)
-    fast = rawheader.parse(path, _WANTED, _FALLBACK_TAGS) if USE_FAST_HEADER else None
+    try:
+        fast = rawheader.parse(path, _WANTED, _FALLBACK_TAGS) if USE_FAST_HEADER else None
+    except rawheader.Truncated as exc:
+        raise UnsupportedDicomError(
+            path, f"is truncated ({exc}); re-copy or re-export the file", "truncated"
+        ) from exc
     if fast is not None:
         ds, pixel, size = fast
         return ds, ds.transfer_syntax_uid, pixel, size

@@ -2,7 +2,7 @@
 
 Within one SeriesInstanceUID, frames are split on: SeriesNumber, orientation, image size, pixel spacing,
 samples per pixel, echo (number and time), image component (magnitude / phase / real /
-imaginary), and localizer versus main stack. If positions then repeat, the frames are a 4D
+imaginary / field map), ORIGINAL versus DERIVED, and localizer versus main stack. If positions then repeat, the frames are a 4D
 series when every temporal value (TemporalPositionIdentifier, AcquisitionNumber) covers the
 same positions; otherwise they are split on that temporal value (e.g. two acquisitions of a
 CT at different table ranges). :func:`group_frames` works on the scan index DataFrame and
@@ -16,9 +16,11 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-#: IOP values are rounded to this many decimals to decide "same orientation".
-_IOP_DECIMALS = 3
-_POSITION_DECIMALS = 2
+from medcore.dicom.geometry import slice_normal
+
+#: IOPs whose direction cosines differ by at most this are the same orientation.
+_IOP_TOLERANCE = 1e-3
+_POSITION_TOLERANCE = 0.02  # mm
 
 _COMPONENTS = {"P": "phase", "PHASE": "phase", "R": "real", "REAL": "real", "I": "imaginary",
                "IMAGINARY": "imaginary", "FIELD_MAP": "fieldmap", "B0": "fieldmap", "FIELDMAPHZ": "fieldmap"}
@@ -41,15 +43,6 @@ def image_component(image_type) -> str:
         if v in _COMPONENTS:
             return _COMPONENTS[v]
     return "magnitude"
-
-
-def _round_tuple(value, decimals: int):
-    if value is None or (isinstance(value, float) and np.isnan(value)):
-        return None
-    try:
-        return tuple(round(float(x), decimals) + 0.0 for x in value)
-    except TypeError:
-        return None
 
 
 def _scalar(value):
@@ -77,18 +70,44 @@ def temporal_key(item) -> tuple:
     return tuple(k(get(name)) for name in _TEMPORAL_FIELDS)
 
 
-def _split_key(row) -> tuple:
+class _Canonical:
+    """Maps near-equal numeric tuples to one representative (no rounding-boundary splits)."""
+
+    def __init__(self, tol: float):
+        self.tol = tol
+        self.reps: list[tuple] = []
+
+    def __call__(self, value) -> tuple | None:
+        if value is None or (isinstance(value, float) and np.isnan(value)):
+            return None
+        try:
+            vec = tuple(float(x) for x in (value if isinstance(value, (tuple, list, np.ndarray)) else [value]))
+        except (TypeError, ValueError):
+            return None
+        for rep in self.reps:
+            if len(rep) == len(vec) and max(abs(a - b) for a, b in zip(rep, vec)) <= self.tol:
+                return rep
+        self.reps.append(vec)
+        return vec
+
+
+def _split_key(row, canon: dict[str, _Canonical]) -> tuple:
     return (
         ("series_number", _scalar(row["series_number"])),
-        ("orientation", _round_tuple(row["iop"], _IOP_DECIMALS)),
+        ("orientation", canon["iop"](row["iop"])),
         ("size", (int(row["rows"]), int(row["cols"]))),
-        ("pixel_spacing", _round_tuple(row["pixel_spacing"], 4)),
+        ("pixel_spacing", canon["spacing"](row["pixel_spacing"])),
         ("samples", int(row["samples_per_pixel"])),
-        ("echo", (_scalar(row["echo_number"]), _round_tuple([row["echo_time"]], 3)
-                  if _scalar(row["echo_time"]) is not None else None)),
+        ("echo", (_scalar(row["echo_number"]), canon["echo"](_scalar(row["echo_time"])))),
         ("component", image_component(row["image_type"])),
+        ("derived", _is_derived(row["image_type"])),
         ("localizer", bool(row["is_localizer"])),
     )
+
+
+def _is_derived(image_type) -> bool:
+    """ImageType value 1 is DERIVED (reformat, MIP, post-processing) rather than ORIGINAL."""
+    return bool(image_type) and str(image_type[0]).upper() == "DERIVED"
 
 
 def _temporal_value(row):
@@ -96,10 +115,29 @@ def _temporal_value(row):
     return (tp, an)
 
 
+def _position_ids(rows: list[dict]) -> list[int] | None:
+    """Slice-position cluster id of each row (distance along the normal, within tolerance)."""
+    try:
+        normal = slice_normal(rows[0]["iop"])
+        d = np.array([np.dot(np.asarray(r["ipp"], dtype=float), normal) for r in rows])
+    except (TypeError, ValueError):
+        return None
+    if not np.all(np.isfinite(d)):
+        return None
+    order = np.argsort(d, kind="stable")
+    ids = np.empty(len(d), dtype=np.int64)
+    current, anchor = 0, d[order[0]]
+    for idx in order:
+        if d[idx] - anchor > _POSITION_TOLERANCE:
+            current, anchor = current + 1, d[idx]
+        ids[idx] = current
+    return ids.tolist()
+
+
 def _split_temporal(records: dict[int, dict], labels: list[int]) -> list[tuple[list[int], object]]:
     """Keep a 4D set together; split acquisitions that cover different positions."""
-    pos = [_round_tuple(records[i]["ipp"], _POSITION_DECIMALS) for i in labels]
-    if any(p is None for p in pos) or len(set(pos)) == len(pos):
+    pos = _position_ids([records[i] for i in labels])
+    if pos is None or len(set(pos)) == len(pos):
         return [(labels, None)]
     tvals = [_temporal_value(records[i]) for i in labels]
     distinct = list(dict.fromkeys(tvals))
@@ -130,8 +168,9 @@ def group_frames(index: pd.DataFrame) -> list[StackGroup]:
     for series_uid in sorted(by_series):
         members = by_series[series_uid]
         keyed: dict[tuple, list[int]] = {}
+        canon = {"iop": _Canonical(_IOP_TOLERANCE), "spacing": _Canonical(1e-4), "echo": _Canonical(1e-3)}
         for lab in members:
-            keyed.setdefault(_split_key(records[lab]), []).append(lab)
+            keyed.setdefault(_split_key(records[lab], canon), []).append(lab)
         distinct = list(keyed)
         varying = [i for i in range(len(distinct[0])) if len({d[i] for d in distinct}) > 1]
         for key, labels in keyed.items():

@@ -41,6 +41,7 @@ REASONS = {
     "mixed_pixel_spacing": "slices with different pixel spacing in one stack",
     "inconsistent_repeats": "positions repeat unevenly (incomplete 4D series)",
     "moving_positions": "positions differ between the volumes of a 4D series",
+    "conflicting_duplicates": "two files share a SOPInstanceUID but differ in pixel data",
     "mixed_patients": "one series holds images of several patients",
     "write_failed": "the output could not be written",
     "internal_error": "an unexpected error while converting the series",

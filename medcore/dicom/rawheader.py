@@ -34,6 +34,10 @@ class _Skip(Exception):
     """The file needs the full pydicom reader."""
 
 
+class Truncated(Exception):
+    """The file ends inside a data element before any pixel data: it was cut short."""
+
+
 class RawElement:
     """A data element: ``tag``, ``VR`` and the converted ``value``."""
 
@@ -194,7 +198,9 @@ def _element_header(buf: bytes, pos: int, implicit: bool):
 
 
 def parse(path: Path, wanted: frozenset[int], fallback_tags: frozenset[int]):
-    """``(RawHeader, pixel)`` for a plain little-endian file, or None to use pydicom.
+    """``(RawHeader, pixel, size)`` for a plain little-endian file, or None to use pydicom.
+
+    Raises :class:`Truncated` when the file ends inside its header.
 
     ``pixel`` is ``(tag, value offset, length)`` or None when the file has no pixel data.
     Seeing any tag of ``fallback_tags`` (e.g. functional group sequences) returns None.
@@ -249,7 +255,9 @@ def _parse(buf: bytes, wanted, fallback_tags, size: int):
         if pos + 8 > end:
             if end < size:
                 raise _NeedMore
-            break  # end of file: no pixel data
+            if pos < end:
+                raise Truncated(f"the file ends inside an element header at byte {pos} of {size}")
+            break  # clean end of file: no pixel data
         if implicit:
             group, elem, length = unpack_implicit(buf, pos)
             vr = None
@@ -258,7 +266,9 @@ def _parse(buf: bytes, wanted, fallback_tags, size: int):
             group, elem, vr, length = unpack_explicit(buf, pos)
             if vr in _EXPLICIT_LONG:
                 if pos + 12 > end:
-                    raise _NeedMore if end < size else _Skip("truncated element")
+                    if end < size:
+                        raise _NeedMore
+                    raise Truncated(f"the file ends inside an element header at byte {pos} of {size}")
                 (length,) = unpack_long(buf, pos + 8)
                 vpos = pos + 12
             elif vr in _VALID_VR:
@@ -276,16 +286,20 @@ def _parse(buf: bytes, wanted, fallback_tags, size: int):
         if length == _UNDEFINED:
             try:
                 pos = _skip_undefined(buf, vpos, implicit)
-            except _Skip:
+            except _Skip as exc:
                 if end < size:
                     raise _NeedMore
+                if "past the chunk" in str(exc):
+                    raise Truncated(f"the file ends inside a sequence that starts at byte {pos}")
                 raise
             continue
         pos = vpos + length
         if pos > end:
             if end < size:
                 raise _NeedMore
-            raise _Skip("element runs past the end of the file")
+            raise Truncated(
+                f"element ({group:04X},{elem:04X}) needs {length} bytes at byte {vpos} but the file has {size}"
+            )
         if tag in wanted:
             vr_text = vr.decode("ascii") if vr is not None else _dictionary_vr(tag)
             if vr_text == "UN" and not implicit:

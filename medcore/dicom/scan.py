@@ -17,7 +17,6 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from medcore.dicom.frames import DicomFrameError, Frame, read_frames
@@ -183,17 +182,10 @@ def deidentified_index(scan: ScanResult, deid) -> pd.DataFrame:
     for col in _SAFE_COLUMNS:
         if col in idx:
             values = idx[col]
-            if col in ("image_type", "iop", "ipp", "pixel_spacing"):
-                values = values.map(lambda v: None if v is None else [float(x) if col != "image_type"
-                                                                       else str(x) for x in v])
+            if col == "image_type":
+                values = values.map(lambda v: None if v is None else [str(x) for x in v])
+            elif col in ("iop", "ipp", "pixel_spacing"):
+                values = values.map(lambda v: None if v is None else [float(x) for x in v])
             out[col] = values
     return out.reset_index(drop=True)
 
-
-def to_float_array(values, width: int) -> np.ndarray:
-    """Column of tuples (or None) -> ``(n, width)`` float array with NaN for missing."""
-    out = np.full((len(values), width), np.nan)
-    for i, v in enumerate(values):
-        if v is not None and len(v) == width:
-            out[i] = [float(x) for x in v]
-    return out

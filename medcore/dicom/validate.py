@@ -9,13 +9,18 @@ Decisions (a volume with a wrong affine is the worst possible output):
 
 * ``mixed_orientation`` / ``mixed_pixel_spacing``: refuse (grouping normally splits these first).
 * ``missing_geometry``: no IOP/IPP/PixelSpacing: refuse, nothing trustworthy can be written.
-* exact duplicates (same SOPInstanceUID and frame): the later copies are dropped.
+* exact duplicates (same SOPInstanceUID and frame): the later copies are dropped (the converter
+  then checks that their pixels are identical, else refuses ``conflicting_duplicates``).
 * repeated positions: every position the same number of times -> 4D, ordered by temporal
   keys; otherwise ``inconsistent_repeats``.
 * ``missing_slices``: a gap that is a whole multiple (>= 2) of the usual step, or more than
   2.5 times it: refuse, because filling a hole would invent anatomy.
 * irregular spacing (other uneven gaps) and gantry tilt (slice origins drifting in-plane):
   resampled onto a regular, orthogonal grid (see :mod:`medcore.dicom.resample`), recorded.
+  The output step is the smallest gap (at least a quarter of the median gap).
+
+A stack is regular when every slice lies within ``max(0.02 mm, 0.2% of the step)`` of
+``first + k * step``; the affine then places every input slice within that distance.
 """
 
 from __future__ import annotations
@@ -100,7 +105,7 @@ def _classify_gaps(positions: np.ndarray) -> tuple[float, bool]:
     gaps = np.diff(positions)
     step = float((positions[-1] - positions[0]) / (len(positions) - 1))
     expected = positions[0] + step * np.arange(len(positions))
-    tol = max(POSITION_TOLERANCE, 0.01 * step)
+    tol = max(POSITION_TOLERANCE, 0.002 * step)
     if np.max(np.abs(positions - expected)) <= tol:
         return step, False
     usual = float(np.median(gaps))
@@ -113,7 +118,9 @@ def _classify_gaps(positions: np.ndarray) -> tuple[float, bool]:
             "missing_slices",
             f"gap of {gaps[worst]:.3f} mm between slices {worst} and {worst + 1} where the usual step is "
             f"{usual:.3f} mm: slices are missing; export the complete series")
-    return float(np.min(gaps)), True
+    # the finest spacing, but never below a quarter of the usual step (near-coincident slices
+    # would otherwise explode the volume)
+    return float(max(np.min(gaps), usual / 4.0)), True
 
 
 def plan_stack(iops: np.ndarray, ipps: np.ndarray, pixel_spacings: np.ndarray,

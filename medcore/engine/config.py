@@ -9,6 +9,7 @@ from typing import Any
 DEFAULTS: dict[str, Any] = {
     "preset": "hippocampus",
     "data_dir": None,            # default: the preset's folder under $MEDCORE_TEST_DATA, or generated
+    "datalist": None,            # an MSD dataset.json (or task folder) instead of data_dir, via medcore.data
     "split": {"fraction": 0.2, "seed": 0, "folds": None, "fold": 0},
     "max_cases": None,           # use only the first N cases (quick runs)
     "max_val_cases": None,       # validate on at most N of the validation cases

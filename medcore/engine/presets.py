@@ -89,16 +89,28 @@ def split_cases(cases: list[dict], fraction: float = 0.2, seed: int = 0, folds: 
 def fingerprint(cases: list[dict], max_intensity_cases: int = 64, seed: int = 0) -> dict[str, Any]:
     """Median shape and spacing (all cases, from headers), foreground intensity statistics and labels
     (from up to ``max_intensity_cases`` cases)."""
-    shapes, spacings = [], []
+    shapes, spacings, readable = [], [], []
     for case in cases:
-        header = nib.load(case["image"]).header
+        try:  # an unreadable case is skipped here and reported by the preprocessing step
+            header = nib.load(case["image"]).header
+        except Exception:  # nibabel raises many types for damaged files
+            continue
         shapes.append([int(v) for v in header.get_data_shape()[:3]])
         spacings.append([float(v) for v in header.get_zooms()[:3]])
+        readable.append(case)
+    if not readable:
+        raise ValueError(f"none of the {len(cases)} cases can be read (first: {cases[0]['image'] if cases else '-'})")
+    cases = readable
     pick = np.random.default_rng(seed).permutation(len(cases))[:max_intensity_cases]
     samples, labels = [], set()
     for i in sorted(pick.tolist()):
-        image = np.asarray(nib.load(cases[i]["image"]).dataobj, dtype=np.float32)
-        label = np.rint(np.asarray(nib.load(cases[i]["label"]).dataobj)).astype(np.int64)
+        try:
+            image = np.asarray(nib.load(cases[i]["image"]).dataobj, dtype=np.float32)
+            label = np.rint(np.asarray(nib.load(cases[i]["label"]).dataobj)).astype(np.int64)
+        except Exception:  # damaged data: skipped here, reported by the preprocessing step
+            continue
+        if image.shape != label.shape:
+            continue
         labels.update(np.unique(label).tolist())
         fg = image[label > 0]
         if fg.size:
@@ -159,7 +171,7 @@ def make_plan(fp: dict, preset_name: str, device: str = "cpu", overrides: dict |
     reasons.append("resample every case to the target spacing" if resample else
                    "all cases already have the target spacing: no resampling (no interpolation of labels)")
     kernels, strides = dynunet_kernels_strides(spacing, patch, min_size=8)
-    f0 = int(overrides.get("base_filters", 32 if device.startswith("cuda") else 16))
+    f0 = int(overrides.get("base_filters", 32 if device.startswith("cuda") else 8))
     reasons.append(f"{len(strides) - 1} downsamplings from spacing and patch (halve while >= 8 voxels and not "
                    f"coarser than 2x the finest axis); {f0} base filters ({'GPU' if f0 >= 32 else 'CPU budget'})")
     if info["network"] == "dynunet":
@@ -172,7 +184,7 @@ def make_plan(fp: dict, preset_name: str, device: str = "cpu", overrides: dict |
                    "channels": [f0 * 2 ** i for i in range(len(strides))], "strides": [2] * (len(strides) - 1)}
     network = overrides.get("network", network)
     loss = {"name": "deep_supervision", "loss": {"name": "dice_ce", "to_onehot_y": True, "softmax": True,
-                                                 "batch": True}}
+                                                 "batch": True, "include_background": False}}
     plan = {
         "preset": preset_name, "modality": info["modality"], "labels": labels, "num_classes": num_classes,
         "target_spacing": spacing, "resample": resample, "patch_size": patch, "normalization": normalization,
@@ -185,7 +197,7 @@ def make_plan(fp: dict, preset_name: str, device: str = "cpu", overrides: dict |
         "fingerprint": fp,
     }
     reasons.append("AdamW 3e-3 with 50 warm-up steps and poly decay: converges within a short (minutes) budget; "
-                   "DiceCE (batch Dice) with deep supervision weights 1, 1/2, 1/4; 1/3 of patches centred on foreground")
+                   "DiceCE (batch Dice over the foreground classes) with deep supervision weights 1, 1/2, 1/4; 1/3 of patches centred on foreground")
     unknown = sorted(set(overrides) - set(plan) - {"base_filters"})
     if unknown:
         raise ValueError(f"plan overrides have unknown field(s) {unknown}; allowed: {sorted(plan)} and base_filters")

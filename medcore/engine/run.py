@@ -32,8 +32,16 @@ def _write_json(path: Path, value: Any) -> None:
 
 
 def resolve_cases(config: dict, run_dir: Path, ctx: DistContext) -> list[dict]:
-    """The preset's cases: an MSD-layout folder (given, or the preset's default; synthetic CT is generated)."""
+    """The cases: a datalist, an MSD-layout folder (given, or the preset's default), or generated synthetic CT."""
     info = preset(config["preset"])
+    if config["datalist"]:
+        from medcore.data.datalist import case_id, load_datalist
+
+        items = load_datalist(config["datalist"])
+        cases = [{"id": case_id(item), "image": item["image"], "label": item["label"]} for item in items if "label" in item]
+        if not cases:
+            raise ValueError(f"datalist {config['datalist']}: no training entries with both image and label")
+        return cases[:config["max_cases"]] if config["max_cases"] else cases
     data_dir = config["data_dir"]
     if data_dir is None and info["data_dir"] is not None:
         data_dir = default_data_root() / info["data_dir"]
@@ -76,17 +84,17 @@ def loop_settings(config: dict, plan: dict, num_train: int, num_val: int, step_s
                                 "val_every": 1, "checkpoint_every_steps": 50, "max_epochs": 50}
     budget = config["time_budget_minutes"]
     if budget and step_seconds:
-        block = settings["batch_size"] * world_size
-        val_seconds = math.ceil(num_val / world_size) * step_seconds * 0.6
-        total_steps = max(1, int(budget * 60 / (step_seconds * 1.05)))
+        block, budget_s = settings["batch_size"] * world_size, budget * 60.0
+        val_seconds = math.ceil(num_val / world_size) * step_seconds * 0.6  # forward + metrics per case
+        validations = max(1, min(10, int(0.12 * budget_s / max(val_seconds, 1e-6))))  # ~12% of the budget
+        total_steps = max(1, int((budget_s - validations * val_seconds) / (step_seconds * 1.05)))
         steps_per_epoch = settings["samples_per_epoch"] // block
-        epochs = total_steps // max(1, steps_per_epoch)
-        if epochs < 4:  # short budget: shorter epochs, so validation and best-model selection still happen
-            steps_per_epoch = max(1, (total_steps - int(4 * val_seconds / step_seconds)) // 4)
-            settings["samples_per_epoch"] = steps_per_epoch * block
-        epoch_seconds = steps_per_epoch * step_seconds * 1.05 + val_seconds / settings["val_every"]
-        settings["max_epochs"] = max(1, int(budget * 60 / epoch_seconds))
-        settings["max_train_seconds"] = budget * 60
+        if total_steps < 4 * steps_per_epoch:  # short budget: shorter epochs, still several of them
+            steps_per_epoch = max(1, total_steps // 4)
+        settings["samples_per_epoch"] = steps_per_epoch * block
+        settings["max_epochs"] = max(1, total_steps // steps_per_epoch)
+        settings["val_every"] = max(1, math.ceil(settings["max_epochs"] / validations))
+        settings["max_train_seconds"] = budget_s
     settings.update(config["train"])
     return settings
 
@@ -131,14 +139,15 @@ def run_training(raw_config: dict, run_dir: str | Path, progress: bool = True) -
     model = build_network(plan["network"])
     loss_fn = build_loss(plan["loss"])
     settings_path = run_dir / "train_config.json"
-    if settings_path.is_file():  # resuming: keep the schedule the run started with
-        settings = json.loads(settings_path.read_text())
-    else:
+    # rank 0 fixes the loop settings once (a resume keeps the schedule the run started with); every
+    # rank then reads the same file, so all agree on epochs and steps
+    if ctx.is_main and not settings_path.is_file():
         step_s = calibrate_step_seconds(model, loss_fn, plan, ctx.device) if config["time_budget_minutes"] else None
         settings = loop_settings(config, plan, len(train_data), len(val_data), step_s, ctx.world_size)
         settings["progress"] = progress
-        if ctx.is_main:
-            _write_json(settings_path, {**settings, "calibrated_step_seconds": step_s})
+        _write_json(settings_path, {**settings, "calibrated_step_seconds": step_s})
+    barrier(ctx)
+    settings = json.loads(settings_path.read_text())
     settings.pop("calibrated_step_seconds", None)
     trainer_config = TrainerConfig.from_dict(settings)
     augment = PatchAugment(plan["patch_size"], plan["foreground_oversample"])
@@ -160,7 +169,8 @@ def run_training(raw_config: dict, run_dir: str | Path, progress: bool = True) -
                                    "validation": val_metrics, "train_cases": len(train_cases),
                                    "val_cases": len(val_cases), "checkpoint": best.name})
         summary.update({"model_dir": str(model_dir), "validation": val_metrics, "plan": "plan.json",
-                        "train_cases": len(train_cases), "val_cases": len(val_cases),
+                        "train_cases": len(train_data), "val_cases": len(val_data),
+                        "skipped_cases": train_data.skipped + val_data.skipped,
                         "wall_seconds": time.perf_counter() - started})
         _write_json(run_dir / "summary.json", summary)
     barrier(ctx)

@@ -79,14 +79,30 @@ def cache_key(cases: Sequence[dict], configs: list[dict]) -> str:
 
 
 def build_cache(cases: Sequence[dict], configs: list[dict], path: Path, progress: bool = True) -> Path:
-    """Preprocess ``cases`` into one safetensors file (atomic); skipped when it already exists."""
+    """Preprocess ``cases`` into one safetensors file (atomic); skipped when it already exists.
+
+    A case that cannot be read or preprocessed is left out with its reason (``CachedCases.skipped``)
+    instead of stopping the run; only a split with no usable case at all is an error.
+    """
     if path.is_file():
         return path
     tensors: dict[str, torch.Tensor] = {}
-    for i, case in enumerate(tqdm(cases, desc=f"preprocess {path.stem}", disable=not progress, leave=False)):
-        tensors[f"image/{i}"], tensors[f"label/{i}"] = preprocess_case(case, configs)
-    ids = json.dumps([c["id"] for c in cases])
-    atomic_write_bytes(path, save_safetensors(tensors, metadata={"ids": ids}))
+    ids: list[str] = []
+    skipped: list[dict] = []
+    for case in tqdm(cases, desc=f"preprocess {path.stem}", disable=not progress, leave=False):
+        try:
+            image, label = preprocess_case(case, configs)
+        except (ValueError, OSError, RuntimeError) as error:
+            skipped.append({"id": case["id"], "reason": str(error)})
+            tqdm.write(f"skipping case {case['id']}: {error}")
+            continue
+        tensors[f"image/{len(ids)}"], tensors[f"label/{len(ids)}"] = image, label
+        ids.append(case["id"])
+    if not ids:
+        raise ValueError(f"none of the {len(cases)} cases for {path.name} could be preprocessed; first error: "
+                         f"{skipped[0]['reason'] if skipped else 'no cases'}")
+    atomic_write_bytes(path, save_safetensors(tensors, metadata={"ids": json.dumps(ids),
+                                                                 "skipped": json.dumps(skipped)}))
     return path
 
 
@@ -96,14 +112,16 @@ class CachedCases:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         with safe_open(str(self.path), framework="pt") as f:
-            self.ids = json.loads(f.metadata()["ids"])
+            meta = f.metadata()
+        self.ids = json.loads(meta["ids"])
+        self.skipped = json.loads(meta.get("skipped", "[]"))
         self._handle = None
 
     def __len__(self) -> int:
         return len(self.ids)
 
     def __getstate__(self) -> dict:  # loader workers reopen the file (the handle does not cross processes)
-        return {"path": self.path, "ids": self.ids, "_handle": None}
+        return {**self.__dict__, "_handle": None}
 
     def __getitem__(self, i: int) -> dict:
         if self._handle is None:

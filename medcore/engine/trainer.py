@@ -153,6 +153,7 @@ class Trainer:
         self.bad_validations = 0
         self.epoch_totals = [0.0, 0.0, 0.0, 0.0]
         self.stop_reason: str | None = None
+        self._started = time.perf_counter()
         self.checkpoint_dir = self.run_dir / "checkpoints"
 
     # ------------------------------------------------------------------ set-up helpers
@@ -212,6 +213,9 @@ class Trainer:
     def resume_if_possible(self) -> bool:
         """Load ``checkpoints/last.safetensors`` if it exists; True when resumed."""
         path = self.checkpoint_dir / "last.safetensors"
+        if self.ctx.is_main and self.checkpoint_dir.is_dir():
+            for stale in self.checkpoint_dir.glob(".*.tmp"):  # left by a kill during a write
+                stale.unlink(missing_ok=True)
         if not path.is_file():
             return False
         self.load(path)

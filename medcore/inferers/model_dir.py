@@ -115,6 +115,10 @@ def save_model_dir(directory: str | os.PathLike, model: nn.Module, preprocessing
         raise ValueError("model has no .config; build it with medcore.networks.build_network so it can be rebuilt")
     spec = make_spec(model.config, preprocessing, inference, labels, provenance)
     directory = Path(directory)
+    if directory.exists() and (not directory.is_dir() or
+                               (any(directory.iterdir()) and not (directory / SPEC_FILE).is_file())):
+        raise FileExistsError(f"{directory}: exists and is not a model directory (no {SPEC_FILE}); refusing to "
+                              "replace it - choose a new path or remove it")
     directory.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", suffix=".tmp", dir=directory.parent))
     try:

@@ -4,12 +4,15 @@ Layout: a 3D file ``(X, Y, Z)`` becomes ``(1, X, Y, Z)``; a 4D file ``(X, Y, Z, 
 ``(T, X, Y, Z)`` (the 4th axis is the channel axis); a 5D file ``(X, Y, Z, 1, C)`` becomes
 ``(C, X, Y, Z)``; a 2D file ``(X, Y)`` becomes ``(1, X, Y)``. float64 data are read as float32
 (medcore never carries float64 volumes); integer and uint8 data keep their dtype. The affine is
-nibabel's best affine (sform if set, else qform, else from pixdims).
+nibabel's best affine (sform if set, else qform, else from pixdims). ``.nii.gz`` files are
+inflated in one zlib call (see ``_read``).
 """
 
 from __future__ import annotations
 
+import io
 import os
+import zlib
 from pathlib import Path
 
 import nibabel as nib
@@ -37,12 +40,35 @@ def _channel_first(arr: np.ndarray, path: Path) -> np.ndarray:
     raise ValueError(f"{path}: unsupported NIfTI shape {arr.shape}; expected 2D, 3D, 4D or (X,Y,Z,1,C)")
 
 
+def _read(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """``(affine, voxels)``. Header parsing is nibabel's; for ``.nii.gz`` the file is inflated in
+    ONE zlib call and the voxels are a view of that buffer (faster than nibabel's streaming
+    reader). Scaling (``scl_slope``/``scl_inter``) is applied as nibabel does."""
+    if not str(path).lower().endswith(".gz"):
+        nii = nib.load(str(path))
+        return np.asarray(nii.affine), np.asanyarray(nii.dataobj)
+    raw = zlib.decompress(path.read_bytes(), 47)  # 47 = gzip/zlib header, largest window
+    sizeof_hdr = int.from_bytes(raw[:4], "little")
+    hdr_cls = nib.Nifti2Header if sizeof_hdr == 540 or int.from_bytes(raw[:4], "big") == 540 else nib.Nifti1Header
+    header = hdr_cls.from_fileobj(io.BytesIO(raw[: hdr_cls.template_dtype.itemsize]))
+    shape = header.get_data_shape()
+    dtype = header.get_data_dtype()
+    offset = int(header.get_data_offset())
+    count = int(np.prod(shape))
+    if len(raw) < offset + count * dtype.itemsize:
+        raise ValueError(f"voxel data truncated ({len(raw) - offset} of {count * dtype.itemsize} bytes)")
+    arr = np.frombuffer(raw, dtype=dtype, count=count, offset=offset).reshape(shape, order="F")
+    slope, inter = header.get_slope_inter()
+    if slope is not None and (slope != 1.0 or (inter or 0.0) != 0.0):
+        arr = arr * np.float64(slope) + np.float64(inter or 0.0)
+    return np.asarray(header.get_best_affine()), arr
+
+
 def load_nifti(path: str | os.PathLike) -> Image:
     """Read a ``.nii``/``.nii.gz`` file into a channel-first :class:`Image`."""
     path = Path(path)
     try:
-        nii = nib.load(str(path))
-        arr = np.asanyarray(nii.dataobj)
+        affine_np, arr = _read(path)
     except FileNotFoundError:
         raise FileNotFoundError(f"{path}: no such NIfTI file; check the path") from None
     except Exception as exc:  # nibabel raises several types for corrupt/truncated files
@@ -55,8 +81,9 @@ def load_nifti(path: str | os.PathLike) -> Image:
         arr = arr.astype(np.int32)
     elif arr.dtype == np.bool_:
         arr = arr.astype(np.uint8)
-    arr = np.ascontiguousarray(_channel_first(arr, path))
-    affine = torch.from_numpy(np.asarray(nii.affine, dtype=np.float64))
+    arr = _channel_first(arr, path)
+    arr = np.ascontiguousarray(arr) if arr.flags.writeable else np.array(arr, order="C")
+    affine = torch.from_numpy(np.asarray(affine_np, dtype=np.float64))
     meta = {"source_format": "nifti", "original_dtype": original_dtype,
             "original_shape": list(arr.shape[1:]), "original_affine": affine.tolist()}
     return Image(torch.from_numpy(arr), affine, meta, [])

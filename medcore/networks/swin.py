@@ -27,13 +27,10 @@ def relative_position_index(window: Sequence[int]) -> torch.Tensor:
 
 def partition(x: torch.Tensor, window: Sequence[int]) -> torch.Tensor:
     """``(B, *S, C)`` with S divisible by ``window`` -> ``(B * windows, prod(window), C)``."""
-    b, c = x.shape[0], x.shape[-1]
-    spatial = x.shape[1:-1]
-    split = []
-    for s, w in zip(spatial, window):
-        split += [s // w, w]
-    d = len(window)
-    x = x.reshape(b, *split, c).permute(0, *range(1, 2 * d, 2), *range(2, 2 * d + 1, 2), 2 * d + 1)
+    d, c = len(window), x.shape[-1]
+    for axis, w in enumerate(window):
+        x = x.unfold(1 + axis, w, w)  # (B, *grid, C, *window) once all axes are done
+    x = x.permute(0, *range(1, d + 1), *range(d + 2, 2 * d + 2), d + 1)
     return x.reshape(-1, math.prod(window), c)
 
 
@@ -91,20 +88,23 @@ def cyclic_unshift(x: torch.Tensor, shifts: Sequence[int], dims: Sequence[int]) 
 
 def window_mask(sizes: Sequence[int], padded: Sequence[int], window: Sequence[int], shift: Sequence[int],
                 device: torch.device) -> torch.Tensor:
-    """``(nW, N, N)`` bool: query and key come from the same (pre-shift) region and the key is not padding."""
-    label = torch.zeros(padded, dtype=torch.long, device=device)
-    valid = torch.ones(padded, dtype=torch.bool, device=device)
+    """``(nW, N, N)`` bool: query and key come from the same (pre-shift) region and the key is not padding.
+
+    Built per axis on a ``(windows, window)`` grid of positions and combined by broadcasting.
+    """
     d = len(padded)
+    label: torch.Tensor | None = None
+    valid: torch.Tensor | None = None
     for axis, (s, p, w, sh) in enumerate(zip(sizes, padded, window, shift)):
-        shape = [1] * d
-        shape[axis] = -1
-        idx = torch.arange(p, device=device)
-        valid = valid & (((idx + sh) % p) < s).reshape(shape)  # position before the cyclic shift
-        if sh:
-            region = (idx >= p - w).long() + (idx >= p - sh).long()
-            label = label * 3 + region.reshape(shape)
-    lab = partition(label[None, ..., None], window)[..., 0]
-    ok = partition(valid[None, ..., None].to(torch.uint8), window)[..., 0].bool()
+        pos = torch.arange(p // w, device=device)[:, None] * w + torch.arange(w, device=device)[None, :]
+        index = (None,) * axis + (slice(None),) + (None,) * (d - 1) + (slice(None),) + (None,) * (d - 1 - axis)
+        ok = (((pos + sh) % p) < s)[index]  # position before the cyclic shift lies inside the image
+        valid = ok if valid is None else valid & ok
+        region = ((pos >= p - w).long() + (pos >= p - sh).long()) if sh else torch.zeros_like(pos)
+        label = region[index] if label is None else label * 3 + region[index]
+    n = math.prod(window)
+    lab = label.reshape(-1, n)
+    ok = valid.reshape(-1, n)
     return (lab[:, :, None] == lab[:, None, :]) & ok[:, None, :]
 
 

@@ -46,7 +46,12 @@ def make_rng(seed: int, epoch: int = 0, index: int = 0) -> torch.Generator:
     return g
 
 
+_PLAIN = (int, float, str, bool, type(None))
+
+
 def _jsonable(v: Any) -> Any:
+    if type(v) in _PLAIN:
+        return v
     if isinstance(v, tuple | list):
         return [_jsonable(i) for i in v]
     if isinstance(v, dict):
@@ -95,8 +100,14 @@ class Transform:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}  # type: ignore[arg-type]
 
     def config(self) -> dict:
-        """JSON-able ``{"name": ..., **params}``; ``from_config`` rebuilds an equal transform."""
-        return {"name": type(self).__name__, **_jsonable(self.params())}
+        """JSON-able ``{"name": ..., **params}``; ``from_config`` rebuilds an equal transform.
+        Computed once per instance and shared (it lands in every op): treat both the transform
+        and the returned dict as read-only; use ``replace`` for a changed transform."""
+        cached = self.__dict__.get("_config")
+        if cached is None:
+            cached = {"name": type(self).__name__, **_jsonable(self.params())}
+            self.__dict__["_config"] = cached
+        return cached
 
     @classmethod
     def from_params(cls, params: dict) -> Transform:

@@ -8,6 +8,9 @@ and every image is resampled once. The recorded op is a single ``Resample`` hold
 (``fused`` lists the configs of its parts). Per key, the interpolation mode is ``nearest`` if any
 non-integer part asks for it (labels), else the parts' linear mode; integer-only runs (flips,
 rot90, orientation) are exact gathers.
+
+Crops inside a chain are views (no copy); ``Compose`` hands back every Image in its own compact
+storage, so a cached prefix output never pins its uncropped source in memory.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import torch
 from medcore.io.image import Image
 from medcore.transforms.base import Keyed, Transform, drop_stale_side_entries, new_rng, register
 from medcore.transforms.functional import spatial as fs
+from medcore.transforms.functional.crop_pad import compact
 from medcore.transforms.spatial import Resample
 
 
@@ -86,7 +90,7 @@ class Compose(Transform):
     def __call__(self, x: Any, rng: torch.Generator | None = None) -> Any:
         if self.is_random and rng is None:
             rng = new_rng()
-        return self._run(0, x, rng)
+        return _compact_all(self._run(0, x, rng))
 
     def _run(self, i: int, x: Any, rng) -> Any:
         steps = self.transforms
@@ -131,7 +135,8 @@ class Compose(Transform):
         shape, affine = ref.spatial_shape, ref.affine
         for k in keys[1:]:
             img = x[k]
-            if img.spatial_shape != shape or not torch.allclose(img.affine, affine, atol=1e-6):
+            if img.spatial_shape != shape or not (torch.equal(img.affine, affine)
+                                                  or np.allclose(img.affine.numpy(), affine.numpy(), atol=1e-6)):
                 return None  # keys on different grids: fall back to step-by-step
         d = len(shape)
         total = np.eye(d + 1)
@@ -167,6 +172,18 @@ class Compose(Transform):
             out[k] = img.with_op(op, data=data, affine=fs.update_affine(img.affine, total))
         drop_stale_side_entries(out)
         return out
+
+
+def _compact_all(x: Any) -> Any:
+    """Give every output Image its own compact storage (crops inside the chain are views)."""
+    if isinstance(x, list):
+        return [_compact_all(i) for i in x]
+    if isinstance(x, Image):
+        data = compact(x.data)
+        return x if data is x.data else x.replace(data=data)
+    if isinstance(x, dict):
+        return {k: _compact_all(v) if isinstance(v, Image) else v for k, v in x.items()}
+    return x
 
 
 @register

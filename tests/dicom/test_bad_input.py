@@ -9,8 +9,9 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pandas as pd
+import pydicom
 import pytest
-from dicom_factory import (AXIAL, PHI_ID, image_dataset, phantom, rtstruct_dataset, save, sr_dataset,
+from dicom_factory import (PHI_ID, image_dataset, phantom, rtstruct_dataset, save, sr_dataset,
                            write_series)
 from pydicom.uid import generate_uid
 
@@ -59,6 +60,13 @@ def _build(root: Path) -> dict[str, list[Path]]:
     dup.parent.mkdir(parents=True)
     shutil.copy(cases["main"][2], dup)
     cases["duplicate"] = [dup]
+    # a "duplicate" that is not exact: same SOPInstanceUID, different pixels -> refused, never guessed
+    uid = generate_uid()
+    conflict = write_series(root / "conflict", 3, series_number=14, study_uid=study, series_uid=uid)
+    ds = pydicom.dcmread(conflict[0])
+    ds.PixelData = (ds.pixel_array + 1).astype(ds.pixel_array.dtype).tobytes()
+    conflict.append(save(ds, root / "conflict" / "reexport.dcm"))
+    cases["conflict"] = conflict
     # two series sharing a SeriesNumber
     cases["shared_a"] = write_series(root / "shared_a", 3, series_number=7, study_uid=study, seed=1)
     cases["shared_b"] = write_series(root / "shared_b", 3, series_number=7, study_uid=study, seed=2)
@@ -235,6 +243,7 @@ def test_refusals_have_reasons(converted):
     cases, report, out = converted
     assert _codes(report, cases["missing_slice"]) == ["missing_slices"] * 4
     assert not _outputs(report, 11)
+    assert _codes(report, cases["conflict"]) == ["conflicting_duplicates"] * 4
     assert _codes(report, cases["empty"]) == ["empty_file"]
     assert _codes(report, cases["not_dicom"]) == ["not_dicom"]
     assert _codes(report, cases["sr"] + cases["rtstruct"]) == ["unsupported_sop_class"] * 2

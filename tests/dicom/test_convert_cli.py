@@ -26,7 +26,7 @@ def test_cli_converts_and_summarises(tmp_path, key_env, capsys):
     rc = main(["convert", str(tmp_path / "in"), str(tmp_path / "out"), "--quiet", "--workers", "1"])
     out = capsys.readouterr().out
     assert rc == 0
-    assert "series written: 1" in out and "quarantined not_dicom: 1" in out
+    assert "series written: 1," in out and "quarantined not_dicom: 1" in out
     assert "junk.txt" not in out and "Doe" not in out
     (nii,) = (tmp_path / "out").rglob("*.nii.gz")
     assert nii.name.startswith("sub-") and "_ses-" in nii.name
@@ -108,3 +108,34 @@ def test_pool_workers_give_the_same_outputs(tmp_path):
         digests.append(sorted((p.relative_to(out).as_posix(), hashlib.sha256(p.read_bytes()).hexdigest())
                               for p in out.rglob("*.nii.gz")))
     assert digests[0] == digests[1]
+
+
+def test_load_series_colour_matches_ground_truth(shared_data):
+    folder = shared_data / "dicom" / "dicom2nifti" / "generic" / "rgb"
+    arr, affine, meta = load_series(folder / "001")
+    truth = nib.load(str(folder / "001_ground_truth.nii.gz"))
+    ref = np.asanyarray(truth.dataobj)
+    assert arr.shape == ref.shape + (3,) and arr.dtype == np.uint8
+    for c, name in enumerate("RGB"):
+        np.testing.assert_array_equal(arr[..., c], ref[name])
+    np.testing.assert_allclose(affine, truth.affine, atol=1e-3)
+
+
+def test_output_inside_input_is_not_rescanned(tmp_path):
+    from medcore.dicom.convert import convert_tree
+    from medcore.dicom.deid import Deidentifier
+
+    write_series(tmp_path / "in", 3, rows=8, cols=6)
+    for _ in range(2):
+        report = convert_tree(tmp_path / "in", tmp_path / "in" / "out", deid=Deidentifier(b"o" * 32),
+                              progress=False, workers=1)
+        assert report.files_in == 3 and len(report.series) == 1 and report.files_quarantined == 0
+
+
+def test_public_api_resolves():
+    import medcore.dicom as dicom
+
+    for name in dicom.__all__:
+        assert getattr(dicom, name) is not None
+    with pytest.raises(AttributeError):
+        dicom.no_such_name  # noqa: B018

@@ -402,3 +402,23 @@ def test_read_frames_and_patient_keeps_phi_off_frames(tmp_path):
     assert patient == "PHI-ID-424242"
     assert frames == read_frames(path)
     assert "PHI-ID-424242" not in repr(dataclasses.asdict(frames[0]))
+
+
+def test_file_cut_inside_header_is_truncated(tmp_path):
+    ds = _image(_dataset())
+    ds.add_new((0x0009, 0x0010), "LO", "ACME")
+    ds.add_new((0x0009, 0x1001), "OB", bytes(40000))  # a large private block, like a CSA header
+    full = _save(ds, tmp_path / "full.dcm").read_bytes()
+    for cut in (600, 20000):
+        path = tmp_path / f"cut{cut}.dcm"
+        path.write_bytes(full[:cut])
+        with pytest.raises(UnsupportedDicomError) as err:
+            read_frames(path)
+        assert err.value.code == "truncated" and path.name in str(err.value)
+
+
+def test_zero_filled_file_is_not_dicom(tmp_path):
+    path = tmp_path / "zeros.dcm"
+    path.write_bytes(bytes(4096))
+    with pytest.raises(NotDicomError):
+        read_frames(path)

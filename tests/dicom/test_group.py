@@ -11,7 +11,8 @@ SAG = (0.0, 1.0, 0.0, 0.0, 0.0, -1.0)
 
 
 def _row(z, **kw):
-    row = dict(series_uid="1.2.3", series_number=1, iop=AX, rows=8, cols=8, pixel_spacing=(1.0, 1.0), samples_per_pixel=1,
+    row = dict(series_uid="1.2.3", series_number=1, iop=AX, rows=8, cols=8, pixel_spacing=(1.0, 1.0),
+               samples_per_pixel=1,
                echo_number=None, echo_time=None, image_type=("ORIGINAL", "PRIMARY", "AXIAL"),
                is_localizer=False, ipp=(0.0, 0.0, float(z)), temporal_position=None, acquisition_number=None,
                trigger_time=None, acquisition_time=None, instance_number=1, frame_index=0)
@@ -68,3 +69,10 @@ def test_image_component_and_temporal_order():
     a = temporal_key(_row(0, temporal_position=2))
     b = temporal_key(_row(0, temporal_position=10))
     assert a < b
+
+
+def test_orientation_jitter_across_a_rounding_boundary_stays_one_stack():
+    a = (1.0, 0.0, 0.0, 0.0, 0.99950, 0.0316)
+    b = (1.0, 0.0, 0.0, 0.0, 0.99949, 0.0316)  # rounds differently at 3 decimals, same plane
+    (g,) = _groups([_row(0, iop=a), _row(1, iop=b), _row(2, iop=a)])
+    assert len(g.rows) == 3

@@ -144,3 +144,26 @@ def test_trainer_early_stops_and_keeps_best_checkpoint(tmp_path):
     assert all(0.0 <= r["data_wait_fraction"] <= 1.0 and r["samples_per_s"] > 0 for r in records)
     assert math.isclose(records[-1]["lr"], 0.01 * (1 - (7 - 1) / (12 - 1)) ** 0.9)  # step 7 of 12, 1 warm-up
     assert json.loads((tmp_path / "summary.json").read_text())["status"] == "completed"
+
+
+def test_time_budget_stops_mid_epoch_and_plans_epochs(tmp_path):
+    from engine_tiny_train import TinyNet, augment, make_item
+
+    from medcore.engine.run import loop_settings
+    from medcore.engine.trainer import Trainer, TrainerConfig
+
+    cfg = TrainerConfig(max_epochs=3, batch_size=2, max_train_seconds=0.0, progress=False)
+    trainer = Trainer(TinyNet(), nn.CrossEntropyLoss(), EpochDataset([make_item(i) for i in range(8)], augment),
+                      tmp_path, cfg)
+    summary = trainer.fit()
+    assert summary["global_step"] == 1 and summary["epochs"] == 1 and "time budget" in summary["stop_reason"]
+
+    plan = {"batch_size": 2, "optimizer": {}, "schedule": {}}
+    config = {"time_budget_minutes": 30, "train": {}}
+    long = loop_settings(config, plan, num_train=166, num_val=42, step_seconds=1.0, world_size=1)
+    assert long["samples_per_epoch"] == 166 and long["max_train_seconds"] == 1800
+    assert 15 <= long["max_epochs"] <= 20 and long["val_every"] == 3  # 83 steps of ~1 s; ~8 validations
+    short = loop_settings({**config, "time_budget_minutes": 1}, plan, 166, 4, 1.0, 2)
+    assert short["max_epochs"] >= 4 and short["samples_per_epoch"] % 4 == 0
+    fixed = loop_settings({"time_budget_minutes": None, "train": {"max_epochs": 7}}, plan, 10, 2, None, 1)
+    assert fixed["max_epochs"] == 7 and "max_train_seconds" not in fixed

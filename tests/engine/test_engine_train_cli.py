@@ -109,3 +109,30 @@ def test_preprocessing_cache_and_augmentation_on_real_cases(shared_data, tmp_pat
     assert a["image"].shape == (1, 40, 56, 40) and a["label"].shape == (1, 40, 56, 40)
     assert torch.equal(a["image"], b["image"]) and torch.equal(a["label"], b["label"])
     assert (a["label"] > 0).any()
+
+
+def test_a_bad_case_is_skipped_with_its_reason_not_fatal(shared_data, tmp_path):
+    from medcore.engine.segmentation import CachedCases, build_cache, preprocessing_configs
+
+    cases = find_msd_cases(shared_data / "hippocampus")[:2]
+    broken = tmp_path / "broken.nii.gz"
+    broken.write_bytes(b"not a nifti file")
+    cases.append({"id": "case_broken", "image": str(broken), "label": cases[0]["label"]})
+    plan = make_plan(fingerprint(cases), "hippocampus")
+    cached = CachedCases(build_cache(cases, preprocessing_configs(plan), tmp_path / "c.safetensors", progress=False))
+    assert cached.ids == [c["id"] for c in cases[:2]]
+    assert len(cached.skipped) == 1 and cached.skipped[0]["id"] == "case_broken"
+    assert "broken.nii.gz" in cached.skipped[0]["reason"]
+
+
+def test_cases_from_a_datalist(shared_data, tmp_path):
+    from medcore.engine.config import resolve_config
+    from medcore.engine.distributed import DistContext
+    from medcore.engine.run import resolve_cases
+
+    root = shared_data / "hippocampus"
+    entries = [{"image": str(root / "imagesTr" / f"hippocampus_{n}.nii.gz"),
+                "label": str(root / "labelsTr" / f"hippocampus_{n}.nii.gz")} for n in ("004", "006")]
+    (tmp_path / "dataset.json").write_text(json.dumps({"training": entries}))
+    cases = resolve_cases(resolve_config({"datalist": str(tmp_path / "dataset.json")}), tmp_path, DistContext())
+    assert [c["id"] for c in cases] == ["hippocampus_004", "hippocampus_006"]

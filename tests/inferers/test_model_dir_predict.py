@@ -65,6 +65,11 @@ def test_model_dir_errors_are_clear(tmp_path, model_dir):
         load_model_dir(model_dir)
     with pytest.raises(ValueError, match="inference.mode"):
         make_spec(NET, inference={"mode": "cosine"})
+    (tmp_path / "precious").mkdir()
+    (tmp_path / "precious" / "notes.txt").write_text("keep me")
+    with pytest.raises(FileExistsError, match="not a model directory"):
+        save_model_dir(tmp_path / "precious", tiny_model())
+    assert (tmp_path / "precious" / "notes.txt").read_text() == "keep me"
     with pytest.raises(ValueError, match=r"\.config"):
         save_model_dir(tmp_path / "m2", torch.nn.Conv3d(1, 1, 1))
 
@@ -168,3 +173,16 @@ def test_channels_last_model_from_model_dir_predicts_the_same(model_dir):
     a = predict_probabilities(cl_model, x, spec.inference, torch.device("cpu"))
     b = predict_probabilities(cf_model, x, spec.inference, torch.device("cpu"))
     torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_cli_on_real_dicom_series(shared_data, tmp_path, model_dir, capsys):
+    from medcore.io import load_image
+
+    series = shared_data / "dicom" / "dicom2nifti" / "anatomical" / "001"
+    assert cli_main(["predict", str(model_dir), str(series), str(tmp_path / "o"), "--quiet"]) == 0
+    written = sorted((tmp_path / "o").iterdir())
+    assert len(written) == 1 and written[0].name.startswith("series-")  # no patient data in the name
+    original = load_image(series)
+    out = nib.load(str(written[0]))
+    assert out.shape == original.spatial_shape
+    np.testing.assert_allclose(out.affine, original.affine.numpy(), atol=1e-5)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import torch
 
@@ -55,7 +57,7 @@ def test_sigma_scale_and_weights_match_monai():
 
 def test_window_grid_matches_monai():
     for size, roi, ov in [((256, 256, 160), (96, 96, 96), 0.5), ((17,), (16,), 0.0), ((100, 7), (30, 7), 0.9)]:
-        ours = [tuple(s) for s in torch.cartesian_prod(*[torch.tensor(v) for v in window_starts(size, roi, [ov] * len(size))]).reshape(-1, len(size)).tolist()]
+        ours = list(itertools.product(*window_starts(size, roi, [ov] * len(size))))
         interval = monai_inferers.utils._get_scan_interval(size, roi, len(size), [ov] * len(size))
         ref = [tuple(s.start for s in sl) for sl in monai_data_utils.dense_patch_slices(size, roi, interval)]
         assert ours == ref

@@ -165,3 +165,23 @@ def test_one_hot():
     assert oh.shape == (1, 3, 2, 2) and oh.sum() == 4 and oh[0, 2, 1, 0]
     with pytest.raises(ValueError, match="labels"):
         M.one_hot(labels, 2)
+
+
+def test_case_metrics_on_label_maps_agree_with_the_one_hot_functions():
+    rng = np.random.default_rng(7)
+    noise = ndimage.gaussian_filter(rng.standard_normal((16, 14, 12)), 1.5)
+    ref = np.digitize(noise, [-0.05, 0.08]).astype(np.uint8)  # labels 0, 1, 2
+    pred = np.digitize(noise + 0.03 * rng.standard_normal(noise.shape), [-0.05, 0.08]).astype(np.uint8)
+    spacing = (1.0, 0.6, 2.2)
+    table = M.case_metrics(pred, torch.from_numpy(ref)[None], spacing, {"anterior": 1, "posterior": 2, "absent": 3},
+                           tolerance=1.5)
+    p1, r1 = M.one_hot(torch.from_numpy(pred)[None].long(), 4), M.one_hot(torch.from_numpy(ref)[None].long(), 4)
+    surf = M.surface_metrics(p1, r1, spacing, tolerance=1.5)
+    for name, c in [("anterior", 1), ("posterior", 2)]:
+        assert table[name]["dice"] == pytest.approx(float(M.dice(p1, r1)[0, c]))
+        assert table[name]["precision"] == pytest.approx(float(M.precision(p1, r1)[0, c]))
+        assert table[name]["hausdorff_percentile"] == pytest.approx(float(surf["hausdorff_percentile"][0, c]))
+        assert table[name]["surface_dice"] == pytest.approx(float(surf["surface_dice"][0, c]))
+    assert np.isnan(table["absent"]["dice"]) and np.isnan(table["absent"]["assd"])
+    with pytest.raises(ValueError, match="differ in shape"):
+        M.case_metrics(pred, ref[:-1], spacing)

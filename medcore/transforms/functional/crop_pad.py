@@ -12,7 +12,8 @@ import torch.nn.functional as F
 
 def crop_pad(data: torch.Tensor, before: Sequence[int], after: Sequence[int], mode: str = "constant",
              value: float = 0.0) -> torch.Tensor:
-    """Pad (positive) or crop (negative) each spatial side of channel-first ``data``."""
+    """Pad (positive) or crop (negative) each spatial side of channel-first ``data``. A pure crop
+    returns a VIEW (no copy); ``compact`` it before keeping it long (``Compose`` does)."""
     d = data.ndim - 1
     before = [int(v) for v in before]
     after = [int(v) for v in after]
@@ -39,7 +40,7 @@ def crop_pad(data: torch.Tensor, before: Sequence[int], after: Sequence[int], mo
                 out[tuple(region)] = x
                 return out
         x = F.pad(x[None].float() if not x.is_floating_point() else x[None], pads, mode=mode)[0].to(data.dtype)
-    return compact(x)
+    return x
 
 
 def compact(x: torch.Tensor) -> torch.Tensor:

@@ -311,6 +311,37 @@ def _axis_resample(x: torch.Tensor, dim: int, coords: np.ndarray, mode: str, pad
     return torch.lerp(a, b, w, out=a)
 
 
+def _integer_gather(x: torch.Tensor, a: np.ndarray, b: np.ndarray, perm: list[int],
+                    out_shape: tuple[int, ...]) -> torch.Tensor | None:
+    """Flips/rot90/orientation/crops (unit steps, integer offsets, inside the grid) as ONE copy:
+    narrow views, a permute view, then a single ``torch.flip``. None if the map is not such."""
+    d = len(perm)
+    y = x
+    reversed_out: list[int] = []
+    for k in range(d):
+        j = perm[k]
+        step, n_out, n = a[k, j], out_shape[j], x.shape[k + 1]
+        if abs(abs(step) - 1.0) > TOL or abs(b[k] - round(b[k])) > TOL:
+            return None
+        first = int(round(b[k]))
+        last = first + int(round(step)) * (n_out - 1)
+        if min(first, last) < 0 or max(first, last) > n - 1:
+            return None
+        y = y.narrow(k + 1, min(first, last), n_out)
+        if step < 0:
+            reversed_out.append(j + 1)
+    inv = [0] * d
+    for k in range(d):
+        inv[perm[k]] = k
+    if inv != list(range(d)):
+        y = y.permute(0, *[i + 1 for i in inv])
+    if reversed_out:
+        y = torch.flip(y, reversed_out)
+    from medcore.transforms.functional.crop_pad import compact
+
+    return compact(y.contiguous())
+
+
 def _float_dtype(dtype: torch.dtype) -> torch.dtype:
     return dtype if dtype in (torch.float32, torch.float64) else torch.float32
 
@@ -328,6 +359,9 @@ def resample(data: torch.Tensor, m: np.ndarray, out_shape: Sequence[int], mode: 
     a, b = m[:d, :d], m[:d, d]
     perm = _signed_permutation(a)
     if perm is not None:
+        exact = _integer_gather(data, a, b, perm, out_shape)
+        if exact is not None:
+            return exact
         x = data
         mode_1d = "nearest" if mode == "nearest" else "linear"
         # most-shrinking axes first: later passes then touch fewer voxels

@@ -19,6 +19,7 @@ import argparse
 import json
 import math
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -61,6 +62,7 @@ def run_medcore(minutes: float, out: Path, max_val: int | None, threads: int) ->
     config = {"preset": "hippocampus", "split": {"fraction": 0.2, "seed": 0}, "time_budget_minutes": minutes,
               "max_val_cases": max_val, "threads": threads, "device": "cpu"}
     run_dir = out / "medcore_run"
+    shutil.rmtree(run_dir, ignore_errors=True)  # a benchmark starts fresh (an existing run would be resumed)
     started = time.perf_counter()
     summary = run_training(config, run_dir, progress=True)
     wall = time.perf_counter() - started
@@ -179,9 +181,9 @@ def main() -> None:
     monai_dice = mon["metrics"]["dice_mean"] if mon else float("nan")
     print(f"MODEL_DIR {med['model_dir']}")
     print(f"RESULT dice_mean={m['dice_mean']:.4f} dice_anterior={m['dice_anterior']:.4f} "
-          f"dice_posterior={m['dice_posterior']:.4f} hd95_mean={m['hd95_mean']:.2f} monai_dice_mean={monai_dice:.4f} "
-          f"train_minutes={med['train_minutes']:.1f} samples_per_s={med['samples_per_s']:.2f} "
-          f"data_wait={med['data_wait_fraction']:.3f}")
+          f"dice_posterior={m['dice_posterior']:.4f} monai_dice_mean={monai_dice:.4f} "
+          f"train_minutes={med['train_minutes']:.1f} hd95_mean={m['hd95_mean']:.2f} "
+          f"samples_per_s={med['samples_per_s']:.2f} data_wait={med['data_wait_fraction']:.3f}")
 
 
 if __name__ == "__main__":

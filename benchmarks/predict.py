@@ -59,6 +59,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--model", choices=["tiny", "unet"], default=None)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--contiguous", action="store_true",
+                        help="keep medcore's model in the default memory layout (no channels-last on CPU)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -83,7 +85,7 @@ def main(argv: list[str] | None = None) -> None:
     model_dir = save_model_dir(work / "model", net, preprocessing=preprocessing,
                                inference={"roi_size": list(ROI), "overlap": OVERLAP, "mode": "gaussian",
                                           "sw_batch_size": 4})
-    ours_model, spec = load_model_dir(model_dir, device=device)
+    ours_model, spec = load_model_dir(model_dir, device=device, channels_last=False if args.contiguous else None)
     pre = build_preprocessing(spec.preprocessing)
     monai_model = copy.deepcopy(net).to(device)
 
@@ -137,7 +139,8 @@ def main(argv: list[str] | None = None) -> None:
     print(f"medcore {t_ours:.3f}s  MONAI {t_monai:.3f}s  ratio {speedup:.2f}x  label agreement {agree:.4f}  "
           f"output shapes {ours.shape} / {theirs.shape}")
     print(f"RESULT speedup_vs_monai={speedup:.2f} medcore_s={t_ours:.3f} monai_s={t_monai:.3f} "
-          f"label_agreement={agree:.4f} affine_max_diff={affine_diff:.1e} model={kind} device={device.type}")
+          f"label_agreement={agree:.4f} affine_max_diff={affine_diff:.1e} model={kind} device={device.type} "
+          f"channels_last={not args.contiguous and device.type == 'cpu'}")
 
 
 if __name__ == "__main__":

@@ -11,8 +11,8 @@ a 0.5-99.5 percentile intensity window and 32^3 crops.
 
 * uncached epoch: every sample runs the whole chain from the file;
 * cached epoch: the deterministic prefix is cached in memory (MONAI ``CacheDataset``; medcore
-  ``medcore.data.cache.CacheDataset`` when present, else a list of prefix outputs) and only the
-  random part runs;
+  ``medcore.data.cache.CacheDataset``, or a list of prefix outputs if that is missing) and only
+  the random part runs;
 * cache_bytes_ratio: bytes the medcore cache holds (unique tensor storages, label indices
   included) / raw bytes of the cached image+label arrays.
 
@@ -199,15 +199,17 @@ def storage_bytes(obj, seen: set) -> int:
     return 0
 
 
-def medcore_cache(prefix: Compose, items: list[dict]):
-    """The cached prefix outputs, through the datasets engineer's CacheDataset when present."""
+def medcore_cache(chain: Compose, items: list[dict]):
+    """``(cached prefix outputs, get(epoch, index) -> samples, how)``: the datasets engineer's
+    ``medcore.data.cache.CacheDataset`` when importable, else a plain list of prefix outputs."""
     try:
-        from medcore.data.cache import CacheDataset  # type: ignore[attr-defined]
-
-        ds = CacheDataset(items, prefix, loader=medcore_load)  # type: ignore[call-arg]
-        return [ds.cached(i) for i in range(len(items))], "medcore.data.cache.CacheDataset"  # type: ignore[attr-defined]
-    except Exception:  # not written yet or another signature: a plain in-memory list is the same thing
-        return [prefix(medcore_load(it)) for it in tqdm(items, desc="medcore cache", leave=False)], "list"
+        from medcore.data.cache import CacheDataset
+    except ImportError:
+        prefix, rest = chain.split_deterministic()
+        cache = [prefix(medcore_load(it)) for it in tqdm(items, desc="medcore cache", leave=False)]
+        return cache, (lambda ep, i: rest(cache[i], make_rng(0, ep, i))), "list"
+    ds = CacheDataset(items, transform=chain, seed=0, progress=False)
+    return [ds.prepared(i) for i in range(len(items))], (lambda ep, i: ds[(ep, i)]), "medcore.data.cache.CacheDataset"
 
 
 def bench(items: list[dict], kind: str, epochs: int, torchio: bool) -> dict:
@@ -217,7 +219,6 @@ def bench(items: list[dict], kind: str, epochs: int, torchio: bool) -> dict:
 
     res: dict = {}
     chain = medcore_chain(kind)
-    prefix, rest = chain.split_deterministic()
     mc = monai_chain(kind)
     t_ours = t_monai = 0.0
     n_ours = n_monai = 0
@@ -232,7 +233,7 @@ def bench(items: list[dict], kind: str, epochs: int, torchio: bool) -> dict:
     res["medcore_uncached"] = n_ours / t_ours
     res["monai_uncached"] = n_monai / t_monai
 
-    cache, how = medcore_cache(prefix, items)
+    cache, get, how = medcore_cache(chain, items)
     res["cache_impl"] = how
     raw = sum(c["image"].data.numel() * c["image"].data.element_size() + c["label"].data.numel() * c["label"].data.element_size()
               for c in cache)
@@ -244,7 +245,7 @@ def bench(items: list[dict], kind: str, epochs: int, torchio: bool) -> dict:
     for ep in range(epochs):
         for i, c in enumerate(cache):
             t0 = time.perf_counter()
-            n_ours += len(rest(c, make_rng(0, ep + 1, i)))
+            n_ours += len(get(ep + 1, i))
             t1 = time.perf_counter()
             n_monai += len(ds[i])
             t2 = time.perf_counter()

@@ -11,7 +11,7 @@ Quick start::
         for batch in loader: ...                                    # batch["image"]: (B*N, C, ...)
 """
 
-from medcore.data.cache import CacheDataset, mapped_memory, process_pss, sample_nbytes
+from medcore.data.cache import CacheDataset, mapped_memory, process_pss, sample_nbytes, total_pss
 from medcore.data.collate import collate, decollate
 from medcore.data.datalist import case_id, fold_of, kfold, load_datalist, split_train_val
 from medcore.data.dataset import Dataset, ItemError, load_item, split_transform
@@ -19,7 +19,7 @@ from medcore.data.loader import EpochLoader, EpochSampler, make_loader, seed_wor
 from medcore.data.persistent import PersistentDataset, file_digest, sample_from_bytes, sample_to_bytes
 
 __all__ = [
-    "CacheDataset", "mapped_memory", "process_pss", "sample_nbytes",
+    "CacheDataset", "mapped_memory", "process_pss", "sample_nbytes", "total_pss",
     "collate", "decollate",
     "case_id", "fold_of", "kfold", "load_datalist", "split_train_val",
     "Dataset", "ItemError", "load_item", "split_transform",

@@ -14,7 +14,9 @@ Modes (``mode=``):
   each rank a fixed shard, shuffled within). Other indices are computed on the fly.
 
 ``memory_report()`` gives the cache's bytes against the raw bytes of the arrays it holds;
-``mapped_memory(pid, prefix)`` and ``process_pss(pid)`` read ``/proc`` to measure real sharing.
+``mapped_memory(pid, prefix)``, ``process_pss(pid)`` and ``total_pss(pids)`` read ``/proc`` to
+measure real sharing (sum them over ranks). ``MEDCORE_SHM_DIR`` overrides ``/dev/shm``. If a rank is
+killed while the cache is being built, its ``medcore-cache-*`` folder may be left in ``/dev/shm``.
 """
 
 from __future__ import annotations
@@ -57,7 +59,11 @@ def dist_info() -> tuple[int, int]:
 
 
 def shm_root() -> Path:
-    """``/dev/shm`` where it exists (Linux), else the temporary folder."""
+    """Folder for shared cache files: ``$MEDCORE_SHM_DIR``, else ``/dev/shm`` (Linux), else the
+    temporary folder. It must be a RAM-backed file system (tmpfs) shared by all local ranks."""
+    env = os.environ.get("MEDCORE_SHM_DIR")
+    if env:
+        return Path(env)
     return Path("/dev/shm") if Path("/dev/shm").is_dir() else Path(tempfile.gettempdir())
 
 
@@ -135,6 +141,11 @@ def process_pss(pid: int | None = None) -> int:
             if line.startswith("Pss:"):
                 return int(line.split()[1]) * 1024
     raise RuntimeError(f"no Pss line in /proc/{pid}/smaps_rollup")
+
+
+def total_pss(pids: list[int]) -> int:
+    """Sum of the proportional set sizes of ``pids`` (e.g. all DDP ranks): shared pages count once."""
+    return sum(process_pss(p) for p in pids)
 
 
 def mapped_memory(pid: int | None = None, path_prefix: str | os.PathLike = "") -> dict[str, int]:
@@ -248,6 +259,11 @@ class CacheDataset(Dataset):
                 else:
                     try:
                         atomic_write_bytes(folder / f"{i}.safetensors", sample_to_bytes(sample))
+                    except OSError as exc:
+                        raise OSError(exc.errno, f"cannot write the shared cache entry of item {i} under {folder} "
+                                      f"({exc.strerror}); {folder.parent} is probably too small (containers "
+                                      f"default to 64 MB: raise --shm-size), or set MEDCORE_SHM_DIR to a larger "
+                                      f"tmpfs, or lower cache_rate") from exc
                     except TypeError as exc:
                         self.errors[i] = f"item {i}: {exc}"
                         atomic_write_text(folder / f"{i}.error.json", json.dumps({"error": self.errors[i]}))

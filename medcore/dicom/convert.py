@@ -18,6 +18,7 @@ import os
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -31,6 +32,7 @@ from medcore.dicom.quarantine import Quarantine
 from medcore.dicom.resample import cast_like, resample_stack
 from medcore.dicom.scan import ScanResult, scan_tree
 from medcore.dicom.validate import GeometryError, StackPlan, output_affine, plan_stack
+from medcore.utils.atomic import atomic_write_text
 
 SERIES_INDEX = "series_index.parquet"
 QUARANTINE_TABLE = "quarantine.parquet"
@@ -285,6 +287,24 @@ def _bids_sidecar(frame: Frame) -> dict:
     return out
 
 
+def diffusion_tables(frames: Sequence[Frame], plan: StackPlan) -> tuple[str, list] | None:
+    """``.bval`` text and the per-volume gradients as stored, for a 4D diffusion series, else None.
+
+    One b-value per volume (from its first frame). No ``.bvec`` is written: the gradient's frame
+    of reference differs by vendor (patient LPS for the standard attribute, image space for some
+    private ones) and a wrong bvec is a silent error, so the raw vectors go to the sidecar.
+    """
+    if plan.n_volumes < 2:
+        return None
+    firsts = [frames[int(i)] for i in plan.order[:, 0]]
+    if any(f.diffusion_bvalue is None for f in firsts):
+        return None
+    bval = " ".join(f"{f.diffusion_bvalue:g}" for f in firsts) + "\n"
+    gradients = [None if f.diffusion_gradient is None else [round(float(x), 6) for x in f.diffusion_gradient]
+                 for f in firsts]
+    return bval, gradients
+
+
 def convert_stack(task: StackTask) -> dict:
     """Plan, decode, resample and write one stack. Never raises: returns a status dict."""
     if task.refuse is not None:
@@ -348,6 +368,10 @@ def convert_stack(task: StackTask) -> dict:
         write_nifti(stack if plan.n_volumes > 1 else stack[0], affine, nii, rgb=rgb,
                     repetition_time=float(tr) / 1000.0 if tr and plan.n_volumes > 1 else None,
                     gzip_level=task.gzip_level)
+        tables = diffusion_tables(frames, plan)
+        if tables is not None:
+            sidecar["DiffusionGradientsAsStored"] = tables[1]
+            atomic_write_text(task.out_stem.with_name(task.out_stem.name + ".bval"), tables[0])
         write_sidecar(sidecar, task.out_stem.with_name(task.out_stem.name + ".json"))
     except Exception as exc:
         return {"status": "refused", "code": "write_failed", "message": f"{type(exc).__name__}: {exc}",
@@ -445,6 +469,17 @@ def _tasks(scan: ScanResult, groups: list[StackGroup], deid, out_dir: Path, comp
         yield group, stem, task
 
 
+def _convert_isolated(task: StackTask) -> dict:
+    """Convert one stack in its own process, so a crash refuses that series only."""
+    try:
+        with ProcessPoolExecutor(max_workers=1) as pool:
+            return pool.submit(convert_stack, task).result()
+    except Exception as exc:
+        return {"status": "refused", "code": "internal_error",
+                "message": f"the converter process died on this series ({type(exc).__name__}); "
+                           "check the files with another reader"}
+
+
 def convert_tree(in_dir: str | os.PathLike, out_dir: str | os.PathLike, *, deid=None, compress: bool = True,
                  progress: bool = True, workers: int | None = None,
                  gzip_level: int = GZIP_LEVEL) -> ConversionReport:
@@ -512,11 +547,12 @@ def convert_tree(in_dir: str | os.PathLike, out_dir: str | os.PathLike, *, deid=
             for group, stem, task, fut in futures:
                 try:
                     result = fut.result()
-                except Exception as exc:  # a crashed worker refuses that series only
+                except BrokenProcessPool:  # a worker died (e.g. a decoder crash): isolate each series
+                    result = _convert_isolated(task)
+                except Exception as exc:
                     result = {"status": "refused", "code": "internal_error",
                               "message": f"{type(exc).__name__}: {exc}"}
                 handle(group, stem, task, result)
-                task = None  # release frames early
     else:
         for group, stem, task in jobs:
             handle(group, stem, task, convert_stack(task))

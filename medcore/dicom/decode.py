@@ -139,7 +139,8 @@ def _via_pydicom(frame: Frame, indices: list[int], n_stored: int) -> np.ndarray:
 def _file_frames(frame: Frame, wanted: list[int]) -> tuple[np.ndarray, list[int]]:
     """Decoded stored frames of one file and, for each wanted Frame index, its row in the array."""
     if frame.is_mosaic:
-        n_stored, stored_shape = 1, (frame.rows * frame.mosaic_tiles_per_row, frame.cols * frame.mosaic_tiles_per_row)
+        kr, kc = frame.mosaic_tiles_per_col or frame.mosaic_tiles_per_row, frame.mosaic_tiles_per_row
+        n_stored, stored_shape = 1, (frame.rows * kr, frame.cols * kc)
     else:
         n_stored, stored_shape = frame.number_of_frames, frame.shape
     if frame.samples_per_pixel > 1:
@@ -158,8 +159,8 @@ def _file_frames(frame: Frame, wanted: list[int]) -> tuple[np.ndarray, list[int]
             frame.path, f"decoded pixel array has shape {arr.shape[1:]}, header says {stored_shape}"
         )
     if frame.is_mosaic:
-        k, r, c = frame.mosaic_tiles_per_row, frame.rows, frame.cols
-        tiles = arr[0].reshape(k, r, k, c).swapaxes(1, 2).reshape(k * k, r, c)
+        r, c = frame.rows, frame.cols
+        tiles = arr[0].reshape(kr, r, kc, c).swapaxes(1, 2).reshape(kr * kc, r, c)
         return tiles, wanted
     return arr, rows
 

@@ -3,6 +3,17 @@
 ``read_frames`` reads a file's header only and expands Siemens MOSAIC files and enhanced
 multi-frame files into one :class:`Frame` per plane. ``load_pixels`` decodes the stored values of
 many frames (each file read once); ``to_real_values`` applies RescaleSlope/Intercept.
+
+Error codes (``exc.code``; ``exc.path`` and ``exc.reason`` name the file and the cause):
+``empty_file``, ``not_dicom``, ``unreadable`` (:class:`NotDicomError`); ``truncated``,
+``no_pixel_data``, ``unsupported_sop_class`` (SR, RTSTRUCT, PR, KO, SEG, DICOMDIR ...),
+``unsupported_image`` (float pixels, BitsAllocated 1, no Rows/Columns), ``bad_mosaic``,
+``inconsistent_frames`` (:class:`UnsupportedDicomError`); ``decode_failed``, ``no_decoder``,
+``truncated`` (:class:`DecodeError`, raised by ``load_pixels``).
+
+Frames of one file share ``sop_instance_uid``; ``(path, frame_index)`` identifies a frame.
+Colour data (RGB, YBR_*) is returned as RGB ``(n, rows, cols, 3)`` uint8 whatever
+``photometric`` says; PALETTE COLOR is returned as palette indices.
 """
 
 from __future__ import annotations
@@ -91,14 +102,16 @@ class Frame:
     number_of_frames: int = 1
     #: Mosaic tiling: tiles per row of the stored image, 0 when not a mosaic.
     mosaic_tiles_per_row: int = 0
-    #: True for Siemens MOSAIC tiles (the stored image is rows*k x cols*k).
+    #: Tile rows of a mosaic grid when it differs from ``mosaic_tiles_per_row`` (UIH grids), else 0.
+    mosaic_tiles_per_col: int = 0
+    #: True for mosaic tiles (Siemens MOSAIC, UIH VFRAME grids): the stored image is a tile grid.
     is_mosaic: bool = False
     #: Number of the frame's stack dimension values (enhanced MR), empty otherwise.
     dimension_index: tuple[int, ...] = ()
     #: Planar configuration for colour data (0 = interleaved, 1 = planar).
     planar_configuration: int = 0
     #: Byte offset of the native pixel data value in the file, -1 when unknown or encapsulated.
-    pixel_offset: int = -1
+    pixel_offset: int = field(default=-1, compare=False)
     #: Big endian native pixel data (transfer syntax 1.2.840.10008.1.2.2).
     big_endian: bool = False
 
@@ -160,6 +173,7 @@ _PRIVATE_TAGS = (
     0x00291010,  # Siemens CSA image header
     0x00190010, 0x00290010,  # private creators
     0x00100020,  # PatientID: only for read_frames_and_patient, never stored on a Frame
+    0x00650010, 0x00651004, 0x00651009, 0x00651037, 0x00651051,  # UIH grid, b-value, gradient
 )
 
 
@@ -177,7 +191,7 @@ USE_FAST_HEADER = True
 _SPECIFIC_TAGS: list[int] | None = None
 _WANTED: frozenset[int] = frozenset()
 #: Functional group sequences: files holding them are read with pydicom.
-_FALLBACK_TAGS = frozenset({0x52009229, 0x52009230})
+_FALLBACK_TAGS = frozenset({0x52009229, 0x52009230, 0x00651051})
 
 
 def _first(value):
@@ -290,7 +304,6 @@ def _sniff(path: Path) -> None:
 
 def _read_header(path: Path):
     """Header-only dataset plus (pixel tag, value offset, value length) or None when no pixels."""
-    import pydicom
     from pydicom.errors import InvalidDicomError
 
     global _SPECIFIC_TAGS, _WANTED
@@ -307,6 +320,8 @@ def _read_header(path: Path):
     if fast is not None:
         ds, pixel, size = fast
         return ds, ds.transfer_syntax_uid, pixel, size
+    import pydicom
+
     size = path.stat().st_size
     try:
         with open(path, "rb") as fh:
@@ -314,9 +329,15 @@ def _read_header(path: Path):
             pixel = None
             pos = fh.tell()
             tag_bytes = fh.read(12)
-    except (InvalidDicomError, EOFError, OSError, ValueError, KeyError, TypeError, struct.error) as exc:
-        raise NotDicomError(path, f"header cannot be parsed ({exc}); the file may be damaged", "truncated"
-                            if isinstance(exc, EOFError) else "not_dicom") from exc
+    except EOFError as exc:
+        raise UnsupportedDicomError(path, f"is truncated inside its header ({exc}); re-copy the file",
+                                    "truncated") from exc
+    except (InvalidDicomError, OSError, ValueError, KeyError, TypeError, struct.error) as exc:
+        raise NotDicomError(path, f"header cannot be parsed ({exc}); the file may be damaged") from exc
+    except Exception as exc:  # pydicom on garbage may fail in many ways; one bad file must not stop a batch
+        raise NotDicomError(
+            path, f"header cannot be parsed ({type(exc).__name__}: {exc}); the file may be damaged"
+        ) from exc
     meta = getattr(ds, "file_meta", None)
     tsuid = _str(meta.get("TransferSyntaxUID")) if meta is not None else ""
     if tsuid == "1.2.840.10008.1.2.1.99":  # deflated: positions refer to the inflated stream
@@ -457,6 +478,14 @@ def _private_numbers(elem):
     return value
 
 
+def with_changes(frame: Frame, **changes) -> Frame:
+    """A copy of ``frame`` with some fields changed (a fast ``dataclasses.replace``)."""
+    new = object.__new__(Frame)
+    new.__dict__.update(frame.__dict__)
+    new.__dict__.update(changes)
+    return new
+
+
 def read_frames(path, ds=None) -> list[Frame]:
     """Header-only read of one file into its frames (MOSAIC tiles and multi-frame expanded).
 
@@ -498,6 +527,8 @@ def _frames_and_header(path: Path, ds):
     base["pixel_offset"] = offset
     if multiframe.is_multiframe(ds):
         return multiframe.expand(ds, base), ds
+    if mosaic.is_uih_grid(ds):
+        return mosaic.expand_uih(ds, base), ds
     if mosaic.is_mosaic(ds):
         return mosaic.expand(ds, base), ds
     return [Frame(**base)], ds

@@ -1,5 +1,6 @@
-"""Siemens MOSAIC: one stored image holding a grid of slices, expanded into one Frame per tile.
+"""Mosaics: one stored image holding a grid of slices, expanded into one Frame per tile.
 
+Siemens MOSAIC:
 The header's ImagePositionPatient is the corner of the whole mosaic; each tile's position is that
 corner moved by half the size difference between the mosaic and one tile (in plane), then by
 ``i * spacing`` along the slice normal (the CSA ``SliceNormalVector`` when present).
@@ -9,12 +10,12 @@ from __future__ import annotations
 
 import math
 import struct
-from dataclasses import replace
 
 import numpy as np
 
 _CSA_IMAGE_HEADER = 0x00291010
 _N_MOSAIC = 0x0019100A
+_CSA_NAMES = frozenset({"NumberOfImagesInMosaic", "SliceNormalVector"})
 
 
 def is_mosaic(ds) -> bool:
@@ -27,8 +28,10 @@ def is_mosaic(ds) -> bool:
     return (number_of_tiles(ds) or 0) > 1
 
 
-def parse_csa(raw: bytes) -> dict[str, list[str]]:
+def parse_csa(raw: bytes, names: frozenset[str] | None = None) -> dict[str, list[str]]:
     """Parse a Siemens CSA header (SV10 or CSA1 layout) into ``{name: [item strings]}``.
+
+    With ``names``, only those entries are decoded (the rest are skipped).
 
     Raises ``ValueError`` when the bytes are not a CSA header.
     """
@@ -46,6 +49,7 @@ def parse_csa(raw: bytes) -> dict[str, list[str]]:
         name = raw[pos : pos + 64].split(b"\x00", 1)[0].decode("latin-1")
         _vm, _vr, _syngo, n_items, _xx = struct.unpack_from("<i4sii i", raw, pos + 64)
         pos += 84
+        keep = names is None or name in names
         items = []
         for _ in range(n_items):
             if pos + 16 > len(raw):
@@ -55,9 +59,11 @@ def parse_csa(raw: bytes) -> dict[str, list[str]]:
             length = x[1]
             if length < 0 or pos + length > len(raw):
                 raise ValueError("CSA item length out of range")
-            items.append(raw[pos : pos + length].split(b"\x00", 1)[0].decode("latin-1").strip())
+            if keep:
+                items.append(raw[pos : pos + length].split(b"\x00", 1)[0].decode("latin-1").strip())
             pos += (length + 3) // 4 * 4
-        out[name] = [i for i in items if i]
+        if keep:
+            out[name] = [i for i in items if i]
     return out
 
 
@@ -66,7 +72,7 @@ def _csa(ds) -> dict[str, list[str]]:
     if elem is None:
         return {}
     try:
-        return parse_csa(elem.value)
+        return parse_csa(elem.value, _CSA_NAMES)
     except (ValueError, struct.error):
         return {}
 
@@ -123,7 +129,7 @@ def tile_positions(ipp, iop, pixel_spacing, mosaic_shape, tile_shape, n_tiles, s
 
 def expand(ds, base: dict):
     """One :class:`~medcore.dicom.frames.Frame` per mosaic tile with its own position."""
-    from medcore.dicom.frames import Frame, UnsupportedDicomError
+    from medcore.dicom.frames import Frame, UnsupportedDicomError, with_changes
 
     n = number_of_tiles(ds)
     k = math.ceil(math.sqrt(n))
@@ -144,5 +150,63 @@ def expand(ds, base: dict):
     out = []
     for i in range(n):
         pos = tuple(float(v) for v in positions[i]) if positions is not None else None
-        out.append(replace(proto, frame_index=i, ipp=pos))
+        out.append(with_changes(proto, frame_index=i, ipp=pos))
     return out
+
+
+# ------------------------------------------------------------------------------ UIH VFRAME grids
+
+_UIH_GRID_SEQUENCE = 0x00651051
+_UIH_TILE_SIZE = 0x00651004
+_UIH_BVALUE = 0x00651009
+_UIH_GRADIENT = 0x00651037
+
+
+def is_uih_grid(ds) -> bool:
+    """True for a United Imaging "VFRAME" grid: tiles with their own positions in (0065,1051)."""
+    image_type = ds.get("ImageType") or ()
+    if isinstance(image_type, str):
+        image_type = image_type.split("\\")
+    if "VFRAME" not in {str(v).upper() for v in image_type}:
+        return False
+    elem = ds.get(_UIH_GRID_SEQUENCE)
+    return elem is not None and elem.VR == "SQ" and len(elem.value) > 1
+
+
+def _uih_tile_shape(ds) -> tuple[int, int] | None:
+    elem = ds.get(_UIH_TILE_SIZE)
+    if elem is not None:
+        text = elem.value.decode("latin-1") if isinstance(elem.value, bytes) else str(elem.value)
+        parts = text.strip("\x00 ").split("*")
+        if len(parts) == 2 and all(p.strip().isdigit() for p in parts):
+            return int(parts[0]), int(parts[1])
+    return None
+
+
+def expand_uih(ds, base: dict):
+    """One Frame per UIH grid tile; each tile's position comes from its own sequence item."""
+    from medcore.dicom.frames import Frame, UnsupportedDicomError, as_float, as_floats, with_changes
+
+    items = list(ds[_UIH_GRID_SEQUENCE].value)
+    shape = _uih_tile_shape(ds)
+    R, C = base["rows"], base["cols"]
+    if shape is None or shape[0] <= 0 or shape[1] <= 0 or R % shape[0] or C % shape[1]:
+        raise UnsupportedDicomError(
+            base["path"], f"UIH grid of {R}x{C} pixels has no usable tile size ({shape})", "bad_mosaic"
+        )
+    r, c = shape
+    kr, kc = R // r, C // c
+    if len(items) > kr * kc:
+        raise UnsupportedDicomError(
+            base["path"], f"UIH grid lists {len(items)} tiles but {kr}x{kc} fit in the image", "bad_mosaic"
+        )
+    fields = dict(base, rows=r, cols=c, is_mosaic=True, mosaic_tiles_per_row=kc, mosaic_tiles_per_col=kr)
+    if fields["diffusion_bvalue"] is None and _UIH_BVALUE in ds:
+        fields["diffusion_bvalue"] = as_float(ds[_UIH_BVALUE].value)
+    if fields["diffusion_gradient"] is None and _UIH_GRADIENT in ds:
+        fields["diffusion_gradient"] = as_floats(ds[_UIH_GRADIENT].value, 3)
+    proto = Frame(**fields)
+    return [
+        with_changes(proto, frame_index=i, ipp=as_floats(item.get("ImagePositionPatient"), 3))
+        for i, item in enumerate(items)
+    ]

@@ -7,7 +7,6 @@ place frames along the normal (NM SliceVector, RT GridFrameOffsetVector) or in t
 
 from __future__ import annotations
 
-from dataclasses import replace
 
 import numpy as np
 
@@ -16,13 +15,13 @@ from medcore.dicom.frames import (
     UnsupportedDicomError,
     _image_type,
     _is_localizer,
-    _str,
     _time_only,
     as_float,
     as_floats,
     as_int,
     HEADER_KEYWORDS,
     _json_value,
+    with_changes,
 )
 
 PLANE_POSITION = 0x00209113
@@ -180,7 +179,7 @@ def expand(ds, base: dict) -> list[Frame]:
             f = _frame_fields(per_items[i] if per_items else None, shared, base)
             if "echo_time" in f:
                 f["header"] = dict(header, EchoTime=f["echo_time"])
-            out.append(replace(proto, frame_index=i, **f))
+            out.append(with_changes(proto, frame_index=i, **f))
         return out
     return _classic(ds, fields, n)
 
@@ -210,7 +209,7 @@ def _classic(ds, fields: dict, n: int) -> list[Frame]:
         normal /= np.linalg.norm(normal)
         for i in range(n):
             pos = tuple(float(v) for v in np.asarray(ipp) + offsets[i] * normal)
-            out.append(replace(proto, frame_index=i, ipp=pos))
+            out.append(with_changes(proto, frame_index=i, ipp=pos))
         return out
     # Frames in time at one position (cine, dynamic): number them as temporal positions.
-    return [replace(proto, frame_index=i, temporal_position=i + 1) for i in range(n)]
+    return [with_changes(proto, frame_index=i, temporal_position=i + 1) for i in range(n)]

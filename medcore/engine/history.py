@@ -45,25 +45,29 @@ class MetricsHistory:
 
 
 def plot_curves(records: list[dict], path: str | Path) -> None:
-    """Loss curves on the left, validation metrics on the right, against the epoch."""
+    """Three panels against the epoch: losses, validation Dice-like scores, other validation metrics."""
     import matplotlib
 
     matplotlib.use("Agg")
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(10, 4), dpi=100)
-    ax_loss, ax_metric = fig.subplots(1, 2)
-    epochs_of = lambda key: [(r["epoch"], r[key]) for r in records  # noqa: E731
-                             if isinstance(r.get(key), float) and math.isfinite(r[key])]
+    fig = Figure(figsize=(13, 4), dpi=100)
+    panels = dict(zip(("loss", "validation score", "validation distance (mm)"), fig.subplots(1, 3)))
     keys = [k for k in {k: None for r in records for k in r} if k != "epoch"]
     for key in keys:
-        points = epochs_of(key)
+        points = [(r["epoch"], r[key]) for r in records if isinstance(r.get(key), float) and math.isfinite(r[key])]
         if not points:
             continue
-        ax = ax_loss if "loss" in key else ax_metric if key.startswith("val_") else None
-        if ax is not None:
-            ax.plot(*zip(*points), marker="." if len(points) < 50 else None, label=key)
-    for ax, title in ((ax_loss, "loss"), (ax_metric, "validation")):
+        if "loss" in key:
+            ax = panels["loss"]
+        elif key.startswith("val_") and "dice" in key:
+            ax = panels["validation score"]
+        elif key.startswith("val_"):
+            ax = panels["validation distance (mm)"]
+        else:
+            continue
+        ax.plot(*zip(*points), marker="." if len(points) < 50 else None, label=key)
+    for title, ax in panels.items():
         ax.set_xlabel("epoch")
         ax.set_title(title)
         ax.grid(alpha=0.3)

@@ -129,7 +129,7 @@ class Trainer:
         self.callbacks = list(callbacks)
         self.evaluator, self.collate, self.loss_fn = evaluator, collate, loss_fn
         cfg = self.config
-        torch.manual_seed(cfg.seed)
+        torch.manual_seed(cfg.seed + self.ctx.rank)  # independent dropout draws per rank
         self.precision = choose_precision(self.ctx.device, cfg.amp)
         self.model = model.to(self.ctx.device)
         self.channels_last = cfg.channels_last and use_channels_last(self.model, self.ctx.device)

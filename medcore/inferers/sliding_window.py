@@ -76,6 +76,16 @@ def _pad_amounts(image_size: Sequence[int], roi_size: Sequence[int]) -> list[tup
     return out
 
 
+def _same_device(a: torch.device, b: torch.device) -> bool:
+    """``cuda`` and ``cuda:0`` (the current device) are the same device."""
+    if a.type != b.type:
+        return False
+    if a.type != "cuda" or a.index == b.index:
+        return True
+    current = torch.cuda.current_device()
+    return (a.index if a.index is not None else current) == (b.index if b.index is not None else current)
+
+
 def _normalise_in_place(out: torch.Tensor, starts: list[list[int]], roi: Sequence[int],
                         weights: torch.Tensor) -> None:
     """Divide ``out`` by the sum of window weights, one slab of the first spatial axis at a time."""
@@ -156,7 +166,7 @@ def sliding_window_inference(inputs: torch.Tensor, roi_size: Sequence[int | None
         if out is None:
             out = torch.zeros((batch, pred.shape[1], *size), dtype=inputs.dtype, device=device)
         pred = pred.to(dtype=inputs.dtype)
-        if pred.device == device:
+        if _same_device(pred.device, device):
             for j, (b, s) in enumerate(chunk):
                 region = (b, slice(None), *(slice(v, v + r) for v, r in zip(s, roi)))
                 out[region].addcmul_(pred[j], weights_out)

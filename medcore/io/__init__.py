@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from medcore.io.image import Image, as_affine
-from medcore.io.nifti import is_nifti, load_nifti, save_nifti
+from medcore.io.nifti import c_order_copy, is_nifti, load_nifti, save_nifti
 
 __all__ = ["Image", "as_affine", "load_image", "save_image", "load_nifti", "save_nifti"]
 
@@ -26,18 +26,16 @@ def _load_dicom_series(folder: Path) -> Image:
         raise ImportError(f"{folder}: reading a DICOM series needs medcore.dicom.load_series ({exc})") from exc
     array, affine, meta = load_series(folder)
     arr = np.asarray(array)
-    if arr.dtype == np.float64:
-        arr = arr.astype(np.float32)
-    elif arr.dtype == np.uint16:
-        arr = arr.astype(np.int32)
+    target = {np.dtype(np.float64): np.float32, np.dtype(np.uint16): np.int32,
+              np.dtype(np.bool_): np.uint8}.get(arr.dtype, arr.dtype)
     if arr.ndim in (2, 3):
-        arr = arr[None]
-    elif arr.ndim == 4:  # (X, Y, Z, T): the 4th axis is the channel axis, as for NIfTI
-        arr = np.moveaxis(arr, 3, 0)
+        arr = c_order_copy(arr, target)[None]
+    elif arr.ndim == 4:  # (X, Y, Z, T or colour): the 4th axis is the channel axis, as for NIfTI
+        arr = np.stack([c_order_copy(arr[..., t], target) for t in range(arr.shape[3])])
     else:
         raise ValueError(f"{folder}: DICOM series gave an array of shape {arr.shape}; expected 2D-4D")
-    meta = {**{k: v for k, v in dict(meta or {}).items()}, "source_format": "dicom"}
-    return Image(torch.from_numpy(np.ascontiguousarray(arr)), as_affine(affine), meta, [])
+    meta = {**dict(meta or {}), "source_format": "dicom"}
+    return Image(torch.from_numpy(arr), as_affine(affine), meta, [])
 
 
 def load_image(path: str | os.PathLike) -> Image:

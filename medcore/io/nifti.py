@@ -30,6 +30,22 @@ def is_nifti(path: str | os.PathLike) -> bool:
     return name.endswith(NIFTI_SUFFIXES)
 
 
+def c_order_copy(a: np.ndarray, dtype=None) -> np.ndarray:
+    """A C-ordered, writable copy of ``a`` (cast to ``dtype``). NIfTI voxels are stored
+    Fortran-ordered; a plain transposing copy of a large volume thrashes the cache, so 3D arrays
+    are copied in (32 x Y x 8) tiles - several times faster."""
+    dtype = a.dtype if dtype is None else np.dtype(dtype)
+    out = np.empty(a.shape, dtype=dtype)
+    if a.ndim != 3 or a.flags.c_contiguous or a.size < 1 << 16:
+        out[...] = a
+        return out
+    tx, tz = 32, 8
+    for x0 in range(0, a.shape[0], tx):
+        for z0 in range(0, a.shape[2], tz):
+            out[x0:x0 + tx, :, z0:z0 + tz] = a[x0:x0 + tx, :, z0:z0 + tz]
+    return out
+
+
 def _channel_first(arr: np.ndarray, path: Path) -> np.ndarray:
     if arr.ndim in (2, 3):
         return arr[None]
@@ -75,14 +91,10 @@ def load_nifti(path: str | os.PathLike) -> Image:
         raise ValueError(f"{path}: cannot read NIfTI ({type(exc).__name__}: {exc}); the file may be "
                          f"truncated or not NIfTI - re-export or re-download it") from exc
     original_dtype = str(arr.dtype)
-    if arr.dtype == np.float64:
-        arr = arr.astype(np.float32)
-    elif arr.dtype == np.uint16:  # torch has poor uint16 support
-        arr = arr.astype(np.int32)
-    elif arr.dtype == np.bool_:
-        arr = arr.astype(np.uint8)
+    target = {np.dtype(np.float64): np.float32, np.dtype(np.uint16): np.int32,  # torch: poor uint16 support
+              np.dtype(np.bool_): np.uint8}.get(arr.dtype, arr.dtype)
     arr = _channel_first(arr, path)
-    arr = np.ascontiguousarray(arr) if arr.flags.writeable else np.array(arr, order="C")
+    arr = np.stack([c_order_copy(c, target) for c in arr]) if arr.shape[0] > 1 else c_order_copy(arr[0], target)[None]
     affine = torch.from_numpy(np.asarray(affine_np, dtype=np.float64))
     meta = {"source_format": "nifti", "original_dtype": original_dtype,
             "original_shape": list(arr.shape[1:]), "original_affine": affine.tolist()}

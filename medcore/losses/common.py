@@ -22,14 +22,21 @@ def check_activation(sigmoid: bool, softmax: bool) -> None:
         raise ValueError("choose at most one of sigmoid=True and softmax=True")
 
 
-def one_hot(labels: torch.Tensor, num_classes: int, dtype: torch.dtype) -> torch.Tensor:
-    """``(B, 1, *spatial)`` integer-valued labels -> ``(B, num_classes, *spatial)`` one-hot of ``dtype``."""
+def label_index(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """``(B, 1, *spatial)`` integer-valued labels as int64, checked to lie in ``[0, num_classes)``."""
     if labels.ndim < 2 or labels.shape[1] != 1:
         raise ValueError(f"to_onehot_y expects a label map of shape (B, 1, *spatial), got {tuple(labels.shape)}")
-    index = labels.long()
-    if index.numel() and (int(index.min()) < 0 or int(index.max()) >= num_classes):
-        raise ValueError(f"label values must lie in [0, {num_classes - 1}] for {num_classes} prediction channels, "
-                         f"got [{int(index.min())}, {int(index.max())}]")
+    if labels.numel():
+        low, high = (int(v) for v in torch.aminmax(labels))
+        if low < 0 or high >= num_classes:
+            raise ValueError(f"label values must lie in [0, {num_classes - 1}] for {num_classes} prediction "
+                             f"channels, got [{low}, {high}]")
+    return labels.long()
+
+
+def one_hot(labels: torch.Tensor, num_classes: int, dtype: torch.dtype) -> torch.Tensor:
+    """``(B, 1, *spatial)`` integer-valued labels -> ``(B, num_classes, *spatial)`` one-hot of ``dtype``."""
+    index = label_index(labels, num_classes)
     out = torch.zeros((labels.shape[0], num_classes, *labels.shape[2:]), dtype=dtype, device=labels.device)
     return out.scatter_(1, index, 1)
 

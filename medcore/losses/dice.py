@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from medcore.losses.common import (activate, check_activation, check_reduction, check_same_shape, class_weights,
-                                   drop_background, prepare_target, reduce_per_class)
+                                   drop_background, label_index, prepare_target, reduce_per_class)
 from medcore.losses.registry import register_loss
 
 
@@ -55,6 +55,35 @@ class _OverlapLoss(nn.Module):
         check_same_shape(input, target)
         return input, target.to(input.dtype)
 
+    def _uses_label_map(self, input: torch.Tensor, target: torch.Tensor) -> bool:
+        return self.to_onehot_y and not self.soft_label and input.shape[1] > 1 and target.shape[1] == 1
+
+    def _sums(self, input: torch.Tensor, target: torch.Tensor, squared: bool = False
+              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(intersection, prediction mass, target mass) per class, pooled as configured.
+
+        With a label map and ``to_onehot_y`` the one-hot target is never built: the intersection
+        gathers each voxel's predicted probability of its true class and adds it to that class.
+        """
+        if not self._uses_label_map(input, target):
+            input, target = self._prepare(input, target)
+            return overlap_sums(input, target, reduce_axes(input.ndim, self.batch), squared, self.soft_label)
+        p = activate(input, self.sigmoid, self.softmax)
+        b, c = p.shape[:2]
+        if target.shape[0] != b or target.shape[2:] != p.shape[2:]:
+            check_same_shape(p[:, :1], target)
+        index = label_index(target, c).reshape(b, -1)
+        flat = p.reshape(b, c, -1)
+        zeros = torch.zeros(b, c, dtype=p.dtype, device=p.device)
+        inter = zeros.scatter_add(1, index, flat.gather(1, index[:, None])[:, 0])
+        gs = zeros.scatter_add(1, index, torch.ones_like(index, dtype=p.dtype))
+        ps = (flat * flat).sum(-1) if squared else flat.sum(-1)
+        if not self.include_background:
+            inter, ps, gs = inter[:, 1:], ps[:, 1:], gs[:, 1:]
+        if self.batch:
+            inter, ps, gs = inter.sum(0), ps.sum(0), gs.sum(0)
+        return inter, ps, gs
+
 
 @register_loss("dice")
 class DiceLoss(_OverlapLoss):
@@ -75,12 +104,10 @@ class DiceLoss(_OverlapLoss):
         self.squared_pred, self.jaccard, self.weight = squared_pred, jaccard, weight
 
     def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        input, target = self._prepare(input, target)
-        inter, ps, gs = overlap_sums(input, target, reduce_axes(input.ndim, self.batch), self.squared_pred,
-                                     self.soft_label)
+        inter, ps, gs = self._sums(input, target, self.squared_pred)
         denominator = 2 * (ps + gs - inter) if self.jaccard else ps + gs
         f = 1 - (2 * inter + self.smooth_nr) / (denominator + self.smooth_dr)
-        w = class_weights(self.weight, target.shape[1], f)
+        w = class_weights(self.weight, f.shape[-1], f)
         if w is not None:
             f = f * w
         return reduce_per_class(f, self.reduction, input.ndim - 2)
@@ -102,6 +129,13 @@ class TverskyLoss(_OverlapLoss):
         self.alpha, self.beta = float(alpha), float(beta)
 
     def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if self._uses_label_map(input, target):
+            tp, ps, gs = self._sums(input, target)
+            fp, fn = ps - tp, gs - tp
+            score = 1 - (tp + self.smooth_nr) / (tp + self.alpha * fp + self.beta * fn + self.smooth_dr)
+            if self.reduction == "none":
+                return score
+            return score.mean() if self.reduction == "mean" else score.sum()
         input, target = self._prepare(input, target)
         axes = reduce_axes(input.ndim, self.batch)
         if self.soft_label:
@@ -132,10 +166,14 @@ class GeneralizedDiceLoss(_OverlapLoss):
         self.w_type = w_type
 
     def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        input, target = self._prepare(input, target)
-        axes = reduce_axes(input.ndim, self.batch)
-        inter, ps, gs = overlap_sums(input, target, axes, soft_label=self.soft_label)
-        volume = target.sum(axes)
+        if self._uses_label_map(input, target):
+            inter, ps, gs = self._sums(input, target)
+            volume = gs
+        else:
+            input, target = self._prepare(input, target)
+            axes = reduce_axes(input.ndim, self.batch)
+            inter, ps, gs = overlap_sums(input, target, axes, soft_label=self.soft_label)
+            volume = target.sum(axes)
         if self.w_type == "uniform":
             w = torch.ones_like(volume)
         else:

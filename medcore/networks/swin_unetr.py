@@ -20,6 +20,11 @@ class SwinUNETR(nn.Module):
     (``feature_size * 2**i`` channels); residual units refine the skips and a transposed-conv decoder
     returns to full resolution. Spatial sizes must be divisible by 32; ``feature_size`` by 12 is
     conventional (heads 3, 6, 12, 24 need widths divisible by them).
+
+    Any size works (feature maps are padded to whole windows and padded keys are masked), so the
+    network exports with dynamic spatial sizes. Trace ``torch.export`` with an example larger than
+    ``16 * window_size`` on each dynamic axis (e.g. 128 for window 7): a stage holding a single
+    window gets specialised to one window, which limits the exported range.
     """
 
     def __init__(self, spatial_dims: int, in_channels: int, out_channels: int, feature_size: int = 24,

@@ -43,7 +43,9 @@ class TokenUpsampler(nn.Sequential):
 class UNETR(nn.Module):
     """UNETR with a 16-voxel patch ViT. Hidden states after layers L/4, L/2, 3L/4 and L are decoded at
     1/8, 1/4, 1/2 resolution (and the bottleneck 1/16); the input itself feeds the full-resolution skip.
-    ``img_size`` sets the learned position-embedding grid; other sizes divisible by 16 also work.
+    ``img_size`` sets the learned position-embedding grid; other sizes divisible by 16 also work
+    (the embeddings are interpolated), so it exports with dynamic sizes; trace with at least two
+    patches per dynamic axis, or that axis is specialised to one patch.
     """
 
     patch_size = 16

@@ -39,8 +39,9 @@ def load_weights(module: nn.Module, path: str | Path, strict: bool = True) -> nn
     try:
         module.load_state_dict(read_weights(path), strict=strict)
     except RuntimeError as error:
-        raise ValueError(f"weights in {path} do not fit the network {module.config if hasattr(module, 'config') else ''}:"
-                         f" {error}. Rebuild the network from the config saved with these weights.") from error
+        name = getattr(module, "config", {}).get("name", type(module).__name__)
+        raise ValueError(f"weights in {path} do not fit the network {name!r}: {error}. Rebuild the network from "
+                         "the config saved with these weights.") from error
     return module
 
 

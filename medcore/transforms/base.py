@@ -130,6 +130,11 @@ class Transform:
         """Run this concrete transform on one ``Image`` and record its op."""
         raise NotImplementedError(f"{type(self).__name__}.apply")
 
+    def apply_owned(self, img: Image) -> Image:
+        """``apply`` when ``img.data`` belongs to the running pipeline and may be modified in
+        place (Compose decides); default: plain ``apply``."""
+        return self.apply(img)
+
     def op(self, **extra: Any) -> dict:
         """The op dict recorded in ``Image.ops``: name, kind, transform config and ``extra``."""
         return {"name": type(self).__name__, "kind": extra.pop("kind", "other"), "transform": self.config(), **extra}
@@ -222,6 +227,10 @@ class Keyed(Transform):
 
     def present_keys(self, x: dict) -> tuple[str, ...]:
         keys = tuple(k for k in self.keys if k in x)
+        bad = [k for k in keys if not isinstance(x[k], Image)]
+        if bad:
+            raise TypeError(f"{type(self.transform).__name__}: sample key(s) {bad} hold "
+                            f"{[type(x[k]).__name__ for k in bad]}, not Images; load them first or drop them from keys")
         if len(keys) != len(self.keys) and not self.allow_missing:
             missing = [k for k in self.keys if k not in x]
             raise KeyError(f"{type(self.transform).__name__}: sample has no key(s) {missing}; present: "
@@ -245,8 +254,12 @@ class Keyed(Transform):
         return self.transform.resolve(x[keys[0]], rng, x), keys
 
     def __call__(self, x: Any, rng: torch.Generator | None = None) -> Any:
+        return self.call_frozen(x, rng, None)
+
+    def call_frozen(self, x: Any, rng: torch.Generator | None, frozen: set | None) -> Any:
+        """``__call__``; tensors whose storage is not in ``frozen`` may be modified in place."""
         if isinstance(x, list):
-            return [self(item, rng) for item in x]
+            return [self.call_frozen(item, rng, frozen) for item in x]
         if isinstance(x, Image):
             return self.transform(x, rng)
         if not isinstance(x, dict):
@@ -255,13 +268,18 @@ class Keyed(Transform):
         if concrete is None:
             return x
         if isinstance(concrete, list):
-            return [self._apply_all(c, x, keys) for c in concrete]
-        return self._apply_all(concrete, x, keys)
+            return [self._apply_all(c, x, keys, frozen) for c in concrete]
+        return self._apply_all(concrete, x, keys, frozen)
 
-    def _apply_all(self, concrete: Transform, x: dict, keys: tuple[str, ...]) -> dict:
+    def _apply_all(self, concrete: Transform, x: dict, keys: tuple[str, ...], frozen: set | None = None) -> dict:
         out = dict(x)
         for k in keys:
-            out[k] = self.concrete_for(concrete, k).apply(x[k])
+            t = self.concrete_for(concrete, k)
+            img = x[k]
+            if frozen is not None and img.data.untyped_storage().data_ptr() not in frozen:
+                out[k] = t.apply_owned(img)
+            else:
+                out[k] = t.apply(img)
         drop_stale_side_entries(out)
         return out
 

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from medcore.io.image import Image
-from medcore.transforms.base import Keyed, Transform, drop_stale_side_entries, new_rng, register
+from medcore.transforms.base import Keyed, Transform, _jsonable, drop_stale_side_entries, new_rng, register
 from medcore.transforms.functional import spatial as fs
 from medcore.transforms.functional.crop_pad import compact
 from medcore.transforms.spatial import Resample
@@ -52,6 +52,9 @@ class Compose(Transform):
 
     def params(self) -> dict:
         return {"transforms": list(self.transforms), "fuse": self.fuse}
+
+    def config(self) -> dict:  # not cached: ``transforms`` is a mutable list
+        return {"name": type(self).__name__, **_jsonable(self.params())}
 
     @property
     def is_random(self) -> bool:  # type: ignore[override]
@@ -90,13 +93,13 @@ class Compose(Transform):
     def __call__(self, x: Any, rng: torch.Generator | None = None) -> Any:
         if self.is_random and rng is None:
             rng = new_rng()
-        return _compact_all(self._run(0, x, rng))
+        return _compact_all(self._run(0, x, rng, _storages(x)))
 
-    def _run(self, i: int, x: Any, rng) -> Any:
+    def _run(self, i: int, x: Any, rng, frozen: set) -> Any:
         steps = self.transforms
         while i < len(steps):
             if isinstance(x, list):
-                return [self._run(i, item, rng) for item in x]
+                return [self._run(i, item, rng, frozen) for item in x]
             j = i
             if self.fuse:
                 while j < len(steps) and steps[j].fusable:
@@ -104,6 +107,9 @@ class Compose(Transform):
             if j - i >= 2:
                 x = self._fused(steps[i:j], x, rng)
                 i = j
+            elif isinstance(steps[i], Keyed):
+                x = steps[i].call_frozen(x, rng, frozen)
+                i += 1
             else:
                 x = steps[i](x, rng)
                 i += 1
@@ -174,6 +180,17 @@ class Compose(Transform):
         return out
 
 
+def _storages(x: Any) -> set:
+    """Storage addresses of the caller's tensors: never modified in place."""
+    if isinstance(x, list):
+        return set().union(*[_storages(i) for i in x]) if x else set()
+    if isinstance(x, Image):
+        return {x.data.untyped_storage().data_ptr()}
+    if isinstance(x, dict):
+        return {v.data.untyped_storage().data_ptr() for v in x.values() if isinstance(v, Image)}
+    return set()
+
+
 def _compact_all(x: Any) -> Any:
     """Give every output Image its own compact storage (crops inside the chain are views)."""
     if isinstance(x, list):
@@ -206,6 +223,9 @@ class OneOf(Transform):
     def params(self) -> dict:
         return {"transforms": list(self.transforms), "weights": self.weights}
 
+    def config(self) -> dict:
+        return {"name": type(self).__name__, **_jsonable(self.params())}
+
     def __call__(self, x: Any, rng: torch.Generator | None = None) -> Any:
         rng = new_rng() if rng is None else rng
         i = int(torch.multinomial(torch.tensor(self.weights, dtype=torch.float64), 1, generator=rng))
@@ -226,6 +246,9 @@ class RandomOrder(Transform):
 
     def params(self) -> dict:
         return {"transforms": list(self.transforms)}
+
+    def config(self) -> dict:
+        return {"name": type(self).__name__, **_jsonable(self.params())}
 
     def __call__(self, x: Any, rng: torch.Generator | None = None) -> Any:
         rng = new_rng() if rng is None else rng

@@ -31,13 +31,22 @@ def _coin(rng, prob: float) -> bool:
 
 
 class IntensityTransform(Transform):
-    """Subclasses implement ``compute(data) -> data``."""
+    """Subclasses implement ``compute(data) -> data`` and may implement ``compute_(data)``, the
+    in-place version, which ``Compose`` uses on float tensors it created itself in the same call
+    (never on the caller's tensors, never on a view of them)."""
 
     def compute(self, data: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
+    compute_ = None  # optional in-place variant
+
     def apply(self, img: Image) -> Image:
         return img.with_op(self.op(kind="intensity"), data=self.compute(img.data))
+
+    def apply_owned(self, img: Image) -> Image:
+        if self.compute_ is None or not img.data.is_floating_point():
+            return self.apply(img)
+        return img.with_op(self.op(kind="intensity"), data=self.compute_(img.data))
 
 
 @register
@@ -60,9 +69,15 @@ class ScaleIntensityRange(IntensityTransform):
         chans = [data[c:c + 1] for c in range(data.shape[0])] if self.channel_wise else [data]
         outs = []
         for x in chans:
-            lo, hi = float(fi.percentile(x, self.a_min)), float(fi.percentile(x, self.a_max))
+            lo, hi = fi.percentiles(x, [self.a_min, self.a_max])
             outs.append(fi.scale_intensity_range(x, lo, hi, self.b_min, self.b_max, self.clip))
         return torch.cat(outs) if len(outs) > 1 else outs[0]
+
+    def compute_(self, data):
+        if self.percentiles or self.a_max == self.a_min or self.b_min is None or self.b_max is None:
+            return self.compute(data)
+        data.sub_(self.a_min).mul_((self.b_max - self.b_min) / (self.a_max - self.a_min)).add_(self.b_min)
+        return data.clamp_(self.b_min, self.b_max) if self.clip else data
 
 
 @register
@@ -90,6 +105,9 @@ class Clip(IntensityTransform):
     def compute(self, data):
         return data.clamp(self.min, self.max)
 
+    def compute_(self, data):
+        return data.clamp_(self.min, self.max)
+
 
 @register
 @dataclass(eq=True)
@@ -101,6 +119,9 @@ class ScaleIntensity(IntensityTransform):
     def compute(self, data):
         return fi.as_float(data) * (1.0 + self.factor)
 
+    def compute_(self, data):
+        return data.mul_(1.0 + self.factor)
+
 
 @register
 @dataclass(eq=True)
@@ -111,6 +132,9 @@ class ShiftIntensity(IntensityTransform):
 
     def compute(self, data):
         return fi.as_float(data) + self.offset
+
+    def compute_(self, data):
+        return data.add_(self.offset)
 
 
 @register

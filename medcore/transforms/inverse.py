@@ -15,7 +15,6 @@ import numpy as np
 from medcore.io.image import Image
 from medcore.transforms.base import from_config
 from medcore.transforms.functional import spatial as fs
-from medcore.transforms.functional.crop_pad import crop_pad  # noqa: F401  (re-export for users)
 from medcore.transforms.spatial import Resample
 
 GEOMETRIC = ("affine", "crop_pad")

@@ -9,7 +9,6 @@ dimension) or ``"nearest"`` (labels); ``padding_mode`` is ``"zeros"`` or ``"bord
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -353,7 +352,3 @@ class RandElastic(Transform):
             return None
         return Elastic(seed=seed, sigma=sigma, magnitude=mag, mode=self.mode, padding_mode=self.padding_mode)
 
-
-def rotation_from_degrees(deg: float) -> float:
-    """Convenience: degrees to radians for ``Rotate``/``RandAffine`` ranges."""
-    return math.radians(deg)

@@ -30,10 +30,13 @@ def _rank_main(rank: int, folder: str, items: list[dict]) -> None:
 
         shared = CacheDataset(items, normalize_only(), progress=False)  # auto -> shared under DDP
         touched = sum(float(shared[i]["image"].data.double().sum()) for i in range(len(items)))
+        dist.barrier()  # both ranks have touched every page before either measures (Pss is split at read time)
+        mapped = mapped_memory(os.getpid(), str(shared.shm_folder))
+        dist.barrier()
         plain = Dataset(items, normalize_only())
         report["shared"] = {
             "mode": shared.mode, "folder_gone": not shared.shm_folder.exists(),
-            "mapped": mapped_memory(os.getpid(), str(shared.shm_folder)), "report": shared.memory_report(),
+            "mapped": mapped, "report": shared.memory_report(),
             "same_as_plain": all(same_sample(shared[i], plain[i]) for i in range(len(items))), "checksum": touched,
         }
         part = CacheDataset(items, normalize_only(), mode="partition", progress=False)

@@ -95,3 +95,18 @@ def test_hippocampus_cache_footprint_and_batches(shared_data):
     assert [b["image"].shape[0] for b in batches] == [8, 8, 8]
     assert all(b["label"].shape == (8, 1, 16, 16, 16) for b in batches)
     assert all(set(torch.unique(b["label"]).tolist()) <= {0, 1, 2} for b in batches)
+
+
+def test_a_bad_file_never_takes_down_a_batch(tmp_path):
+    from data_cases import pipeline, write_cases
+
+    items = write_cases(tmp_path / "in", 3)
+    broken = tmp_path / "in" / "broken.nii.gz"
+    broken.write_bytes(b"\x1f\x8b truncated")
+    items.insert(1, {"image": str(broken), "label": items[0]["label"], "case": 99})
+    with pytest.raises(Exception, match="broken.nii.gz"):
+        CacheDataset(items, pipeline(), progress=False)[1]
+    ds = CacheDataset(items, pipeline(), on_error="skip", progress=False)
+    assert 1 in ds.errors and "broken.nii.gz" in ds.errors[1]
+    batches = list(make_loader(ds, batch_size=4, num_workers=1, seed=0))
+    assert len(batches) == 1 and batches[0]["case"].tolist() == [0, 0, 1, 1, 2, 2]  # 3 good items x 2 crops

@@ -139,3 +139,31 @@ def test_public_api_resolves():
         assert getattr(dicom, name) is not None
     with pytest.raises(AttributeError):
         dicom.no_such_name  # noqa: B018
+
+
+_REAL_CONVERT_STACK = None  # the real convert_stack, set by the test below (workers are forked)
+
+
+def _crash_on_series_2(task):
+    """Stands in for convert_stack in worker processes: dies like a segfaulting decoder on series 2."""
+    import os
+
+    if task.sidecar.get("SeriesNumber") == 2:
+        os._exit(3)
+    return _REAL_CONVERT_STACK(task)
+
+
+def test_a_crashing_worker_refuses_only_its_series(tmp_path, monkeypatch):
+    global _REAL_CONVERT_STACK
+    from medcore.dicom import convert
+    from medcore.dicom.deid import Deidentifier
+
+    for seed in range(3):
+        write_series(tmp_path / "in" / f"s{seed}", 3, rows=8, cols=6, seed=seed, series_number=seed + 1)
+    _REAL_CONVERT_STACK = convert.convert_stack
+    monkeypatch.setattr(convert, "convert_stack", _crash_on_series_2)
+    report = convert.convert_tree(tmp_path / "in", tmp_path / "out", deid=Deidentifier(b"c" * 32),
+                                  progress=False, workers=2)
+    assert sorted(r.series_number for r in report.series) == [1, 3]
+    assert set(report.quarantine["code"]) == {"internal_error"} and len(report.quarantine) == 3
+    assert report.balanced

@@ -326,3 +326,22 @@ def test_mixed_frame_sizes_refused(tmp_path):
     b = read_frames(write_image(tmp_path / "b.dcm", np.zeros((4, 5), np.uint16)))
     with pytest.raises(ValueError, match="split the series"):
         load_pixels(a + b)
+
+
+def test_deflated_syntax(tmp_path):
+    raw = (np.arange(64, dtype=np.uint16) * 7).reshape(8, 8)
+    path = write_image(tmp_path / "deflated.dcm", raw, syntax="1.2.840.10008.1.2.1.99")
+    frames = read_frames(path)
+    assert frames[0].transfer_syntax_uid == "1.2.840.10008.1.2.1.99" and frames[0].pixel_offset == -1
+    assert frames[0].ipp == (0.0, 0.0, 0.0)
+    np.testing.assert_array_equal(load_pixels(frames)[0], raw)
+
+
+def test_given_dataset_is_used(tmp_path):
+    raw = np.arange(20, dtype=np.uint16).reshape(4, 5)
+    path = write_image(tmp_path / "given.dcm", raw, slope=2.0, intercept=1.0)
+    frames = read_frames(path, ds=pydicom.dcmread(path))
+    assert frames[0].pixel_offset == -1 and frames[0].slope == 2.0
+    np.testing.assert_array_equal(load_pixels(frames)[0], raw)
+    fast = read_frames(path)
+    assert frames == fast and fast[0].pixel_offset > 0  # the offset is a storage detail, not identity

@@ -222,6 +222,26 @@ def test_unlisted_names_are_blanked_and_burned_in_refused():
         Deidentifier(KEY).dataset(ds)
 
 
+def test_nested_and_unknown_elements():
+    """Table actions apply inside sequences the table does not list; unknown public data is dropped."""
+    inner = Dataset()
+    inner.InstitutionName = "Nested General Hospital"
+    inner.ReferencedSOPInstanceUID = "1.2.3.4.5.6"
+    inner.CodeMeaning = "kept text"
+    ds = Dataset()
+    ds.PatientID = "MRN77"
+    ds.ProcedureCodeSequence = [inner]  # not in the Basic Profile table: recursed into
+    ds.add_new(0x00191001, "LO", "private value")
+    ds.add_new(0x00227777, "UN", b"opaque public bytes")  # no dictionary entry, no table entry
+    deid = Deidentifier(KEY)
+    out = deid.dataset(ds)
+    item = out.ProcedureCodeSequence[0]
+    assert "InstitutionName" not in item or not item.InstitutionName
+    assert item.ReferencedSOPInstanceUID == deid.uid("1.2.3.4.5.6")
+    assert item.CodeMeaning == "kept text"
+    assert 0x00191001 not in out and 0x00227777 not in out
+
+
 def test_real_ct_headers(shared_data):
     """Real GE and Philips CT: identifying values gone, geometry kept, output writable."""
     files = sorted((shared_data / "dicom" / "dcm_qa_ct").rglob("*"))

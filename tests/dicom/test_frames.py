@@ -422,3 +422,21 @@ def test_zero_filled_file_is_not_dicom(tmp_path):
     path.write_bytes(bytes(4096))
     with pytest.raises(NotDicomError):
         read_frames(path)
+
+
+def test_uih_grid_tiles_match_reference(shared_data):
+    root = shared_data / "dicom" / "dcm_qa_uih"
+    (ref_path,) = list((root / "Ref").glob("*.nii"))
+    ref = nib.load(ref_path)
+    bvals = np.loadtxt(ref_path.with_suffix(".bval"))
+    per_file = [read_frames(p) for p in sorted((root / "In").glob("*/*/*.dcm"))]
+    per_file.sort(key=lambda fr: fr[0].instance_number)
+    assert len(per_file) == ref.shape[3] == len(bvals)
+    for volume, frames in enumerate(per_file):
+        assert len(frames) == ref.shape[2] and frames[0].is_mosaic
+        worst, bad = world_mismatch(frames, load_pixels(frames), ref, volume)
+        assert worst < 1e-3 and bad == 0, volume
+        assert frames[0].diffusion_bvalue == pytest.approx(bvals[volume], rel=1e-4, abs=1e-3)
+        grad = frames[0].diffusion_gradient
+        if bvals[volume] > 50:
+            assert np.linalg.norm(grad) == pytest.approx(1.0, abs=1e-3)

@@ -27,10 +27,8 @@ from medcore.dicom.deid import Deidentifier
 DCM_QA = ["dcm_qa", "dcm_qa_12bit", "dcm_qa_enh", "dcm_qa_nih", "dcm_qa_philips", "dcm_qa_ts", "dcm_qa_uih"]
 WORLD_TOL_MM = 0.01
 #: References the converter refuses today (absent with a reason, never wrong), printed every run.
-KNOWN_REFUSED = {
-    "dcm_qa_uih/dti_tra_dir16_PA_6_134431.nii":
-        "UIH VFRAME grid mosaic: slice positions live in private tags the frame reader does not expand yet",
-}
+#: (Empty: every reference converts today. An entry names the Ref file and why it is refused.)
+KNOWN_REFUSED: dict[str, str] = {}
 KEY = Deidentifier(b"r" * 32)
 
 
@@ -133,6 +131,11 @@ def test_dcm_qa_references(shared_data, tmp_path):
             compared += 1
             if not ok:
                 failures.append(f"{label}: " + ("; ".join(reasons) or "no output for this series"))
+            if ref.with_suffix(".bval").exists() and ok:
+                ours = [c.with_suffix(".bval") for c in cands if c.with_suffix(".bval").exists()]
+                expected = np.loadtxt(ref.with_suffix(".bval"))
+                if not any(np.allclose(np.loadtxt(b), expected, rtol=1e-4) for b in ours):
+                    failures.append(f"{label}: .bval missing or different")
     print(f"\ncompared {compared} dcm_qa reference series, {len(failures)} failed, "
           f"{len(refused)} NOT compared (refused with a reason):")
     for line in refused:
@@ -179,6 +182,44 @@ def test_dcm_qa_ct_philips_matches_dcm2niix_run_here(shared_data, tmp_path):
         assert ok, f"{ref.name}: {reasons}"
         compared += 1
     print(f"\ncompared {compared} dcm_qa_ct Philips series against dcm2niix run here")
+
+
+def test_pydicom_data_matches_dcm2niix_run_here(shared_data, tmp_path):
+    """No Ref ships with pydicom_data: every image series dcm2niix writes must equal ours in world
+    space, or ours must be absent with a reason (no geometry, SEG, ...), never different."""
+    exe = shutil.which("dcm2niix") or str(Path(sys.executable).parent / "dcm2niix")
+    src = shared_data / "dicom" / "pydicom_data" / "files"
+    ref_dir = tmp_path / "ref"
+    ref_dir.mkdir()
+    subprocess.run([exe, "-z", "n", "-ba", "n", "-f", "%s_%e_%p", "-o", str(ref_dir), str(src)],
+                   capture_output=True, timeout=120)
+    report = _convert(src, tmp_path / "ours")
+    assert report.balanced
+    series_of = {}
+    for p in src.iterdir():
+        try:
+            series_of[str(p)] = str(pydicom.dcmread(p, stop_before_pixels=True, force=True).SeriesInstanceUID)
+        except Exception:
+            continue
+    quarantined = {str(report.local_paths[f]): c for f, c in zip(report.quarantine["file_id"], report.quarantine["code"])}
+    compared, absent = 0, []
+    for ref in sorted(ref_dir.glob("*.nii")):
+        if "_ROI" in ref.name:
+            continue  # dcm2niix's overlay planes, not images
+        meta = json.loads(ref.with_suffix(".json").read_text())
+        uid = KEY.uid(meta["SeriesInstanceUID"])
+        cands = [tmp_path / "ours" / r.nifti for r in report.series if r.series_uid == uid]
+        if not cands:
+            files = [p for p, u in series_of.items() if u == meta["SeriesInstanceUID"]]
+            assert files and all(p in quarantined for p in files), f"{ref.name}: no output and no reason"
+            absent.append(f"{ref.name}: {sorted({quarantined[p] for p in files})}")
+            continue
+        ok, reasons = _match(ref, cands)
+        assert ok, f"{ref.name}: {reasons}"
+        compared += 1
+    print(f"\npydicom_data: compared {compared} series with dcm2niix run here; refused with a reason "
+          f"where dcm2niix wrote a volume: {absent}")
+    assert compared >= 4
 
 
 def _header_geometry(path: Path):

@@ -136,3 +136,13 @@ def test_cases_from_a_datalist(shared_data, tmp_path):
     (tmp_path / "dataset.json").write_text(json.dumps({"training": entries}))
     cases = resolve_cases(resolve_config({"datalist": str(tmp_path / "dataset.json")}), tmp_path, DistContext())
     assert [c["id"] for c in cases] == ["hippocampus_004", "hippocampus_006"]
+
+
+def test_shipped_example_configs_load():
+    from pathlib import Path
+
+    import medcore.engine
+
+    folder = Path(medcore.engine.__file__).parent / "configs"
+    assert load_config(folder / "hippocampus.yaml")["preset"] == "hippocampus"
+    assert load_config(folder / "synthetic_ct.yaml")["train"]["max_epochs"] == 4

@@ -185,3 +185,28 @@ def test_case_metrics_on_label_maps_agree_with_the_one_hot_functions():
     assert np.isnan(table["absent"]["dice"]) and np.isnan(table["absent"]["assd"])
     with pytest.raises(ValueError, match="differ in shape"):
         M.case_metrics(pred, ref[:-1], spacing)
+
+
+def test_real_hippocampus_labels_match_monai(shared_data):
+    import nibabel as nib
+
+    nii = nib.load(str(shared_data / "hippocampus" / "labelsTr" / "hippocampus_004.nii.gz"))
+    ref = torch.from_numpy(np.rint(np.asarray(nii.dataobj)).astype(np.int64))
+    pred = torch.roll(ref, shifts=(1, -1), dims=(0, 2))  # a prediction off by one voxel on two axes
+    pred[ref.shape[0] // 2:, :, : ref.shape[2] // 3] = 0  # and missing part of the structure
+    spacing = tuple(float(z) for z in nii.header.get_zooms()[:3])
+    p, r = M.one_hot(pred[None], 3)[:, 1:], M.one_hot(ref[None], 3)[:, 1:]
+    ours = M.surface_metrics(p, r, spacing=spacing, tolerance=1.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        hd95 = monai_metrics.compute_hausdorff_distance(p.float(), r.float(), include_background=True,
+                                                        percentile=95, spacing=spacing)
+        assd = monai_metrics.compute_average_surface_distance(p.float(), r.float(), include_background=True,
+                                                              symmetric=True, spacing=spacing)
+        nsd = monai_metrics.compute_surface_dice(p.float(), r.float(), [1.0, 1.0], include_background=True,
+                                                 spacing=spacing)
+    close(ours["hausdorff_percentile"], hd95, tol=2e-5)
+    close(ours["assd"], assd)
+    close(ours["surface_dice"], nsd)
+    close(M.dice(p, r), monai_metrics.compute_dice(p.float(), r.float(), include_background=True))
+    assert (ours["surface_dice"] < 1).all() and (ours["assd"] > 0).all()

@@ -10,7 +10,7 @@ TINY = {
     "segresnet": ({"init_filters": 8, "blocks_down": [1, 1, 1], "blocks_up": [1, 1]}, [16, 12], [16, 12, 8], 4),
     "unetr": ({"img_size": 32, "feature_size": 4, "hidden_size": 24, "mlp_dim": 32, "num_heads": 2,
                "num_layers": 4}, [32, 16], [32, 16, 16], 16),
-    "swin_unetr": ({"feature_size": 6, "depths": [1, 1, 1, 1], "num_heads": [1, 1, 2, 2], "window_size": 4},
+    "swin_unetr": ({"feature_size": 4, "depths": [1, 1, 1, 1], "num_heads": [1, 1, 2, 2], "window_size": 2},
                    [64, 32], [64, 32, 32], 32),
 }
 

@@ -28,7 +28,8 @@ def test_registry_lists_every_network():
 
 
 @pytest.mark.parametrize("name,dims", CASES)
-def test_forward_backward(name, dims):
+def test_forward_backward_and_round_trip(name, dims, tmp_path):
+    """Train-mode forward and backward reach every parameter; config + safetensors rebuild the same net."""
     net = seeded(tiny_config(name, dims)).train()
     size = example_size(name, dims)
     x = torch.randn(1, 2, *size, requires_grad=True)
@@ -42,17 +43,12 @@ def test_forward_backward(name, dims):
     assert not missing, f"parameters without gradient: {missing[:5]}"
     assert x.grad is not None and torch.isfinite(x.grad).all()
 
-
-@pytest.mark.parametrize("name,dims", CASES)
-def test_config_and_weights_round_trip(name, dims, tmp_path):
-    net = seeded(tiny_config(name, dims)).eval()
+    net.eval()
     config = json.loads(json.dumps(net.config))
     assert config["name"] == name and config == net.config
     save_network(net, tmp_path)
-    assert json.loads((tmp_path / "network.json").read_text()) == net.config
     torch.manual_seed(123)  # the rebuilt network starts from different random weights
     rebuilt = load_network(tmp_path).eval()
-    x = torch.randn(1, 2, *example_size(name, dims))
     with torch.no_grad():
         expected = net(x)
         assert torch.equal(rebuilt(x), expected)
@@ -64,21 +60,29 @@ def test_config_and_weights_round_trip(name, dims, tmp_path):
         assert torch.equal(other(x), expected)
 
 
-@pytest.mark.parametrize("name,dims", CASES)
-def test_torch_export_with_dynamic_spatial_size(name, dims):
+# Export traces with symbolic sizes; a size that is 1 somewhere inside the network (one ViT patch,
+# one Swin window) gets specialised, so the example inputs keep those at 2 or more.
+EXPORT_CASES = {
+    "unet": (3, [16, 12, 8], 16),
+    "dynunet": (3, [16, 12, 8], 16),
+    "segresnet": (3, [16, 12, 8], 16),
+    "unetr": (3, [32, 32, 32], 8),
+    "swin_unetr": (2, [64, 64], 7),  # 3D uses the same dimension-generic code; 64^3 is too slow for CI
+}
+
+
+@pytest.mark.parametrize("name", list(EXPORT_CASES))
+def test_torch_export_with_dynamic_spatial_size(name):
     from torch.export import Dim, export
 
+    dims, size, top = EXPORT_CASES[name]
     net = seeded(tiny_config(name, dims)).eval()
-    size, multiple = example_size(name, dims), size_multiple(name)
-    # Swin stages must stay at one window per axis in this range; see SwinUNETR's docstring.
-    top = 7 if name == "swin_unetr" else 16
+    multiple = size_multiple(name)
     dynamic = {2 + i: multiple * Dim(f"n{i}", min=s // multiple, max=top) for i, s in enumerate(size)}
     program = export(net, (torch.randn(1, 2, *size),), dynamic_shapes={"x": dynamic})
-    bigger = [size[0] + multiple, *size[1:]]
-    for shape in (size, bigger):
-        x = torch.randn(1, 2, *shape)
-        with torch.no_grad():
-            torch.testing.assert_close(program.module()(x), net(x), atol=1e-5, rtol=1e-4)
+    x = torch.randn(1, 2, size[0] + multiple, *size[1:-1], size[-1] + multiple)
+    with torch.no_grad():
+        torch.testing.assert_close(program.module()(x), net(x), atol=1e-5, rtol=1e-4)
 
 
 def test_onnx_export_has_symbolic_spatial_axes(tmp_path):
@@ -86,10 +90,10 @@ def test_onnx_export_has_symbolic_spatial_axes(tmp_path):
     pytest.importorskip("onnxscript")
     from torch.export import Dim
 
-    net = seeded(tiny_config("unet", 3)).eval()
+    net = seeded(tiny_config("unet", 2)).eval()
     path = tmp_path / "unet.onnx"
-    dims = {2 + i: 4 * Dim(f"n{i}", min=1, max=32) for i in range(3)}
-    torch.onnx.export(net, (torch.randn(1, 2, 16, 12, 8),), str(path), dynamic_shapes={"x": dims}, dynamo=True,
+    dims = {2 + i: 4 * Dim(f"n{i}", min=2, max=32) for i in range(2)}
+    torch.onnx.export(net, (torch.randn(1, 2, 16, 12),), str(path), dynamic_shapes={"x": dims}, dynamo=True,
                       verbose=False)
     model = onnx.load(str(path))
     onnx.checker.check_model(model)
@@ -98,7 +102,7 @@ def test_onnx_export_has_symbolic_spatial_axes(tmp_path):
     assert all(d.dim_param and not d.dim_value for d in shape[2:])
     from onnx.reference import ReferenceEvaluator
 
-    x = torch.randn(1, 2, 8, 8, 12)
+    x = torch.randn(1, 2, 8, 20)
     (got,) = ReferenceEvaluator(model).run(None, {model.graph.input[0].name: x.numpy()})
     with torch.no_grad():
         torch.testing.assert_close(torch.from_numpy(got), net(x), atol=1e-4, rtol=1e-4)
@@ -139,3 +143,20 @@ def test_load_network_errors(tmp_path):
     (tmp_path / "network.json").write_text(json.dumps(config))
     with pytest.raises(ValueError, match="do not fit the network"):
         load_network(tmp_path)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("name", list(TINY))
+def test_cuda_matches_cpu(name):
+    net = seeded(tiny_config(name, 3)).eval()
+    x = torch.randn(1, 2, *example_size(name, 3))
+    conv_tf32, matmul_tf32 = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False  # full float32 on both sides
+    try:
+        with torch.no_grad():
+            expected = net(x)
+            got = net.cuda()(x.cuda()).cpu()
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = conv_tf32, matmul_tf32
+    torch.testing.assert_close(got, expected, atol=1e-3, rtol=1e-3)

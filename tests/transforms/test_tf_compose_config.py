@@ -72,6 +72,8 @@ def test_dict_passthrough_and_errors():
     with pytest.raises(KeyError, match="no key"):
         Keyed(Flip(), keys=("image", "mask"))(d)
     assert Keyed(Flip(), keys=("image", "mask"), allow_missing=True)(d)["image"].ops
+    with pytest.raises(TypeError, match="not Images"):
+        Keyed(Flip(), keys=("image", "id"))(d)
     with pytest.raises(TypeError, match="Image"):
         Flip()(torch.zeros(1, 2, 2))
     with pytest.raises(ValueError, match="unknown transform"):
@@ -108,3 +110,27 @@ def test_custom_transform_registers():
     img = labelled()["image"]
     assert torch.allclose(t(img).data, img.data + 2)
     REGISTRY.pop("AddOne")
+
+
+def test_compose_never_modifies_inputs_in_place():
+    from medcore.transforms import RandShiftIntensity, ShiftIntensity
+
+    d = labelled()
+    before = d["image"].data.clone()
+    t = Compose([Keyed(Flip((0,))), Keyed(ShiftIntensity(5.0), keys="image"),
+                 Keyed(RandShiftIntensity(1.0, prob=1.0), keys="image")])
+    out = t(d, make_rng(0))
+    assert torch.equal(d["image"].data, before)
+    shift = out["image"].ops[-1]["transform"]["offset"]
+    torch.testing.assert_close(out["image"].data, before.flip(1) + 5.0 + shift)
+    # a chain that starts with an intensity op must copy (the input is the caller's)
+    out2 = Compose([Keyed(ShiftIntensity(5.0), keys="image")])(d)
+    assert torch.equal(d["image"].data, before) and torch.allclose(out2["image"].data, before + 5)
+
+
+def test_in_place_scale_range_matches_copying_path():
+    d = labelled()
+    t = Keyed(ScaleIntensityRange(10, 80, 0, 1, clip=True), keys="image")
+    owned = Compose([Keyed(Flip((1,))), t])(d)["image"].data
+    copied = t(Keyed(Flip((1,)))(d))["image"].data
+    torch.testing.assert_close(owned, copied, atol=1e-6, rtol=1e-6)

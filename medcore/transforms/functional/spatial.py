@@ -177,8 +177,8 @@ def rotation_matrix(angles: Sequence[float] | float, d: int) -> np.ndarray:
     if d == 2:
         t = float(angles if np.isscalar(angles) else list(angles)[0])
         return np.array([[math.cos(t), -math.sin(t)], [math.sin(t), math.cos(t)]])
-    ang = [float(angles)] * 1 if np.isscalar(angles) else [float(v) for v in angles]
-    ang = (ang + [0.0, 0.0, 0.0])[:3]
+    ang = [float(angles)] if np.isscalar(angles) else [float(v) for v in angles]
+    ang = (ang + [0.0, 0.0, 0.0])[:3]  # a single 3D angle rotates about axis 0
     r = np.eye(3)
     for axis, t in enumerate(ang):
         c, s = math.cos(t), math.sin(t)
@@ -430,7 +430,7 @@ def gaussian_smooth(data: torch.Tensor, sigma: Sequence[float] | float) -> torch
         moved = x.movedim(axis + 1, -1)
         shp = moved.shape
         flat = moved.reshape(-1, 1, shp[-1])
-        flat = F.pad(flat, (r, r), mode="replicate") if shp[-1] > 1 else F.pad(flat, (r, r), mode="constant", value=float(flat.flatten()[0]) if flat.numel() else 0.0)
+        flat = F.pad(flat, (r, r), mode="replicate")
         flat = F.conv1d(flat, k.reshape(1, 1, -1))
         x = flat.reshape(shp).movedim(-1, axis + 1)
     return x.contiguous()

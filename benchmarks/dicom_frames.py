@@ -32,9 +32,9 @@ def _say(msg: str) -> None:
 
 def write_slices(workdir: Path, n_slices: int, n_series: int = 4, size: int = 512) -> list[list[Path]]:
     """``n_series`` folders of synthetic CT slices; reused when already present."""
-    import pydicom
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+    from pydicom.uid import generate_uid
+
+    from medcore.data.synthetic import new_dicom_dataset
 
     per = n_slices // n_series
     series_paths: list[list[Path]] = []
@@ -49,13 +49,7 @@ def write_slices(workdir: Path, n_slices: int, n_series: int = 4, size: int = 51
         folder.mkdir(parents=True, exist_ok=True)
         study, series = generate_uid(), generate_uid()
         for i, path in enumerate(paths):
-            meta = FileMetaDataset()
-            meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.2"
-            meta.MediaStorageSOPInstanceUID = generate_uid()
-            meta.TransferSyntaxUID = ExplicitVRLittleEndian
-            ds = Dataset()
-            ds.file_meta = meta
-            ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+            ds = new_dicom_dataset("1.2.840.10008.5.1.4.1.1.2")
             ds.StudyInstanceUID, ds.SeriesInstanceUID = study, series
             ds.Modality, ds.SeriesNumber, ds.InstanceNumber = "CT", s + 1, i + 1
             ds.PatientName, ds.PatientID, ds.StudyDate = "Bench^Mark", "BENCH", "20240101"

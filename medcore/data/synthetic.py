@@ -30,7 +30,7 @@ import nibabel as nib
 import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, PYDICOM_IMPLEMENTATION_UID
+from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, PYDICOM_IMPLEMENTATION_UID, generate_uid
 
 from medcore.dicom.geometry import affine_ras, slice_normal
 from medcore.utils.atomic import atomic_path, atomic_write_text
@@ -40,6 +40,7 @@ __all__ = [
     "LABEL_MANIFEST_NAME",
     "SyntheticManifest",
     "SyntheticSeries",
+    "new_dicom_dataset",
     "read_label_manifest",
     "write_synthetic_studies",
 ]
@@ -512,6 +513,24 @@ def _write_series(root: Path, folder: str, template: Dataset, geometry: _Geometr
 
 
 # --- public API ------------------------------------------------------------------------------------
+def new_dicom_dataset(sop_class_uid: str, *, sop_instance_uid: str | None = None,
+                      transfer_syntax: str = ExplicitVRLittleEndian) -> Dataset:
+    """An otherwise empty data set with its file meta, SOP class and SOP instance UID set.
+
+    Fill in the attributes, then ``save_as(path, enforce_file_format=True)``. A new instance UID
+    is generated unless ``sop_instance_uid`` is given.
+    """
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = sop_class_uid
+    meta.MediaStorageSOPInstanceUID = sop_instance_uid or generate_uid()
+    meta.TransferSyntaxUID = transfer_syntax
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID = sop_class_uid
+    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    return ds
+
+
 def write_synthetic_studies(
     out_dir: str | os.PathLike,
     *,

@@ -626,21 +626,6 @@ def load_series(source: str | os.PathLike | Sequence[str | os.PathLike]) -> tupl
 
 
 def _scan_files(paths: list[Path]) -> ScanResult:
-    from medcore.dicom.scan import _frame_row, read_file
+    from medcore.dicom.scan import assemble, read_file_and_patient
 
-    frames, rows, skipped = [], [], []
-    for i, p in enumerate(paths):
-        fr, code, message = read_file(p)
-        if fr is None:
-            skipped.append({"file": i, "code": code, "message": message})
-            continue
-        for f in fr:
-            row = _frame_row(f)
-            row.update(file=i)
-            rows.append(row)
-            frames.append(f)
-    from medcore.dicom.scan import _FRAME_COLUMNS
-
-    return ScanResult(root=paths[0].parent if paths else Path("."), files=paths, frames=frames,
-                      index=pd.DataFrame(rows, columns=[*_FRAME_COLUMNS, "file"]),
-                      skipped=pd.DataFrame(skipped, columns=["file", "code", "message"]))
+    return assemble(paths[0].parent if paths else Path("."), paths, [read_file_and_patient(p) for p in paths])

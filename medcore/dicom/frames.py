@@ -18,7 +18,9 @@ Colour data (RGB, YBR_*) is returned as RGB ``(n, rows, cols, 3)`` uint8 whateve
 
 from __future__ import annotations
 
+import os
 import struct
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -276,16 +278,55 @@ def acquisition_header(ds) -> dict:
     return out
 
 
-def _sniff(path: Path) -> None:
-    """Raise :class:`NotDicomError` unless the file starts like DICOM (with or without preamble)."""
-    try:
-        with open(path, "rb") as fh:
-            head = fh.read(132)
-    except OSError as exc:
-        raise NotDicomError(path, f"cannot be read ({exc.strerror}); check permissions", "unreadable") from exc
+_HEADER_TAGS: tuple[int, ...] = ()
+
+
+class LazyHeader(Mapping):
+    """:func:`acquisition_header` of a fast-read header, computed on first use.
+
+    Converting ~40 values per file is a fifth of a header scan, yet conversion reads the
+    header of one frame per series. Only the raw elements of :data:`HEADER_KEYWORDS` are kept
+    (no identifiers); a pickled copy (a worker's result) is the computed plain dict.
+    """
+
+    __slots__ = ("_source", "_data")
+
+    def __init__(self, source: rawheader.RawHeader):
+        global _HEADER_TAGS
+        if not _HEADER_TAGS:
+            _HEADER_TAGS = tuple(rawheader._tag(kw) for kw in HEADER_KEYWORDS)
+        elements = source._elements
+        self._source = rawheader.RawHeader(
+            {t: elements[t] for t in _HEADER_TAGS if t in elements}, source.transfer_syntax_uid)
+        self._data: dict | None = None
+
+    def _dict(self) -> dict:
+        if self._data is None:
+            self._data = acquisition_header(self._source)
+            self._source = None
+        return self._data
+
+    def __getitem__(self, key):
+        return self._dict()[key]
+
+    def __iter__(self):
+        return iter(self._dict())
+
+    def __len__(self) -> int:
+        return len(self._dict())
+
+    def __repr__(self) -> str:
+        return repr(self._dict())
+
+    def __reduce__(self):
+        return dict, (self._dict(),)
+
+
+def _check_start(path: Path, head: bytes) -> None:
+    """Raise :class:`NotDicomError` unless ``head`` starts like DICOM (with or without preamble)."""
     if not head:
         raise NotDicomError(path, "is empty (0 bytes); remove it or re-export the study", "empty_file")
-    if len(head) == 132 and head[128:132] == b"DICM":
+    if len(head) >= 132 and head[128:132] == b"DICM":
         return
     if len(head) >= 8:
         # No preamble: the first element must be a group 0002 (meta), 0008 or ACR-NEMA 0000 one.
@@ -303,24 +344,33 @@ def _sniff(path: Path) -> None:
 
 
 def _read_header(path: Path):
-    """Header-only dataset plus (pixel tag, value offset, value length) or None when no pixels."""
-    from pydicom.errors import InvalidDicomError
+    """Header-only dataset plus (pixel tag, value offset, value length) or None when no pixels.
 
+    The file is opened once: its first block serves the DICOM check and the fast parser; only
+    files the fast parser declines are read again, by pydicom.
+    """
     global _SPECIFIC_TAGS, _WANTED
     if _SPECIFIC_TAGS is None:
         _SPECIFIC_TAGS = _specific_tags()
         _WANTED = frozenset(_SPECIFIC_TAGS) | {0x00080005}
-    _sniff(path)
     try:
-        fast = rawheader.parse(path, _WANTED, _FALLBACK_TAGS) if USE_FAST_HEADER else None
-    except rawheader.Truncated as exc:
-        raise UnsupportedDicomError(
-            path, f"is truncated ({exc}); re-copy or re-export the file", "truncated"
-        ) from exc
+        with open(path, "rb") as fh:
+            size = os.fstat(fh.fileno()).st_size
+            head = fh.read(rawheader.FIRST_CHUNK)
+            _check_start(path, head)
+            try:
+                fast = rawheader.parse_open(fh, head, size, _WANTED, _FALLBACK_TAGS) if USE_FAST_HEADER else None
+            except rawheader.Truncated as exc:
+                raise UnsupportedDicomError(
+                    path, f"is truncated ({exc}); re-copy or re-export the file", "truncated"
+                ) from exc
+    except OSError as exc:
+        raise NotDicomError(path, f"cannot be read ({exc.strerror}); check permissions", "unreadable") from exc
     if fast is not None:
         ds, pixel, size = fast
         return ds, ds.transfer_syntax_uid, pixel, size
     import pydicom
+    from pydicom.errors import InvalidDicomError
 
     size = path.stat().st_size
     try:
@@ -439,7 +489,7 @@ def base_fields(ds, path: Path, tsuid: str) -> dict:
         diffusion_gradient=gradient,
         is_localizer=_is_localizer(image_type),
         transfer_syntax_uid=tsuid,
-        header=acquisition_header(ds),
+        header=LazyHeader(ds) if isinstance(ds, rawheader.RawHeader) else acquisition_header(ds),
         planar_configuration=as_int(ds.get("PlanarConfiguration")) or 0,
         big_endian=tsuid == "1.2.840.10008.1.2.2",
     )

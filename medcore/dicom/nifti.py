@@ -8,6 +8,13 @@ no transpose copy is made. ``.nii.gz`` uses gzip level 1 by default. Measured on
 package (ISA-L) is installed its gzip writer is used for levels 0-3: ~80-100 MB/s at
 level 1 with a 3.7x ratio on the same data; the output is ordinary gzip either way. Every file
 is written through :mod:`medcore.utils.atomic`, so readers never see a partial volume.
+
+Durability: each file is fsynced before its rename (the folder is not). Measured on this
+project's machine for a 1 GB ``.nii``: 0.22 s to write without fsync, 0.51-0.58 s with it, with
+the same CPU time (0.26 s): the extra is waiting for the disk, about 7% of the ~4 s that a
+1 GB conversion takes at the quick benchmark's throughput, and within run-to-run noise on the
+benchmark's 8 MB volumes. It is kept, so a power cut cannot leave an empty or partial file
+under a final name.
 """
 
 from __future__ import annotations

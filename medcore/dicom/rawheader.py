@@ -17,6 +17,7 @@ _VALID_VR = {
     b"AE", b"AS", b"AT", b"CS", b"DA", b"DS", b"DT", b"FL", b"FD", b"IS", b"LO", b"LT", b"PN",
     b"SH", b"SL", b"SS", b"ST", b"TM", b"UI", b"UL", b"US", b"SV", b"UV",
 } | _EXPLICIT_LONG
+_VR_TEXT = {vr: vr.decode("ascii") for vr in _VALID_VR}
 _TEXT_SINGLE = {"LT", "ST", "UT", "UR"}
 _NUMERIC = {"US": "H", "SS": "h", "UL": "I", "SL": "i", "FL": "f", "FD": "d", "AT": "I", "SV": "q", "UV": "Q"}
 _PIXEL_TAGS = (0x7FE00010, 0x7FE00008, 0x7FE00009)
@@ -27,7 +28,7 @@ _UNDEFINED = 0xFFFFFFFF
 _EXPLICIT_HEADER = struct.Struct("<HH2sH")
 _IMPLICIT_HEADER = struct.Struct("<HHI")
 _LONG = struct.Struct("<I")
-_FIRST_CHUNK = 16384
+FIRST_CHUNK = 16384
 
 
 class _Skip(Exception):
@@ -103,11 +104,15 @@ class RawHeader:
 
     def get(self, key, default=None):
         """Keyword -> value (like pydicom); integer tag -> element."""
-        if isinstance(key, int):
-            return self._elements.get(key, default)
-        tag = _KEYWORD_TAGS.get(key)
-        elem = self._elements.get(tag if tag is not None else _tag(key))
-        return default if elem is None else elem.value
+        tag = _KEYWORD_TAGS.get(key)  # the hot path: a known keyword
+        if tag is None:
+            if isinstance(key, int):
+                return self._elements.get(key, default)
+            tag = _tag(key)
+        elem = self._elements.get(tag)
+        if elem is None:
+            return default
+        return elem._value if elem._done else elem.value
 
     def __iter__(self):
         return iter(self._elements.values())
@@ -208,16 +213,29 @@ def parse(path: Path, wanted: frozenset[int], fallback_tags: frozenset[int]):
     try:
         with open(path, "rb") as fh:
             size = fh.seek(0, 2)
-            chunk = _FIRST_CHUNK
-            while True:
-                fh.seek(0)
-                buf = fh.read(chunk)
-                try:
-                    return _parse(buf, wanted, fallback_tags, size)
-                except _NeedMore:
-                    if chunk >= size:
-                        return None
-                    chunk *= 8
+            fh.seek(0)
+            return parse_open(fh, fh.read(FIRST_CHUNK), size, wanted, fallback_tags)
+    except OSError:
+        return None
+
+
+def parse_open(fh, first: bytes, size: int, wanted: frozenset[int], fallback_tags: frozenset[int]):
+    """:func:`parse` on an open binary file whose first bytes (``first``) are already read.
+
+    Reads more of ``fh`` only when the header runs past ``first``, so a file is opened once.
+    """
+    buf = first
+    chunk = max(len(first), 1)
+    try:
+        while True:
+            try:
+                return _parse(buf, wanted, fallback_tags, size)
+            except _NeedMore:
+                if len(buf) >= size:
+                    return None
+                chunk *= 8
+                fh.seek(len(buf))
+                buf += fh.read(chunk - len(buf))
     except (_Skip, struct.error, OSError, UnicodeDecodeError, ValueError):
         return None
 
@@ -301,7 +319,7 @@ def _parse(buf: bytes, wanted, fallback_tags, size: int):
                 f"element ({group:04X},{elem:04X}) needs {length} bytes at byte {vpos} but the file has {size}"
             )
         if tag in wanted:
-            vr_text = vr.decode("ascii") if vr is not None else _dictionary_vr(tag)
+            vr_text = _VR_TEXT[vr] if vr is not None else _dictionary_vr(tag)
             if vr_text == "UN" and not implicit:
                 vr_text = _dictionary_vr(tag) if tag >> 16 & 1 == 0 else "UN"
             elements[tag] = RawElement(tag, vr_text, buf[vpos:pos])

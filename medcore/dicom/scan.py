@@ -3,8 +3,8 @@
 :func:`scan_tree` lists every regular file, reads each header once (in a process pool for
 big trees) and returns a :class:`ScanResult`: the :class:`~medcore.dicom.frames.Frame` objects, a
 pandas index with one row per frame, and the files that are not usable DICOM images with a
-reason code. The in-memory result holds local paths and reads the raw PatientID on demand (once per series,
-to derive the subject pseudonym);
+reason code. The in-memory result holds local paths and the raw PatientID of each image file (taken
+from the same single header read, to derive the subject pseudonym; never saved);
 :func:`deidentified_index` is the form that may be saved (``scan_index.parquet``): paths become
 keyed file ids, UIDs are remapped, the patient becomes a pseudonym.
 """
@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from medcore.dicom.frames import DicomFrameError, Frame, read_frames
+from medcore.dicom.frames import DicomFrameError, Frame, read_frames_and_patient
 
 #: Trees with fewer files than this are scanned in-process (a pool costs more than it saves).
 POOL_MIN_FILES = 400
@@ -44,7 +44,7 @@ class ScanResult:
         return len(self.files)
 
     def patient_id_of(self, file_idx: int) -> str:
-        """Raw PatientID of one file (read on demand, cached; in memory only, never saved)."""
+        """Raw PatientID of one file (from the scan, else read now; in memory only, never saved)."""
         if file_idx not in self._patients:
             self._patients[file_idx] = read_patient_id(self.files[file_idx])
         return self._patients[file_idx]
@@ -89,23 +89,35 @@ def read_patient_id(path: Path) -> str:
         return ""
 
 
+_EMPTY_MESSAGE = "the file is empty (0 bytes); re-export or remove it"
+
+
 def read_file(path: Path) -> tuple[list[Frame] | None, str | None, str]:
     """``(frames, error_code, error_message)`` for one file; never raises."""
+    frames, _, code, message = read_file_and_patient(path)
+    return frames, code, message
+
+
+def read_file_and_patient(path: Path) -> tuple[list[Frame] | None, str, str | None, str]:
+    """``(frames, patient_id, error_code, error_message)`` from one read of the file; never raises.
+
+    The PatientID is PHI: it stays in memory (see :meth:`ScanResult.patient_id_of`).
+    """
     try:
-        if path.stat().st_size == 0:
-            return None, "empty_file", "the file is empty (0 bytes); re-export or remove it"
-        frames = read_frames(path)
+        frames, patient = read_frames_and_patient(path)
     except DicomFrameError as exc:
-        return None, exc.code, exc.reason
+        if exc.code == "empty_file":
+            return None, "", "empty_file", _EMPTY_MESSAGE
+        return None, "", exc.code, exc.reason
     except Exception as exc:  # a reader bug must not stop the scan
-        return None, "unreadable", f"{type(exc).__name__}: {exc}"
+        return None, "", "unreadable", f"{type(exc).__name__}: {exc}"
     if not frames:
-        return None, "unsupported_image", "no image frames in the file"
-    return frames, None, ""
+        return None, "", "unsupported_image", "no image frames in the file"
+    return frames, patient.strip(), None, ""
 
 
 def _scan_chunk(paths: Sequence[Path]) -> list[tuple]:
-    return [read_file(p) for p in paths]
+    return [read_file_and_patient(p) for p in paths]
 
 
 def _frame_row(frame: Frame) -> dict:
@@ -139,13 +151,20 @@ def scan_tree(root: str | os.PathLike, *, workers: int | None = None, progress: 
     if bar is not None:
         bar.close()
 
+    return assemble(root, files, results)
+
+
+def assemble(root: Path, files: list[Path], results: Sequence[tuple]) -> ScanResult:
+    """The :class:`ScanResult` of ``files`` from their :func:`read_file_and_patient` results."""
     frames: list[Frame] = []
     rows: list[dict] = []
     skipped: list[dict] = []
-    for file_idx, (file_frames, code, message) in enumerate(results):
+    patients: dict[int, str] = {}
+    for file_idx, (file_frames, patient, code, message) in enumerate(results):
         if file_frames is None:
             skipped.append({"file": file_idx, "code": code, "message": message})
             continue
+        patients[file_idx] = patient
         for frame in file_frames:
             row = _frame_row(frame)
             row["file"] = file_idx
@@ -153,7 +172,7 @@ def scan_tree(root: str | os.PathLike, *, workers: int | None = None, progress: 
             frames.append(frame)
     index = pd.DataFrame(rows, columns=[*_FRAME_COLUMNS, "file"])
     return ScanResult(root=root, files=files, frames=frames, index=index,
-                      skipped=pd.DataFrame(skipped, columns=["file", "code", "message"]))
+                      skipped=pd.DataFrame(skipped, columns=["file", "code", "message"]), _patients=patients)
 
 
 _UID_COLUMNS = ("sop_instance_uid", "study_uid", "series_uid")

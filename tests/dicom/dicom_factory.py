@@ -1,12 +1,15 @@
-"""Write small, valid DICOM files with pydicom for tests (CT/MR images, SR, RTSTRUCT)."""
+"""Write small, valid DICOM files with pydicom for tests (CT/MR images, SR, RTSTRUCT), and compare
+decoded frames with a reference NIfTI in world space."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pydicom.dataset import Dataset
+from pydicom.uid import generate_uid
+
+from medcore.data.synthetic import new_dicom_dataset
 
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 MR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.4"
@@ -20,14 +23,7 @@ PHI_ID = "MRN123456"
 
 def _base(sop_class: str, *, study_uid: str, series_uid: str, modality: str, series_number: int,
           patient_name: str = PHI_NAME, patient_id: str = PHI_ID) -> Dataset:
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = sop_class
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID = sop_class
-    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    ds = new_dicom_dataset(sop_class)
     ds.StudyInstanceUID = study_uid
     ds.SeriesInstanceUID = series_uid
     ds.Modality = modality
@@ -138,3 +134,36 @@ def rtstruct_dataset(study_uid: str) -> Dataset:
     ds.StructureSetLabel = "test"
     ds.StructureSetROISequence = []
     return ds
+
+
+def reference_at_frames(frames, ref, volume: int | None = None) -> tuple[float, list[np.ndarray]]:
+    """(max distance in voxels from the reference grid, reference values under each frame's pixels).
+
+    Each pixel of each frame is mapped to RAS world space from the frame's own IPP/IOP/spacing
+    and looked up in the reference NIfTI ``ref`` through its affine, so axis order and flips do
+    not matter. ``volume`` picks one volume of a 4D reference.
+    """
+    data = np.asarray(ref.dataobj)
+    if volume is not None:
+        data = data[..., volume]
+    inv = np.linalg.inv(ref.affine)
+    f0 = frames[0]
+    iop = np.asarray(f0.iop)
+    dr, dc = f0.pixel_spacing
+    rows, cols = np.meshgrid(np.arange(f0.rows), np.arange(f0.cols), indexing="ij")
+    worst, values = 0.0, []
+    for f in frames:
+        lps = np.asarray(f.ipp) + cols[..., None] * dc * iop[:3] + rows[..., None] * dr * iop[3:]
+        ijk = (lps * [-1, -1, 1]) @ inv[:3, :3].T + inv[:3, 3]
+        idx = np.rint(ijk)
+        worst = max(worst, float(np.abs(ijk - idx).max()))
+        idx = idx.astype(int)
+        assert idx.min() >= 0 and np.all(idx < data.shape[:3]), "frame falls outside the reference"
+        values.append(data[idx[..., 0], idx[..., 1], idx[..., 2]])
+    return worst, values
+
+
+def world_mismatch(frames, values, ref, volume: int | None = None) -> tuple[float, int]:
+    """(max distance in voxels from the reference grid, count of voxels differing from ``values``)."""
+    worst, expected = reference_at_frames(frames, ref, volume)
+    return worst, sum(int(np.sum(e != v)) for e, v in zip(expected, values))

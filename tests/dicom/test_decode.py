@@ -8,9 +8,10 @@ import nibabel as nib
 import numpy as np
 import pydicom
 import pytest
-from pydicom.dataset import Dataset, FileMetaDataset
+from dicom_factory import reference_at_frames, world_mismatch
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
+from medcore.data.synthetic import new_dicom_dataset
 from medcore.dicom import decode
 from medcore.dicom.frames import (
     DecodeError,
@@ -26,32 +27,6 @@ TS_NAMES = {
     "1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2", "1.2.840.10008.1.2.5",
     "1.2.840.10008.1.2.4.70", "1.2.840.10008.1.2.4.80", "1.2.840.10008.1.2.4.90",
 }
-
-
-def world_mismatch(frames, values, ref: nib.Nifti1Image, volume: int | None = None):
-    """(max distance in voxels from the reference grid, count of differing voxels).
-
-    Each pixel of each frame is mapped to RAS world space from the frame's own IPP/IOP/spacing
-    and looked up in the reference through its affine, so axis order and flips do not matter.
-    """
-    data = np.asarray(ref.dataobj)
-    if volume is not None:
-        data = data[..., volume]
-    inv = np.linalg.inv(ref.affine)
-    f0 = frames[0]
-    iop = np.asarray(f0.iop)
-    dr, dc = f0.pixel_spacing
-    rows, cols = np.meshgrid(np.arange(f0.rows), np.arange(f0.cols), indexing="ij")
-    worst, bad = 0.0, 0
-    for k, f in enumerate(frames):
-        lps = np.asarray(f.ipp) + cols[..., None] * dc * iop[:3] + rows[..., None] * dr * iop[3:]
-        ijk = (lps * [-1, -1, 1]) @ inv[:3, :3].T + inv[:3, 3]
-        idx = np.rint(ijk)
-        worst = max(worst, float(np.abs(ijk - idx).max()))
-        idx = idx.astype(int)
-        assert idx.min() >= 0 and np.all(idx < data.shape[:3]), "frame falls outside the reference"
-        bad += int(np.sum(data[idx[..., 0], idx[..., 1], idx[..., 2]] != values[k]))
-    return worst, bad
 
 
 # ------------------------------------------------------------------------------------ real data
@@ -124,15 +99,9 @@ def test_dicom2nifti_scaled_series_matches_within_tolerance(shared_data):
     real = to_real_values(pixels, frames)
     assert real.dtype == np.float32
     truth = nib.load(root / "002_non_isotropic_ground_truth.nii.gz")
-    data = truth.get_fdata()
-    inv = np.linalg.inv(truth.affine)
-    f0 = frames[0]
-    iop, (dr, dc) = np.asarray(f0.iop), f0.pixel_spacing
-    rows, cols = np.meshgrid(np.arange(f0.rows), np.arange(f0.cols), indexing="ij")
-    for k, f in enumerate(frames):
-        lps = np.asarray(f.ipp) + cols[..., None] * dc * iop[:3] + rows[..., None] * dr * iop[3:]
-        idx = np.rint((lps * [-1, -1, 1]) @ inv[:3, :3].T + inv[:3, 3]).astype(int)
-        np.testing.assert_allclose(real[k], data[idx[..., 0], idx[..., 1], idx[..., 2]], rtol=1e-4, atol=1e-3)
+    _, expected = reference_at_frames(frames, truth)
+    for k in range(len(frames)):
+        np.testing.assert_allclose(real[k], expected[k], rtol=1e-4, atol=1e-3)
 
 
 def test_rgb_series_matches_ground_truth(shared_data):
@@ -188,14 +157,7 @@ def test_no_gpl_decoder_is_ever_chosen():
 def write_image(path: Path, pixels: np.ndarray, *, bits_stored: int | None = None, signed: bool = False,
                 syntax=ExplicitVRLittleEndian, preamble: bool = True, slope: float | None = None,
                 intercept: float | None = None, encapsulated: bytes | None = None) -> Path:
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.2"
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = syntax
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID = meta.MediaStorageSOPClassUID
-    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    ds = new_dicom_dataset("1.2.840.10008.5.1.4.1.1.2", transfer_syntax=syntax)
     ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
     ds.Modality = "CT"
     ds.PatientName = "Doe^Jane"

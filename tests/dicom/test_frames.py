@@ -10,11 +10,13 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-from pydicom.dataset import Dataset, FileMetaDataset
+from dicom_factory import reference_at_frames, world_mismatch
+from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate_uid
 
 import medcore.dicom.frames as frames_module
+from medcore.data.synthetic import new_dicom_dataset
 from medcore.dicom import mosaic
 from medcore.dicom.frames import (
     HEADER_KEYWORDS,
@@ -27,28 +29,6 @@ from medcore.dicom.frames import (
 )
 
 SKIP_SUFFIXES = (".nii", ".gz", ".json", ".bval", ".bvec", ".txt", ".pdf")
-
-
-def world_mismatch(frames, values, ref, volume=None):
-    """(max distance in voxels from the reference grid, count of differing voxels)."""
-    data = np.asarray(ref.dataobj)
-    if volume is not None:
-        data = data[..., volume]
-    inv = np.linalg.inv(ref.affine)
-    f0 = frames[0]
-    iop = np.asarray(f0.iop)
-    dr, dc = f0.pixel_spacing
-    rows, cols = np.meshgrid(np.arange(f0.rows), np.arange(f0.cols), indexing="ij")
-    worst, bad = 0.0, 0
-    for k, f in enumerate(frames):
-        lps = np.asarray(f.ipp) + cols[..., None] * dc * iop[:3] + rows[..., None] * dr * iop[3:]
-        ijk = (lps * [-1, -1, 1]) @ inv[:3, :3].T + inv[:3, 3]
-        idx = np.rint(ijk)
-        worst = max(worst, float(np.abs(ijk - idx).max()))
-        idx = idx.astype(int)
-        assert idx.min() >= 0 and np.all(idx < data.shape[:3]), "frame falls outside the reference"
-        bad += int(np.sum(data[idx[..., 0], idx[..., 1], idx[..., 2]] != values[k]))
-    return worst, bad
 
 
 # ------------------------------------------------------------------------------------ mosaic
@@ -119,23 +99,16 @@ def test_philips_fieldmap_per_frame_type_and_scaling(shared_data):
     ref = nib.load(root / "Ref" / "Philips_WIP_B0_NS_801_e2_fieldmaphz.nii")
     real = to_real_values(load_pixels(fieldmap), fieldmap)
     assert real.dtype == np.float32
-    data, inv = ref.get_fdata(), np.linalg.inv(ref.affine)
-    f0 = fieldmap[0]
-    iop, (dr, dc) = np.asarray(f0.iop), f0.pixel_spacing
-    rows, cols = np.meshgrid(np.arange(f0.rows), np.arange(f0.cols), indexing="ij")
-    for k, f in enumerate(fieldmap):
-        lps = np.asarray(f.ipp) + cols[..., None] * dc * iop[:3] + rows[..., None] * dr * iop[3:]
-        idx = np.rint((lps * [-1, -1, 1]) @ inv[:3, :3].T + inv[:3, 3]).astype(int)
-        np.testing.assert_allclose(real[k], data[idx[..., 0], idx[..., 1], idx[..., 2]], atol=0.01)
+    _, expected = reference_at_frames(fieldmap, ref)
+    for k in range(len(fieldmap)):
+        np.testing.assert_allclose(real[k], expected[k], atol=0.01)
     # Magnitude: dcm2niix writes Philips floating-point values, stored / PhilipsScaleSlope.
     sidecar = json.loads((root / "Ref" / "Philips_WIP_B0_NS_801_e1.json").read_text())
     ref = nib.load(root / "Ref" / "Philips_WIP_B0_NS_801_e1.nii")
     stored = load_pixels(magnitude).astype(np.float64) / sidecar["PhilipsScaleSlope"]
-    data, inv = ref.get_fdata(), np.linalg.inv(ref.affine)
-    for k, f in enumerate(magnitude):
-        lps = np.asarray(f.ipp) + cols[..., None] * dc * iop[:3] + rows[..., None] * dr * iop[3:]
-        idx = np.rint((lps * [-1, -1, 1]) @ inv[:3, :3].T + inv[:3, 3]).astype(int)
-        np.testing.assert_allclose(stored[k], data[idx[..., 0], idx[..., 1], idx[..., 2]], rtol=1e-4, atol=1e-3)
+    _, expected = reference_at_frames(magnitude, ref)
+    for k in range(len(magnitude)):
+        np.testing.assert_allclose(stored[k], expected[k], rtol=1e-4, atol=1e-3)
 
 
 def test_enhanced_ct_positions(shared_data):
@@ -177,14 +150,7 @@ def test_fast_header_equals_pydicom_header(shared_data, monkeypatch):
 
 
 def _dataset(sop_class="1.2.840.10008.5.1.4.1.1.4", syntax=ExplicitVRLittleEndian) -> Dataset:
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = sop_class
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = syntax
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID = sop_class
-    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    ds = new_dicom_dataset(sop_class, transfer_syntax=syntax)
     ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
     ds.Modality = "MR"
     ds.PatientName = "Secret^Person"
@@ -236,6 +202,21 @@ def test_single_frame_fields_and_no_phi(tmp_path):
     with pytest.raises(dataclasses.FrozenInstanceError):
         frame.rows = 5  # type: ignore[misc]
     assert hash(frame) == hash(read_frames(path)[0])
+
+
+def test_lazy_header_equals_eager_header_and_pickles_to_a_dict(tmp_path, monkeypatch):
+    import pickle
+
+    path = _save(_image(_dataset()), tmp_path / "a.dcm")
+    (frame,) = read_frames(path)
+    assert isinstance(frame.header, frames_module.LazyHeader)  # the fast reader was used
+    assert 0x00100020 not in frame.header._source  # no PatientID kept for later
+    monkeypatch.setattr(frames_module, "USE_FAST_HEADER", False)
+    (eager,) = read_frames(path)
+    assert type(eager.header) is dict and eager.header["Manufacturer"] == "ACME"
+    copy = pickle.loads(pickle.dumps(frame))  # what a scan worker sends back
+    assert type(copy.header) is dict
+    assert frame.header == eager.header == copy.header and dict(frame.header) == eager.header
 
 
 def test_implicit_vr_without_preamble(tmp_path):

@@ -27,7 +27,28 @@ def test_scan_lists_frames_and_skips_with_reasons(tmp_path):
     reasons = dict(zip([scan.files[i].name for i in scan.skipped["file"]], scan.skipped["code"]))
     assert reasons == {"readme.txt": "not_dicom", "empty.dcm": "empty_file"}
     assert {scan.patient_id_of(int(f)) for f in scan.index["file"]} == {PHI_ID}
-    assert "patient_id" not in scan.index  # raw identifiers are read on demand, not indexed
+    assert "patient_id" not in scan.index  # raw identifiers stay in memory, never indexed
+
+
+def test_scan_reads_each_file_once(tmp_path, monkeypatch):
+    _tree(tmp_path)
+    import medcore.dicom.frames as frames_mod
+    import medcore.dicom.scan as scan_mod
+
+    opened: list[str] = []
+
+    def counting_open(path, *args, **kwargs):
+        opened.append(str(path))
+        return open(path, *args, **kwargs)
+
+    def no_second_read(path):
+        raise AssertionError(f"{path} read again for its PatientID")
+
+    monkeypatch.setattr(frames_mod, "open", counting_open, raising=False)
+    monkeypatch.setattr(scan_mod, "read_patient_id", no_second_read)
+    scan = scan_tree(tmp_path, workers=1)
+    assert sorted(opened) == sorted(str(p) for p in scan.files)  # every file once, none twice
+    assert {scan.patient_id_of(int(f)) for f in scan.index["file"]} == {PHI_ID}
 
 
 def test_pool_scan_equals_serial_scan(tmp_path, monkeypatch):
@@ -41,6 +62,8 @@ def test_pool_scan_equals_serial_scan(tmp_path, monkeypatch):
     cols = ["series_uid", "sop_instance_uid", "file", "rows", "cols"]
     pd.testing.assert_frame_equal(pooled.index[cols], serial.index[cols])
     assert pooled.skipped.equals(serial.skipped)
+    assert pooled._patients == serial._patients and set(pooled._patients.values()) == {PHI_ID}
+    assert [f.header for f in pooled.frames] == [f.header for f in serial.frames]
 
 
 def test_deidentified_index_has_no_phi(tmp_path):

@@ -1,0 +1,63 @@
+"""``python -m pipelines STAGE --params params.yaml`` (what dvc.yaml calls) and ``python -m pipelines demo``.
+
+Stages: ingest, convert, dataset, cache, train, evaluate, register. ``demo`` writes synthetic studies
+into the inbox and materialises the whole Dagster graph in-process against ``dagster_home/``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+STAGES = ("ingest", "convert", "dataset", "cache", "train", "evaluate", "register")
+
+
+def run_stage(stage: str, params: dict) -> object:
+    import importlib
+
+    module = importlib.import_module(f"pipelines.steps.{stage}") if stage in STAGES else None
+    ingest = convert = dataset = cache = train = evaluate = register = module
+
+    if stage == "ingest":
+        return ingest.ingest_all(params)
+    if stage == "convert":
+        return convert.convert_all(params)
+    if stage == "dataset":
+        return dataset.assemble_dataset(params)
+    if stage == "cache":
+        return cache.build_preprocessed_cache(params)
+    if stage == "train":
+        return train.train(params)
+    if stage == "evaluate":
+        return evaluate.evaluate(params)
+    if stage == "register":
+        return register.register(params, run_tags={"runner": "dvc"})
+    raise ValueError(f"unknown stage {stage!r}; choose one of {STAGES} or demo")
+
+
+def main(argv: list[str] | None = None) -> int:
+    from pipelines.params import load_params
+
+    parser = argparse.ArgumentParser(prog="python -m pipelines", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("stage", choices=(*STAGES, "demo"))
+    parser.add_argument("--params", default=None, help="params.yaml (default: the project's)")
+    parser.add_argument("--output-dir", default=None, help="override params output_dir")
+    args = parser.parse_args(argv)
+    try:
+        params = load_params(args.params, overrides={"output_dir": args.output_dir} if args.output_dir else None)
+        if args.stage == "demo":
+            from pipelines.demo import run_demo
+
+            return run_demo(params)
+        result = run_stage(args.stage, params)
+    except (OSError, ValueError, RuntimeError) as error:
+        print(f"pipelines {args.stage}: {error}", file=sys.stderr)
+        return 1
+    print(json.dumps(result, indent=1, default=str)[:4000])
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,166 @@
+"""Dagster assets: each calls one step function and reports metadata. No values go through an IO
+manager (nothing is pickled); assets hand over files in the output tree and declare ``deps``."""
+
+
+from dagster import (AssetExecutionContext, Config, DataVersion, DynamicPartitionsDefinition, MaterializeResult,
+                     MetadataValue, PipesSubprocessClient, asset)
+
+from pipelines.params import load_params
+from pipelines.resources import PipelineSettings
+
+_P = load_params()
+study_partitions = DynamicPartitionsDefinition(name="study")
+
+
+class TrainConfig(Config):
+    """Training knobs for the Launchpad (defaults from params.yaml)."""
+
+    nproc: int = int(_P["train"]["nproc"])
+    max_epochs: int = int(_P["train"]["max_epochs"])
+    samples_per_epoch: int = int(_P["train"]["samples_per_epoch"])
+
+
+class EvaluateConfig(Config):
+    min_dice: float = float(_P["evaluate"]["min_dice"])
+
+
+def _deid(settings: PipelineSettings):
+    from pipelines.steps.ingest import deidentifier
+
+    return deidentifier(settings.params())
+
+
+@asset(partitions_def=study_partitions, group_name="ingestion")
+def raw_dicom(context: AssetExecutionContext, settings: PipelineSettings) -> MaterializeResult:
+    """The incoming DICOM of one study (observed, never copied): file count, bytes and content hash."""
+    from pipelines.steps.ingest import record_raw
+
+    info = record_raw(settings.params(), context.partition_key, _deid(settings))
+    return MaterializeResult(metadata={"files": info["files"], "bytes": info["bytes"]},
+                             data_version=DataVersion(info["content_hash"]))
+
+
+@asset(partitions_def=study_partitions, deps=[raw_dicom], group_name="ingestion")
+def series_index(context: AssetExecutionContext, settings: PipelineSettings) -> MaterializeResult:
+    """De-identified header index of the study (parquet)."""
+    from pipelines.steps.ingest import ingest_study
+
+    info = ingest_study(settings.params(), context.partition_key, _deid(settings))
+    return MaterializeResult(metadata={k: info[k] for k in ("files", "frames", "series", "skipped_files")})
+
+
+@asset(partitions_def=study_partitions, deps=[series_index], group_name="ingestion")
+def nifti_volumes(context: AssetExecutionContext, settings: PipelineSettings) -> MaterializeResult:
+    """Converted NIfTI volumes, JSON sidecars and the quarantine table of the study."""
+    from pipelines.steps.convert import convert_study
+
+    info = convert_study(settings.params(), context.partition_key, _deid(settings))
+    context.log.info(f"study {info['study']}: {info['series_written']} series written, "
+                     f"{info['files_quarantined']} files quarantined")
+    return MaterializeResult(metadata={
+        "series_written": info["series_written"], "stacks_refused": info["stacks_refused"],
+        "files_in": info["files_in"], "files_quarantined": info["files_quarantined"],
+        "quarantine": MetadataValue.json(info["quarantine"])})
+
+
+@asset(partitions_def=study_partitions, deps=[nifti_volumes], group_name="ingestion")
+def labels(context: AssetExecutionContext, settings: PipelineSettings) -> MaterializeResult:
+    """Label masks matched to converted series through the label manifest (by de-identified UID)."""
+    from pipelines.steps.convert import match_labels
+
+    info = match_labels(settings.params(), context.partition_key, _deid(settings))
+    return MaterializeResult(metadata={"labelled_series": info["labelled_series"],
+                                       "misaligned": len(info["misaligned"])})
+
+
+@asset(deps=[nifti_volumes, labels], group_name="training")
+def training_dataset(context: AssetExecutionContext, settings: PipelineSettings) -> MaterializeResult:
+    """Fan-in of every converted, labelled study; a DVC-tracked version pushed to the local remote."""
+    from pipelines.steps.dataset import assemble_dataset, available_studies, track_dataset
+
+    params = settings.params()
+    known = set(context.instance.get_dynamic_partitions(study_partitions.name))
+    studies = [s for s in available_studies(params) if s in known]
+    info = assemble_dataset(params, studies)
+    dvc = track_dataset(params)
+    return MaterializeResult(metadata={"cases": info["cases"], "studies": len(studies),
+                                       "dataset_hash": info["dataset_hash"], "dvc_md5": str(dvc["dvc_md5"]),
+                                       "dvc_file": dvc["dvc_file"]},
+                             data_version=DataVersion(info["dataset_hash"]))
+
+
+@asset(deps=[training_dataset], group_name="training")
+def preprocessed_cache(settings: PipelineSettings) -> MaterializeResult:
+    """medcore's preprocessing cache for this dataset version (content-addressed safetensors)."""
+    from pipelines.steps.cache import build_preprocessed_cache
+
+    info = build_preprocessed_cache(settings.params())
+    return MaterializeResult(metadata={"cache_key": info["cache_key"], "bytes": info["bytes"],
+                                       "train_cases": info["train_cases"], "val_cases": info["val_cases"]},
+                             data_version=DataVersion(info["cache_key"]))
+
+
+def _train_overrides(config: TrainConfig) -> dict:
+    return {"train": {"nproc": config.nproc, "max_epochs": config.max_epochs,
+                      "samples_per_epoch": config.samples_per_epoch}}
+
+
+@asset(deps=[preprocessed_cache], group_name="training")
+def trained_model(context: AssetExecutionContext, config: TrainConfig, settings: PipelineSettings,
+                  pipes_subprocess_client: PipesSubprocessClient):
+    """``torchrun --nproc_per_node N`` via Dagster Pipes; rank 0 streams epochs into the Dagster log."""
+    from pipelines.steps.train import finish_training, prepare_training
+
+    params = settings.params(**_train_overrides(config))
+    job = prepare_training(params)
+    context.log.info(f"launching {job['nproc']} training process(es): {' '.join(job['command'][2:])}")
+    result = pipes_subprocess_client.run(context=context, command=job["command"], env=job["env"],
+                                         cwd=str(params["root"])).get_materialize_result()
+    latest = finish_training(params, job["run_dir"])
+    return MaterializeResult(metadata={**(result.metadata or {}), "run_dir": latest["run_dir"],
+                                       "model_dir": latest["model_dir"], "nproc": job["nproc"]},
+                             data_version=DataVersion(latest["run_key"]))
+
+
+def _img(path) -> str:
+    import base64
+
+    return f"![{path.stem}](data:image/png;base64,{base64.b64encode(path.read_bytes()).decode()})"
+
+
+@asset(deps=[trained_model], group_name="training")
+def evaluation(context: AssetExecutionContext, config: TrainConfig, settings: PipelineSettings) -> MaterializeResult:
+    """Per-case metrics, summary and plots of the trained model on the held-out cases."""
+    import pandas as pd
+
+    from pipelines.steps.evaluate import evaluate
+    from pipelines.steps.layout import Layout
+
+    params = settings.params(**_train_overrides(config))
+    summary = evaluate(params)
+    out = Layout.from_params(params).evaluation_dir
+    table = pd.read_csv(out / "per_case.csv")[["case", "class", "dice", "hausdorff_percentile"]]
+    meta = {"mean_dice": float(summary["mean_dice"]), "cases": summary["cases"],
+            "evaluation_set": summary["evaluation_set"],
+            "per_case": MetadataValue.md(table.to_markdown(index=False, floatfmt=".3f")),
+            **{k: float(v) for k, v in summary.items() if k.startswith("dice_")}}
+    for name, file in summary["plots"].items():
+        meta[f"plot_{name}"] = MetadataValue.md(_img(out / file))
+    return MaterializeResult(metadata=meta)
+
+
+@asset(deps=[evaluation], group_name="training")
+def registered_model(context: AssetExecutionContext, config: TrainConfig, settings: PipelineSettings) -> MaterializeResult:
+    """An MLflow model version with lineage; ``champion`` moves only if it beats the champion."""
+    from pipelines.steps.register import register
+
+    params = settings.params(**_train_overrides(config))
+    result = register(params, run_tags={"dagster_run_id": context.run.run_id, "runner": "dagster"})
+    context.log.info(f"registered {result['model_name']} v{result['version']} as {result['alias']}: {result['reason']}")
+    return MaterializeResult(metadata={k: str(result[k]) for k in ("model_name", "version", "alias", "reason",
+                                                                  "model_uri", "tracking_uri", "dataset_hash",
+                                                                  "code_commit")})
+
+
+STUDY_ASSETS = [raw_dicom, series_index, nifti_volumes, labels]
+TRAINING_ASSETS = [training_dataset, preprocessed_cache, trained_model, evaluation, registered_model]

@@ -1,0 +1,77 @@
+"""Pipeline parameters: ``params.yaml`` merged over built-in defaults, with paths made absolute."""
+
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+DEFAULTS: dict[str, Any] = {
+    "source": {"dicom_dir": "data/inbox/dicom", "label_manifest": "data/inbox/labels/labels.json",
+               "settle_seconds": 30},
+    "synthetic": {"n_patients": 3, "seed": 0, "shape": [40, 40, 20]},
+    "output_dir": "outputs/pipeline",
+    "deid_key_file": None,
+    "train": {"nproc": 0, "max_epochs": 2, "samples_per_epoch": 8, "batch_size": 2, "patch_size": [32, 32, 16],
+              "base_filters": 4, "val_fraction": 0.25, "seed": 0, "threads": 1},
+    "evaluate": {"min_dice": 0.0},
+    "register": {"model_name": "medcore-segmentation", "experiment": "medcore-training", "tracking_uri": None,
+                 "artifact_root": "mlartifacts", "min_improvement": 0.0},
+    "dvc": {"remote": "outputs/dvc-remote"},
+}
+
+
+def _merge(base: dict, override: dict, where: str) -> dict:
+    out = copy.deepcopy(base)
+    for key, value in override.items():
+        if key not in base:
+            raise ValueError(f"{where}: unknown parameter {key!r}; allowed: {sorted(base)}")
+        if isinstance(base[key], dict):
+            if not isinstance(value, dict):
+                raise ValueError(f"{where}: parameter {key!r} must be a mapping")
+            out[key] = _merge(base[key], value, f"{where}.{key}")
+        else:
+            out[key] = value
+    return out
+
+
+def load_params(path: str | os.PathLike | None = None, root: str | os.PathLike | None = None,
+                overrides: dict | None = None) -> dict[str, Any]:
+    """Read ``params.yaml`` (default: the project's) and resolve paths against ``root``.
+
+    ``root`` defaults to the folder holding the params file. ``overrides`` (same nesting) win.
+    """
+    path = Path(path) if path is not None else PROJECT_ROOT / "params.yaml"
+    raw: dict = {}
+    if path.is_file():
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ValueError(f"{path}: not valid YAML ({exc}); fix its syntax") from exc
+    elif path != PROJECT_ROOT / "params.yaml":
+        raise FileNotFoundError(f"params file {path} does not exist; pass --params params.yaml")
+    params = _merge(DEFAULTS, raw, str(path))
+    if overrides:
+        params = _merge(params, overrides, "overrides")
+    root = Path(root) if root is not None else path.resolve().parent
+    params["root"] = str(root.resolve())
+    params["params_file"] = str(path.resolve())
+    return params
+
+
+def resolve(params: dict, value: str | os.PathLike | None) -> Path | None:
+    """``value`` as an absolute path (relative ones are under the params' root)."""
+    if value is None:
+        return None
+    p = Path(value).expanduser()
+    return p if p.is_absolute() else Path(params["root"]) / p
+
+
+def tracking_uri(params: dict) -> str:
+    uri = params["register"]["tracking_uri"]
+    return uri if uri else f"sqlite:///{Path(params['root']) / 'mlflow.db'}"

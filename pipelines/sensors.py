@@ -1,0 +1,46 @@
+"""The inbox sensor: one dynamic partition per new study, added once its files stopped changing."""
+
+
+import json
+import time
+
+from dagster import DefaultSensorStatus, RunRequest, SensorEvaluationContext, SensorResult, SkipReason, sensor
+
+from pipelines.assets import study_partitions
+from pipelines.jobs import study_job
+from pipelines.resources import PipelineSettings
+
+
+def stable_studies(studies: dict, signatures: dict, previous: dict, now: float, settle: float) -> tuple[list, dict]:
+    """Keys whose folder signature is unchanged since the last tick and at least ``settle`` s old.
+
+    ``previous`` maps key -> {"sig": ..., "since": t}; returns (ready keys, new cursor state).
+    """
+    state, ready = {}, []
+    for key in studies:
+        sig = signatures[key]
+        old = previous.get(key)
+        since = old["since"] if old and old["sig"] == sig else now
+        state[key] = {"sig": sig, "since": since}
+        if old and old["sig"] == sig and sig["files"] > 0 and now - since >= settle:
+            ready.append(key)
+    return ready, state
+
+
+@sensor(job=study_job, minimum_interval_seconds=30, default_status=DefaultSensorStatus.STOPPED)
+def inbox_sensor(context: SensorEvaluationContext, settings: PipelineSettings):
+    from pipelines.steps.ingest import deidentifier, folder_signature, list_studies
+
+    params = settings.params()
+    studies = list_studies(params, deidentifier(params))
+    known = set(context.instance.get_dynamic_partitions(study_partitions.name))
+    pending = {k: v for k, v in studies.items() if k not in known}
+    previous = json.loads(context.cursor) if context.cursor else {}
+    ready, state = stable_studies(pending, {k: folder_signature(v) for k, v in pending.items()}, previous,
+                                  time.time(), float(params["source"]["settle_seconds"]))
+    if not ready:
+        return SensorResult(skip_reason=SkipReason(f"{len(pending)} new study folder(s), none settled yet"),
+                            cursor=json.dumps(state))
+    return SensorResult(run_requests=[RunRequest(partition_key=k, run_key=k) for k in ready],
+                        dynamic_partitions_requests=[study_partitions.build_add_request(ready)],
+                        cursor=json.dumps({k: v for k, v in state.items() if k not in ready}))

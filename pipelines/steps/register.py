@@ -1,0 +1,156 @@
+"""Stage ``register``: one MLflow run per training, a model version with lineage, champion/challenger.
+
+The alias ``champion`` moves only when the candidate beats the current champion on the same
+evaluation set (the champion is re-evaluated on it when its recorded set differs); otherwise the
+candidate gets ``challenger`` and the reason is stored as a version tag. Reruns reuse the run and
+the version of the same training (tag ``training_key``), so a crash never duplicates registry entries.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+from pipelines.params import PROJECT_ROOT, resolve, tracking_uri
+from pipelines.steps.layout import Layout, read_json, write_json
+
+MODEL_CODE = Path(__file__).resolve().parents[1] / "mlflow_model.py"
+
+
+def code_commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=10)
+        return out.stdout.strip() or "unknown"
+    except OSError:
+        return "unknown"
+
+
+def client_for(params: dict):
+    """An MlflowClient on the SQLite backend, and the experiment id (artifact_location set explicitly)."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    uri = tracking_uri(params)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    client = MlflowClient(uri, uri)
+    name = params["register"]["experiment"]
+    exp = client.get_experiment_by_name(name)
+    if exp is None:
+        root = resolve(params, params["register"]["artifact_root"])
+        root.mkdir(parents=True, exist_ok=True)
+        exp_id = client.create_experiment(name, artifact_location=root.as_uri())
+    else:
+        exp_id = exp.experiment_id
+    return client, exp_id
+
+
+def decide_promotion(candidate: float, champion: float | None, min_improvement: float = 0.0) -> tuple[bool, str]:
+    """Whether the candidate becomes champion, and why (pure: the rule the registry applies)."""
+    if champion is None:
+        return True, "no champion yet"
+    if candidate > champion + min_improvement:
+        return True, f"mean Dice {candidate:.4f} beats champion's {champion:.4f} on the same evaluation set"
+    return False, (f"mean Dice {candidate:.4f} does not beat champion's {champion:.4f} (+{min_improvement}) "
+                   "on the same evaluation set")
+
+
+def _flat(prefix: str, value, out: dict) -> dict:
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _flat(f"{prefix}.{k}" if prefix else k, v, out)
+    else:
+        out[prefix] = json.dumps(value) if isinstance(value, list) else value
+    return out
+
+
+def _find_run(client, exp_id: str, key: str):
+    runs = client.search_runs([exp_id], filter_string=f"tags.training_key = '{key}'", max_results=5)
+    return runs[0] if runs else None
+
+
+def _find_version(client, name: str, key: str):
+    from mlflow.exceptions import MlflowException
+
+    try:
+        versions = client.search_model_versions(f"name = '{name}'")
+    except MlflowException:
+        return None
+    found = [v for v in versions if v.tags.get("training_key") == key]
+    return sorted(found, key=lambda v: int(v.version))[0] if found else None
+
+
+def champion_score(client, params: dict, name: str, evaluation: dict) -> tuple[object | None, float | None]:
+    """The champion version and its mean Dice on ``evaluation``'s set (re-measured if it was scored elsewhere)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        champ = client.get_model_version_by_alias(name, "champion")
+    except MlflowException:
+        return None, None
+    if champ.tags.get("evaluation_set") == evaluation["evaluation_set"]:
+        return champ, float(champ.tags["mean_dice"])
+    from pipelines.steps.evaluate import evaluation_cases, foreground_labels, measure_model, summarise
+    import mlflow
+
+    local = mlflow.artifacts.download_artifacts(f"models:/{name}/{champ.version}")
+    rows, _ = measure_model(Path(local) / "artifacts" / "model_dir", evaluation_cases(params), foreground_labels(params))
+    return champ, summarise(rows)["mean_dice"]
+
+
+def register(params: dict, run_tags: dict | None = None, evaluation: dict | None = None) -> dict:
+    """Log the training as an MLflow run, register its model, and apply the champion rule."""
+    import mlflow
+
+    layout = Layout.from_params(params)
+    latest = read_json(layout.train_dir / "latest.json")
+    evaluation = evaluation or read_json(layout.evaluation_dir / "summary.json")
+    dataset = read_json(layout.out / "dataset_version.json")
+    key = latest["run_key"]
+    name = params["register"]["model_name"]
+    client, exp_id = client_for(params)
+    lineage = {"training_key": key, "dataset_hash": dataset["dataset_hash"], "code_commit": code_commit(),
+               "evaluation_set": evaluation["evaluation_set"], "mean_dice": f"{evaluation['mean_dice']:.6f}",
+               **{k: str(v) for k, v in (run_tags or {}).items()}}
+    version = _find_version(client, name, key)
+    if version is None:
+        run = _find_run(client, exp_id, key)
+        run_id = run.info.run_id if run else client.create_run(exp_id, run_name=f"train-{key}", tags=lineage).info.run_id
+        with mlflow.start_run(run_id=run_id):
+            mlflow.log_params({k: v for k, v in _flat("", params["train"], {}).items()})
+            for record in read_json(layout.out / latest["run_dir"] / "history.json"):
+                step = int(record["epoch"])
+                mlflow.log_metrics({k: float(v) for k, v in record.items() if k != "epoch"
+                                    and isinstance(v, (int, float)) and v == v and abs(v) != float("inf")}, step=step)
+            mlflow.log_metrics({f"eval_{k}": float(v) for k, v in evaluation.items()
+                                if k.startswith(("mean_dice", "dice_"))})
+            for plot in evaluation.get("plots", {}).values():
+                mlflow.log_artifact(str(layout.evaluation_dir / plot), "evaluation")
+            mlflow.log_artifact(str(layout.evaluation_dir / "per_case.csv"), "evaluation")
+            info = mlflow.pyfunc.log_model(name="model", python_model=str(MODEL_CODE),
+                                           artifacts={"model_dir": str(layout.out / latest["model_dir"])},
+                                           pip_requirements=["medcore", "mlflow", "torch", "pandas"])
+        version = mlflow.register_model(info.model_uri, name, tags=lineage)
+        version = client.get_model_version(name, version.version)
+    champ, champ_dice = champion_score(client, params, name, evaluation)
+    if champ is not None and champ.version == version.version:
+        promote, reason = True, "already champion"
+    else:
+        promote, reason = decide_promotion(evaluation["mean_dice"], champ_dice,
+                                           float(params["register"]["min_improvement"]))
+    if promote:
+        client.set_registered_model_alias(name, "champion", version.version)
+        try:
+            if client.get_model_version_by_alias(name, "challenger").version == version.version:
+                client.delete_registered_model_alias(name, "challenger")
+        except Exception:  # no challenger alias: nothing to clear
+            pass
+    else:
+        client.set_registered_model_alias(name, "challenger", version.version)
+    client.set_model_version_tag(name, version.version, "promotion", reason)
+    result = {"model_name": name, "version": str(version.version), "alias": "champion" if promote else "challenger",
+              "reason": reason, "model_uri": f"models:/{name}@{'champion' if promote else 'challenger'}",
+              "tracking_uri": tracking_uri(params), "run_id": version.run_id, **lineage}
+    write_json(layout.registered_json, result)
+    return result

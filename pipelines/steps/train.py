@@ -1,0 +1,75 @@
+"""Stage ``train``: ``torchrun --nproc_per_node N`` running medcore's training on the dataset version.
+
+The run folder is keyed by (dataset hash, training parameters), so a rerun after a crash resumes the
+same run from its last checkpoint instead of starting a second one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from pipelines.steps.cache import cache_ready, training_config
+from pipelines.steps.layout import Layout, read_json, write_json
+
+
+def num_processes(params: dict) -> int:
+    """``train.nproc``, or one per GPU, or 2 CPU processes."""
+    n = int(params["train"]["nproc"])
+    if n > 0:
+        return n
+    import torch
+
+    return torch.cuda.device_count() or 2
+
+
+def run_key(params: dict) -> str:
+    dataset = read_json(Layout.from_params(params).out / "dataset_version.json")["dataset_hash"]
+    blob = json.dumps({"dataset": dataset, "train": params["train"]}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def prepare_training(params: dict) -> dict:
+    """Write the run's config; return the command (torchrun), its environment and the run folder."""
+    layout = Layout.from_params(params)
+    key = run_key(params)
+    run_dir = layout.train_dir / key
+    run_dir.mkdir(parents=True, exist_ok=True)
+    config = training_config(params, layout, cache_ready(params), run_dir / "model")
+    config_path = write_json(run_dir / "medcore_config.json", config)
+    nproc = num_processes(params)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+               "-m", "pipelines.train_worker", "--config", str(config_path), "--run-dir", str(run_dir)]
+    env = {"OMP_NUM_THREADS": str(params["train"]["threads"] or 1), "PYTHONUNBUFFERED": "1"}
+    return {"run_key": key, "run_dir": run_dir, "command": command, "env": env, "nproc": nproc}
+
+
+def finish_training(params: dict, run_dir: Path) -> dict:
+    """Read the run's summary and point ``train/latest.json`` at it."""
+    summary_path = Path(run_dir) / "summary.json"
+    if not summary_path.is_file():
+        raise RuntimeError(f"training in {run_dir} ended without summary.json; see the training log above")
+    summary = read_json(summary_path)
+    layout = Layout.from_params(params)
+    latest = {"run_key": Path(run_dir).name, "run_dir": str(Path(run_dir).relative_to(layout.out)),
+              "model_dir": str(Path(summary["model_dir"]).relative_to(layout.out)),
+              "best_score": summary.get("best_score"), "best_epoch": summary.get("best_epoch"),
+              "epochs": summary.get("epochs"), "validation": summary.get("validation", {})}
+    write_json(layout.train_dir / "latest.json", latest)
+    return latest
+
+
+def train(params: dict) -> dict:
+    """Run training as a plain subprocess (the DVC path; Dagster launches the same command through Pipes)."""
+    job = prepare_training(params)
+    if (job["run_dir"] / "summary.json").is_file():
+        return finish_training(params, job["run_dir"])
+    proc = subprocess.run(job["command"], env={**os.environ, **job["env"]})
+    if proc.returncode != 0:
+        raise RuntimeError(f"training failed (exit {proc.returncode}); rerun to resume from the last checkpoint "
+                           f"in {job['run_dir']}")
+    return finish_training(params, job["run_dir"])

@@ -43,10 +43,11 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("stage", choices=(*STAGES, "demo"))
     parser.add_argument("--params", default=None, help="params.yaml (default: the project's)")
-    parser.add_argument("--output-dir", default=None, help="override params output_dir")
+    parser.add_argument("--output-dir", default=None, help="override params output_dir (the dataset then goes to OUTPUT_DIR/dataset)")
     args = parser.parse_args(argv)
     try:
-        params = load_params(args.params, overrides={"output_dir": args.output_dir} if args.output_dir else None)
+        params = load_params(args.params, overrides={"output_dir": args.output_dir, "dataset_dir": None}
+                             if args.output_dir else None)
         if args.stage == "demo":
             from pipelines.demo import run_demo
 

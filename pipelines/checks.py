@@ -35,7 +35,7 @@ def geometry_problems(folder: Path) -> list[str]:
     return problems
 
 
-def source_phi_values(study: Path, per_series: int = 1) -> set[str]:
+def source_phi_values(study: Path) -> set[str]:
     """Identifying values read from the study's DICOM headers (one file per folder)."""
     import pydicom
 

@@ -16,6 +16,7 @@ DEFAULTS: dict[str, Any] = {
                "settle_seconds": 30},
     "synthetic": {"n_patients": 3, "seed": 0, "shape": [40, 40, 20]},
     "output_dir": "outputs/pipeline",
+    "dataset_dir": None,
     "deid_key_file": None,
     "train": {"nproc": 0, "max_epochs": 2, "samples_per_epoch": 8, "batch_size": 2, "patch_size": [32, 32, 16],
               "base_filters": 4, "val_fraction": 0.25, "seed": 0, "threads": 1},
@@ -44,9 +45,12 @@ def load_params(path: str | os.PathLike | None = None, root: str | os.PathLike |
                 overrides: dict | None = None) -> dict[str, Any]:
     """Read ``params.yaml`` (default: the project's) and resolve paths against ``root``.
 
-    ``root`` defaults to the folder holding the params file. ``overrides`` (same nesting) win.
+    ``path`` defaults to ``$MEDCORE_PARAMS``, else the project's ``params.yaml``; ``root`` defaults to
+    the folder holding the params file. ``overrides`` (same nesting) win.
     """
-    path = Path(path) if path is not None else PROJECT_ROOT / "params.yaml"
+    if path is None:
+        path = os.environ.get("MEDCORE_PARAMS") or PROJECT_ROOT / "params.yaml"
+    path = Path(path)
     raw: dict = {}
     if path.is_file():
         try:

@@ -34,7 +34,7 @@ def assemble_dataset(params: dict, studies: list[str] | None = None) -> dict:
     studies = available_studies(params) if studies is None else sorted(studies)
     label_names: dict[str, str] = {}
     training = []
-    sweep_tmp(layout.out)
+    sweep_tmp(layout.dataset_dir.parent)
     with atomic_dir(layout.dataset_dir) as tmp:
         (tmp / "imagesTr").mkdir()
         (tmp / "labelsTr").mkdir()

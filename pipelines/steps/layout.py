@@ -18,10 +18,11 @@ from pipelines.params import resolve
 @dataclass(frozen=True)
 class Layout:
     out: Path
+    dataset: Path | None = None
 
     @classmethod
     def from_params(cls, params: dict) -> "Layout":
-        return cls(resolve(params, params["output_dir"]))
+        return cls(resolve(params, params["output_dir"]), resolve(params, params.get("dataset_dir")))
 
     def raw_manifest(self, key: str) -> Path:
         return self.out / "raw" / f"{key}.json"
@@ -34,7 +35,7 @@ class Layout:
 
     @property
     def dataset_dir(self) -> Path:
-        return self.out / "dataset"
+        return self.dataset if self.dataset is not None else self.out / "dataset"
 
     @property
     def cache_dir(self) -> Path:

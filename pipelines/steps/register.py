@@ -151,6 +151,7 @@ def register(params: dict, run_tags: dict | None = None, evaluation: dict | None
     client.set_model_version_tag(name, version.version, "promotion", reason)
     result = {"model_name": name, "version": str(version.version), "alias": "champion" if promote else "challenger",
               "reason": reason, "model_uri": f"models:/{name}@{'champion' if promote else 'challenger'}",
-              "tracking_uri": tracking_uri(params), "run_id": version.run_id, **lineage}
+              "tracking_uri": tracking_uri(params), "run_id": version.run_id, "source": str(version.source),
+              "artifact_root": str(resolve(params, params["register"]["artifact_root"])), **lineage}
     write_json(layout.registered_json, result)
     return result

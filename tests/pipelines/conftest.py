@@ -22,7 +22,8 @@ def make_project(root: Path, **overrides) -> Path:
     """A temporary project folder with params.yaml and a git repository; returns the params path."""
     root.mkdir(parents=True, exist_ok=True)
     subprocess.run(["git", "init", "-q", str(root)], check=True)
-    params = {
+    params = yaml.safe_load((PROJECT / "params.yaml").read_text())  # every key, as DVC needs them
+    test_values = {
         "source": {"dicom_dir": "inbox/dicom", "label_manifest": "inbox/labels/labels.json", "settle_seconds": 0},
         "synthetic": {"n_patients": 3, "seed": 0, "shape": [40, 40, 20]},
         "output_dir": "outputs/pipeline",
@@ -30,8 +31,9 @@ def make_project(root: Path, **overrides) -> Path:
         "register": {"tracking_uri": f"sqlite:///{root / 'mlflow.db'}", "artifact_root": "mlartifacts"},
         "dvc": {"remote": str(root / "dvc-remote")},
     }
-    for k, v in overrides.items():
-        params[k] = {**params[k], **v} if isinstance(v, dict) and isinstance(params.get(k), dict) else v
+    for values in (test_values, overrides):
+        for k, v in values.items():
+            params[k] = {**params[k], **v} if isinstance(v, dict) and isinstance(params.get(k), dict) else v
     (root / "params.yaml").write_text(yaml.safe_dump(params))
     return root / "params.yaml"
 
@@ -71,7 +73,9 @@ def pipeline_run(tmp_path_factory, deid_key):
     manifest = write_synthetic_studies(root / "inbox", n_patients=3, seed=0, shape=(40, 40, 20))
     home = (root / "dagster_home").resolve()
     home.mkdir()
-    (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    # runs launched from the UI start at once (no daemon in tests); storage: SQLite under this home
+    (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\nrun_coordinator:\n"
+                                       "  module: dagster.core.run_coordinator\n  class: DefaultRunCoordinator\n")
     old_home = os.environ.get("DAGSTER_HOME")
     os.environ["DAGSTER_HOME"] = str(home)
     instance = DagsterInstance.get()

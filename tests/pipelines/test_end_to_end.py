@@ -49,7 +49,8 @@ def test_every_asset_materialised(pipeline_run):
 
 def test_dataset_is_dvc_tracked_and_pushed(pipeline_run):
     out = Path(pipeline_run["root"]) / "outputs" / "pipeline"
-    dvc_file = yaml.safe_load((out / "dataset.dvc").read_text())
+    dataset = Path(pipeline_run["root"]) / "data" / "dataset"
+    dvc_file = yaml.safe_load((dataset.parent / "dataset.dvc").read_text())
     md5 = dvc_file["outs"][0]["md5"]
     remote = Path(pipeline_run["root"]) / "dvc-remote"
     labelled = [s for s in pipeline_run["manifest"].series if s.mask]
@@ -60,7 +61,7 @@ def test_dataset_is_dvc_tracked_and_pushed(pipeline_run):
     meta = pipeline_run["instance"].get_latest_materialization_event(AssetKey("training_dataset")) \
         .asset_materialization.metadata
     assert meta["dataset_hash"].value == version["dataset_hash"]
-    data = json.loads((out / "dataset" / "dataset.json").read_text())
+    data = json.loads((dataset / "dataset.json").read_text())
     assert data["numTraining"] == len(data["training"]) == version["cases"] == len(labelled)
 
 
@@ -116,7 +117,7 @@ def test_phi_audit_of_a_full_run(pipeline_run):
     root = Path(pipeline_run["root"])
     planted = [v for v in pipeline_run["manifest"].planted_phi if len(v) >= 4]
     assert len(planted) > 20
-    targets = _files(root / "outputs") + _files(root / "dagster_home") + _files(root / "mlartifacts") \
+    targets = _files(root / "outputs") + _files(root / "data" / "dataset") + _files(root / "dagster_home") + _files(root / "mlartifacts") \
         + [root / "mlflow.db"]
     assert len(targets) > 50
     hits = []

@@ -7,7 +7,6 @@ import json
 import shutil
 from pathlib import Path
 
-import pytest
 
 from pipelines.steps.register import decide_promotion
 
@@ -51,14 +50,14 @@ def test_worse_candidate_does_not_take_champion(pipeline_run, tmp_path):
     worse = register(_candidate(pipeline_run, tmp_path, "cand-b", 0.30))
     assert worse["alias"] == "challenger" and "does not beat" in worse["reason"]
     client = mlflow.MlflowClient(first["tracking_uri"])
-    assert client.str(client.get_model_version_by_alias("promotion-test", "champion").version) == first["version"]
-    assert client.str(client.get_model_version_by_alias("promotion-test", "challenger").version) == worse["version"]
+    assert str(client.get_model_version_by_alias("promotion-test", "champion").version) == first["version"]
+    assert str(client.get_model_version_by_alias("promotion-test", "challenger").version) == worse["version"]
     assert "does not beat" in client.get_model_version("promotion-test", worse["version"]).tags["promotion"]
     better = register(_candidate(pipeline_run, tmp_path, "cand-c", 0.70))
     assert better["alias"] == "champion"
-    assert client.str(client.get_model_version_by_alias("promotion-test", "champion").version) == better["version"]
+    assert str(client.get_model_version_by_alias("promotion-test", "champion").version) == better["version"]
     # registering the same training again neither duplicates the version nor moves the alias
-    again = register(_candidate(pipeline_run, tmp_path, "cand-c", 0.70))
+    again = register(_candidate(pipeline_run, tmp_path / "rerun", "cand-c", 0.70))
     assert again["version"] == better["version"]
     versions = client.search_model_versions("name = 'promotion-test'")
     assert len(versions) == 3

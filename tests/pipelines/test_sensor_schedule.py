@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import shutil
-from pathlib import Path
 
 from dagster import DagsterInstance, build_sensor_context
 

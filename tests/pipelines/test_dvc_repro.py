@@ -1,0 +1,49 @@
+"""Acceptance 4: `dvc repro` runs ingest..register end to end; a second `dvc repro` does nothing."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+PROJECT = Path(__file__).resolve().parents[2]
+STAGES = ("ingest", "convert", "dataset", "cache", "train", "evaluate", "register")
+
+
+def _dvc(args, cwd, env):
+    proc = subprocess.run([env["MEDCORE_DVC"], *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=400)
+    assert proc.returncode == 0, f"dvc {' '.join(args)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    return proc.stdout + proc.stderr
+
+
+def test_dvc_repro_end_to_end_then_noop(tmp_path, deid_key, new_project):
+    from medcore.data.synthetic import write_synthetic_studies
+
+    env = {**os.environ, "MEDCORE_DEID_KEY": deid_key, "OMP_NUM_THREADS": "1"}
+    if not Path(env.get("MEDCORE_DVC", "")).exists():
+        pytest.skip("DVC tool venv missing (make dvc-tool)")
+    root = tmp_path / "repo"
+    new_project(root, source={"dicom_dir": "data/inbox/dicom", "label_manifest": "data/inbox/labels/labels.json"},
+                synthetic={"n_patients": 2, "seed": 1, "shape": [32, 32, 16]})
+    (root / "pipelines").symlink_to(PROJECT / "pipelines")
+    (root / ".venv").symlink_to(PROJECT / ".venv")
+    shutil.copyfile(PROJECT / "dvc.yaml", root / "dvc.yaml")
+    (root / ".gitignore").write_text(".venv\nmlflow.db\nmlartifacts/\n")
+    write_synthetic_studies(root / "data" / "inbox", n_patients=2, seed=1, shape=(32, 32, 16))
+    _dvc(["init", "--quiet"], root, env)
+    (root / ".dvcignore").write_text(".venv\n__pycache__\nmlartifacts\n")
+    first = _dvc(["repro"], root, env)
+    for stage in STAGES:
+        assert f"Running stage '{stage}'" in first, stage
+    reg = json.loads((root / "outputs" / "repro" / "registered_model.json").read_text())
+    assert reg["alias"] == "champion" and reg["runner"] == "dvc"
+    second = _dvc(["repro"], root, env)
+    assert "Running stage" not in second
+    status = _dvc(["status"], root, env)
+    assert "up to date" in status
+    metrics = _dvc(["metrics", "show", "--json"], root, env)
+    assert "mean_dice" in metrics

@@ -34,4 +34,5 @@ test: install dvc-tool
 	MEDCORE_DVC=$(abspath $(DVC)) $(PY) -m pytest -q --timeout=900
 
 clean:
-	rm -rf outputs mlruns mlflow.db .pytest_cache
+	rm -rf outputs mlruns mlartifacts mlflow.db .pytest_cache data/inbox data/dataset data/dataset.dvc
+	find dagster_home -mindepth 1 ! -name dagster.yaml -exec rm -rf {} +

@@ -155,7 +155,7 @@ def make_plan(fp: dict, preset_name: str, device: str = "cpu", overrides: dict |
     patch = [int(v) for v in overrides.get("patch_size", patch)]
     reasons.append(f"patch {patch} covers the median shape {[round(v) for v in median_at_target]} at target spacing, "
                    f"rounded up to multiples of 8 within {budget} voxels")
-    labels = dict(info["labels"])
+    labels = {str(k): int(v) for k, v in overrides.get("labels", info["labels"]).items()}
     num_classes = max(max(labels.values()), max(fp["labels_present"] or [0])) + 1
     if info["modality"] == "CT":
         fi = fp["foreground_intensity"]

@@ -54,6 +54,21 @@ def resolve_cases(config: dict, run_dir: Path, ctx: DistContext) -> list[dict]:
     return cases[:config["max_cases"]] if config["max_cases"] else cases
 
 
+def datalist_label_names(path: str | Path) -> dict[str, int]:
+    """``{name: value}`` from an MSD ``dataset.json``'s ``labels`` field (``{"1": "liver"}``), or ``{}``.
+
+    A model trained from a datalist is then registered with the dataset's own class names rather
+    than the preset's."""
+    path = Path(path)
+    if path.suffix != ".json" or not path.is_file():
+        return {}
+    labels = json.loads(path.read_text()).get("labels") or {}
+    try:
+        return {str(name): int(value) for value, name in labels.items()}
+    except (TypeError, ValueError):
+        raise ValueError(f"{path}: 'labels' must map integer values to names, got {labels!r}") from None
+
+
 def calibrate_step_seconds(model: torch.nn.Module, loss_fn: torch.nn.Module, plan: dict, device: str,
                            steps: int = 3) -> float:
     """Seconds per training step of a copy of ``model`` on a random batch (global RNG untouched)."""
@@ -120,7 +135,12 @@ def run_training(raw_config: dict, run_dir: str | Path, progress: bool = True) -
     train_cases, val_cases = split_cases(cases, split["fraction"], split["seed"], split["folds"], split["fold"])
     if config["max_val_cases"]:
         val_cases = val_cases[:config["max_val_cases"]]
-    plan = make_plan(fingerprint(train_cases), config["preset"], ctx.device, config["plan"])
+    overrides = dict(config["plan"] or {})
+    if config["datalist"] and "labels" not in overrides:
+        names = datalist_label_names(config["datalist"])
+        if names:
+            overrides["labels"] = names
+    plan = make_plan(fingerprint(train_cases), config["preset"], ctx.device, overrides)
     pre = preprocessing_configs(plan)
     plan["preprocessing"] = pre
     cache_dir = Path(config["cache_dir"] or run_dir / "cache")

@@ -167,3 +167,22 @@ def test_time_budget_stops_mid_epoch_and_plans_epochs(tmp_path):
     assert short["max_epochs"] >= 4 and short["samples_per_epoch"] % 4 == 0
     fixed = loop_settings({"time_budget_minutes": None, "train": {"max_epochs": 7}}, plan, 10, 2, None, 1)
     assert fixed["max_epochs"] == 7 and "max_train_seconds" not in fixed
+
+
+def test_plan_takes_label_names_from_the_datalist(tmp_path):
+    from medcore.engine.presets import make_plan
+    from medcore.engine.run import datalist_label_names
+
+    ds = tmp_path / "dataset.json"
+    ds.write_text(json.dumps({"labels": {"0": "background", "1": "liver", "2": "spleen"}, "training": []}))
+    names = datalist_label_names(ds)
+    assert names == {"background": 0, "liver": 1, "spleen": 2}
+    fp = {"median_spacing": [1.0, 1.0, 2.0], "median_shape": [32, 32, 16], "labels_present": [0, 1, 2],
+          "spacing_varies": False, "foreground_intensity": {"p00_5": -100.0, "p99_5": 200.0, "mean": 40.0, "std": 50.0},
+          "foreground_max_ratio": 1.0}
+    plan = make_plan(fp, "synthetic_ct", overrides={"labels": names})
+    assert plan["labels"] == names and plan["num_classes"] == 3
+    ds.write_text(json.dumps({"labels": {"one": "liver"}}))
+    with pytest.raises(ValueError, match="labels"):
+        datalist_label_names(ds)
+    assert datalist_label_names(tmp_path / "missing.json") == {}

@@ -134,3 +134,25 @@ def test_phi_audit_of_a_full_run(pipeline_run):
     assert not hits, hits[:10]
     for path in targets:  # no PHI in paths either
         assert not any(v in path.as_posix() for v in planted if len(v) >= 6)
+
+
+def test_minimum_dice_gate_blocks_registration(pipeline_run):
+    """A blocking check: with an unreachable minimum Dice the registration step does not run."""
+    from dagster import AssetKey
+
+    from pipelines.definitions import make_definitions
+    from pipelines.resources import PipelineSettings
+
+    params = pipeline_run["params"]
+    instance = pipeline_run["instance"]
+    settings = PipelineSettings(params_file=params["params_file"], output_dir=str(params["output_dir"]))
+    before = instance.get_latest_materialization_event(AssetKey("registered_model"))
+    result = make_definitions(settings).resolve_job_def("retrain").execute_in_process(
+        instance=instance, raise_on_error=False,
+        run_config={"ops": {"evaluation_minimum_dice": {"config": {"min_dice": 1.01}}}})
+    checks = [e for e in result.get_asset_check_evaluations() if e.check_name == "minimum_dice"]
+    assert checks and not checks[0].passed
+    materialised = {e.asset_key for e in result.get_asset_materialization_events()}
+    assert AssetKey("registered_model") not in materialised
+    after = instance.get_latest_materialization_event(AssetKey("registered_model"))
+    assert after.run_id == before.run_id != result.run_id

@@ -1,9 +1,9 @@
 """Dagster assets: each calls one step function and reports metadata. No values go through an IO
 manager (nothing is pickled); assets hand over files in the output tree and declare ``deps``."""
 
-
 from dagster import (AssetExecutionContext, Config, DataVersion, DynamicPartitionsDefinition, MaterializeResult,
                      MetadataValue, PipesSubprocessClient, asset)
+from pydantic import Field
 
 from pipelines.params import load_params
 from pipelines.resources import PipelineSettings
@@ -13,15 +13,18 @@ study_partitions = DynamicPartitionsDefinition(name="study")
 
 
 class TrainConfig(Config):
-    """Training knobs for the Launchpad (defaults from params.yaml)."""
+    """Training knobs for the Launchpad. Left empty, each takes its value from the params file of the
+    ``settings`` resource (``params.yaml`` by default), so Dagster and ``dvc repro`` agree."""
 
-    nproc: int = int(_P["train"]["nproc"])
-    max_epochs: int = int(_P["train"]["max_epochs"])
-    samples_per_epoch: int = int(_P["train"]["samples_per_epoch"])
+    nproc: int | None = Field(None, description=f"torchrun processes (params.yaml: {_P['train']['nproc']}; 0 = one per GPU)")
+    max_epochs: int | None = Field(None, description=f"epochs (params.yaml: {_P['train']['max_epochs']})")
+    samples_per_epoch: int | None = Field(None, description=f"patches per epoch (params.yaml: {_P['train']['samples_per_epoch']})")
 
 
 class EvaluateConfig(Config):
-    min_dice: float = float(_P["evaluate"]["min_dice"])
+    """The registration gate; left empty it takes ``evaluate.min_dice`` from the params file."""
+
+    min_dice: float | None = Field(None, description=f"minimum mean foreground Dice (params.yaml: {_P['evaluate']['min_dice']})")
 
 
 def _deid(settings: PipelineSettings):
@@ -101,8 +104,9 @@ def preprocessed_cache(settings: PipelineSettings) -> MaterializeResult:
 
 
 def _train_overrides(config: TrainConfig) -> dict:
-    return {"train": {"nproc": config.nproc, "max_epochs": config.max_epochs,
-                      "samples_per_epoch": config.samples_per_epoch}}
+    """The Launchpad values that were set; the params file supplies the rest."""
+    chosen = {k: getattr(config, k) for k in ("nproc", "max_epochs", "samples_per_epoch")}
+    return {"train": {k: v for k, v in chosen.items() if v is not None}}
 
 
 @asset(deps=[preprocessed_cache], group_name="training")

@@ -113,9 +113,11 @@ def minimum_dice(config: EvaluateConfig, settings: PipelineSettings) -> AssetChe
     """The mean foreground Dice must reach ``min_dice`` before the model may be registered."""
     from pipelines.steps.layout import Layout, read_json
 
-    summary = read_json(Layout.from_params(settings.params()).evaluation_dir / "summary.json")
-    return AssetCheckResult(passed=summary["mean_dice"] >= config.min_dice,
-                            metadata={"mean_dice": float(summary["mean_dice"]), "min_dice": config.min_dice})
+    params = settings.params()
+    min_dice = float(params["evaluate"]["min_dice"] if config.min_dice is None else config.min_dice)
+    summary = read_json(Layout.from_params(params).evaluation_dir / "summary.json")
+    return AssetCheckResult(passed=summary["mean_dice"] >= min_dice,
+                            metadata={"mean_dice": float(summary["mean_dice"]), "min_dice": min_dice})
 
 
 ALL_CHECKS = [geometry_sanity, phi_scan, label_alignment, minimum_dice]

@@ -1,8 +1,8 @@
 """Dagster resources: the pipeline settings (defaults from params.yaml), editable in the Launchpad.
 
 Scaling out is configuration, not code: point ``tracking_uri`` at a Postgres-backed MLflow, switch
-``dagster_home/dagster.yaml`` storage to ``postgres:`` and pick the Celery or Kubernetes executor
-for the job (see docs/pipelines.md).
+``dagster_home/dagster.yaml`` storage to ``postgres:`` and pick the executor with
+``$MEDCORE_DAGSTER_EXECUTOR`` (``pipelines/definitions.py``; see docs/pipelines.md).
 """
 
 from __future__ import annotations

@@ -294,6 +294,14 @@ class RandSpatialCrop(Transform):
         return out if self.num_samples > 1 else out[0]
 
 
+def _crop_context(ref, sample, label_key: str, spatial_size):
+    """The label that drives a label-guided crop (``sample[label_key]``, else ``ref`` itself), its
+    spatial shape, the crop size and its cached class indices."""
+    label = sample[label_key] if sample is not None and label_key in sample else ref
+    shape = label.spatial_shape
+    return label, shape, _size(spatial_size, shape), label_indices(sample, label, label_key)
+
+
 @register
 @dataclass(eq=True)
 class RandCropByPosNegLabel(Transform):
@@ -309,10 +317,7 @@ class RandCropByPosNegLabel(Transform):
     is_random: ClassVar[bool] = True
 
     def resolve(self, ref, rng, sample=None):
-        label = sample[self.label_key] if sample is not None and self.label_key in sample else ref
-        shape = label.spatial_shape
-        roi = _size(self.spatial_size, shape)
-        idx = label_indices(sample, label, self.label_key)
+        label, shape, roi, idx = _crop_context(ref, sample, self.label_key, self.spatial_size)
         fg = idx.foreground()
         has_bg = idx.count(0) > 0
         p_pos = self.pos / (self.pos + self.neg) if (self.pos + self.neg) > 0 else 0.0
@@ -343,10 +348,7 @@ class RandCropByLabelClasses(Transform):
     is_random: ClassVar[bool] = True
 
     def resolve(self, ref, rng, sample=None):
-        label = sample[self.label_key] if sample is not None and self.label_key in sample else ref
-        shape = label.spatial_shape
-        roi = _size(self.spatial_size, shape)
-        idx = label_indices(sample, label, self.label_key)
+        label, shape, roi, idx = _crop_context(ref, sample, self.label_key, self.spatial_size)
         ratios = [1.0] * self.num_classes if self.ratios is None else [float(r) for r in self.ratios]
         weights = torch.tensor([r if idx.count(c) else 0.0 for c, r in enumerate(ratios)], dtype=torch.float64)
         if weights.sum() <= 0:

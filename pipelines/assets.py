@@ -59,10 +59,12 @@ def nifti_volumes(context: AssetExecutionContext, settings: PipelineSettings) ->
 
     info = convert_study(settings.params(), context.partition_key, _deid(settings))
     context.log.info(f"study {info['study']}: {info['series_written']} series written, "
-                     f"{info['files_quarantined']} files quarantined")
+                     f"{info['files_quarantined']} files quarantined, {info['segmentation_objects']} DICOM SEG "
+                     "kept for labels")
     return MaterializeResult(metadata={
         "series_written": info["series_written"], "stacks_refused": info["stacks_refused"],
         "files_in": info["files_in"], "files_quarantined": info["files_quarantined"],
+        "segmentation_objects": info["segmentation_objects"],
         "quarantine": MetadataValue.json(info["quarantine"])})
 
 

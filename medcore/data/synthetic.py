@@ -10,7 +10,8 @@ Layout under ``out_dir``::
 
     dicom/study-NNN/series-NN/NNNN.dcm     CT Image Storage, int16, RescaleIntercept -1024
     labels/mask-NNN.nii.gz                 uint8 mask per labelled series, RAS affine, (col, row, slice)
-    labels/labels.json                     label names + ORIGINAL SeriesInstanceUID -> mask file
+    labels/seg-NNN.dcm                     the same mask as a DICOM SEG (``seg=True`` only)
+    labels/labels.json                     label names + ORIGINAL SeriesInstanceUID -> mask (and seg) file
 
 Folder and file names carry no PHI unless ``phi_in_paths=True`` (for audits of path handling). Every
 Basic Profile attribute a CT image can carry is filled with a distinctive value; those values are
@@ -42,6 +43,7 @@ __all__ = [
     "SyntheticSeries",
     "new_dicom_dataset",
     "read_label_manifest",
+    "read_label_sources",
     "write_synthetic_studies",
 ]
 
@@ -663,11 +665,11 @@ def write_synthetic_studies(
     return SyntheticManifest(root, dicom_dir, label_manifest, all_series, phi.values, original_uids)
 
 
-def read_label_manifest(path: str | os.PathLike, uid_map=None) -> tuple[dict[int, str], dict[str, Path]]:
-    """Label names and ``SeriesInstanceUID -> mask path`` from a label manifest (JSON).
+def read_label_sources(path: str | os.PathLike, uid_map=None) -> tuple[dict[int, str], dict[str, dict[str, Path]]]:
+    """Label names and ``SeriesInstanceUID -> {"mask": NIfTI path, "seg": DICOM SEG path}`` (either or both).
 
-    Pass ``uid_map=Deidentifier(key).uid`` to key the result by de-identified UIDs, which is how
-    converted series are named after ingestion.
+    An entry needs ``series_instance_uid`` and at least one of ``mask`` (NIfTI on the series' voxel
+    grid) and ``seg`` (a DICOM SEG referencing the series). ``uid_map`` as in :func:`read_label_manifest`.
     """
     path = Path(path)
     try:
@@ -675,15 +677,27 @@ def read_label_manifest(path: str | os.PathLike, uid_map=None) -> tuple[dict[int
     except (OSError, ValueError) as exc:
         raise ValueError(f"{path}: cannot read label manifest ({exc}); expected JSON written by "
                          "write_synthetic_studies or the same layout") from exc
-    if doc.get("format") != LABEL_MANIFEST_FORMAT:
-        raise ValueError(f"{path}: label manifest format {doc.get('format')!r}, expected "
-                         f"{LABEL_MANIFEST_FORMAT!r}")
+    if not isinstance(doc, dict) or doc.get("format") != LABEL_MANIFEST_FORMAT:
+        raise ValueError(f"{path}: label manifest format {doc.get('format') if isinstance(doc, dict) else None!r}, "
+                         f"expected {LABEL_MANIFEST_FORMAT!r}")
     names = {int(k): str(v) for k, v in doc.get("label_names", {}).items()}
-    masks: dict[str, Path] = {}
+    sources: dict[str, dict[str, Path]] = {}
     for i, entry in enumerate(doc.get("series", [])):
-        try:
-            uid, mask = str(entry["series_instance_uid"]), str(entry["mask"])
-        except (KeyError, TypeError) as exc:
-            raise ValueError(f"{path}: series entry {i} lacks 'series_instance_uid' or 'mask'") from exc
-        masks[uid_map(uid) if uid_map else uid] = path.parent / mask
-    return names, masks
+        if not isinstance(entry, dict) or "series_instance_uid" not in entry or not ({"mask", "seg"} & set(entry)):
+            raise ValueError(f"{path}: series entry {i} lacks 'series_instance_uid' or both 'mask' and 'seg'; "
+                             "give the series UID and a NIfTI mask and/or a DICOM SEG file")
+        uid = str(entry["series_instance_uid"])
+        files = {kind: path.parent / str(entry[kind]) for kind in ("mask", "seg") if entry.get(kind)}
+        sources[uid_map(uid) if uid_map else uid] = files
+    return names, sources
+
+
+def read_label_manifest(path: str | os.PathLike, uid_map=None) -> tuple[dict[int, str], dict[str, Path]]:
+    """Label names and ``SeriesInstanceUID -> mask path`` from a label manifest (JSON).
+
+    Pass ``uid_map=Deidentifier(key).uid`` to key the result by de-identified UIDs, which is how
+    converted series are named after ingestion. Entries with only a DICOM SEG are left out (see
+    :func:`read_label_sources`).
+    """
+    names, sources = read_label_sources(path, uid_map)
+    return names, {uid: files["mask"] for uid, files in sources.items() if "mask" in files}

@@ -3,7 +3,7 @@
 Public entry points: :func:`convert_tree` (a tree to NIfTI + sidecars + quarantine table),
 :func:`load_series` (one series into memory), :func:`scan_tree` (header index),
 :func:`group_frames`, :func:`plan_stack`, the frame reader of :mod:`medcore.dicom.frames`,
-de-identification (:class:`Deidentifier`) and DICOM SEG (:func:`write_seg`, :func:`read_seg`).
+de-identification (:class:`Deidentifier`) and DICOM SEG (:func:`write_seg`, :func:`read_seg`, :func:`seg_on_image_grid`).
 Submodules are imported lazily so ``import medcore.dicom`` stays cheap.
 """
 
@@ -38,6 +38,9 @@ _EXPORTS = {
     "load_or_create_key": "medcore.dicom.deid",
     "write_seg": "medcore.dicom.seg",
     "read_seg": "medcore.dicom.seg",
+    "read_seg_frames": "medcore.dicom.seg",
+    "seg_on_image_grid": "medcore.dicom.seg_align",
+    "SegAlignmentError": "medcore.dicom.seg_align",
     "SegResult": "medcore.dicom.seg",
     "SegmentationError": "medcore.dicom.seg",
 }

@@ -6,6 +6,8 @@ Stacks are converted one at a time per worker, so memory follows the largest ser
 tree. Output paths are built from pseudonyms only (``sub-*/ses-*/sub-*_ses-*_ser-NNN-<hash>``),
 never from input names. Every input file ends either in a written series or in the quarantine
 table, and :class:`ConversionReport` checks ``files_in == files_converted + files_quarantined``.
+DICOM SEG instances are listed there too, with code ``segmentation_object`` (not an error: they are
+label maps, placed on their series' grid by :mod:`medcore.dicom.seg_align`).
 
 :func:`load_series` reads one series into memory (array, RAS affine, meta) with the same
 geometry rules, for callers that want an image rather than files.
@@ -30,7 +32,7 @@ from medcore.dicom.group import StackGroup, group_frames, image_component, tempo
 from medcore.dicom.nifti import GZIP_LEVEL, write_nifti, write_sidecar
 from medcore.dicom.quarantine import Quarantine
 from medcore.dicom.resample import cast_like, resample_stack
-from medcore.dicom.scan import ScanResult, scan_tree
+from medcore.dicom.scan import SEGMENTATION_CODE, ScanResult, scan_tree
 from medcore.dicom.validate import GeometryError, StackPlan, output_affine, plan_stack
 from medcore.utils.atomic import atomic_write_text
 
@@ -119,8 +121,16 @@ class ConversionReport:
                  f"files: {self.files_in} in = {self.files_converted} converted + "
                  f"{self.files_quarantined} quarantined"]
         for code, count in self.quarantine_counts().items():
-            lines.append(f"  quarantined {code}: {count}")
+            if code == SEGMENTATION_CODE:
+                lines.append(f"  segmentation objects (DICOM SEG, used as labels, not bad files): {count}")
+            else:
+                lines.append(f"  quarantined {code}: {count}")
         return "\n".join(lines)
+
+    @property
+    def files_segmentation(self) -> int:
+        """Input files that are DICOM SEG instances (in the quarantine table with a non-error code)."""
+        return self.quarantine_counts().get(SEGMENTATION_CODE, 0)
 
 
 # ---------------------------------------------------------------------------------------------

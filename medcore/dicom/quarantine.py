@@ -30,6 +30,7 @@ REASONS = {
     "unreadable": "the file could not be read",
     "truncated": "the file ends before its data does",
     "unsupported_sop_class": "DICOM object that is not an image (SR, RTSTRUCT, ...)",
+    "segmentation_object": "DICOM SEG instance: not converted to a volume; used as labels (not an error)",
     "no_pixel_data": "DICOM header without PixelData",
     "unsupported_image": "an image layout that is not supported (float pixels, odd bit depth, ...)",
     "decode_failed": "the pixel data could not be decoded",

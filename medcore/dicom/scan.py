@@ -90,6 +90,23 @@ def read_patient_id(path: Path) -> str:
 
 
 _EMPTY_MESSAGE = "the file is empty (0 bytes); re-export or remove it"
+#: Skip code of DICOM SEG instances: not a bad file, a label map for the series it references.
+SEGMENTATION_CODE = "segmentation_object"
+_SEGMENTATION_MESSAGE = ("DICOM SEG (segmentation object): not converted to an image volume; used as the label "
+                         "map of the series it references (medcore.dicom.seg_align), nothing to fix")
+
+
+def is_segmentation(path: Path) -> bool:
+    """True when ``path`` is a DICOM Segmentation Storage instance (header read only; never raises)."""
+    import pydicom
+
+    from medcore.dicom.seg import SEGMENTATION_STORAGE
+
+    try:
+        ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["SOPClassUID"])
+        return str(ds.get("SOPClassUID", "")) == SEGMENTATION_STORAGE
+    except Exception:
+        return False
 
 
 def read_file(path: Path) -> tuple[list[Frame] | None, str | None, str]:
@@ -108,6 +125,8 @@ def read_file_and_patient(path: Path) -> tuple[list[Frame] | None, str, str | No
     except DicomFrameError as exc:
         if exc.code == "empty_file":
             return None, "", "empty_file", _EMPTY_MESSAGE
+        if exc.code == "unsupported_sop_class" and is_segmentation(path):
+            return None, "", SEGMENTATION_CODE, _SEGMENTATION_MESSAGE
         return None, "", exc.code, exc.reason
     except Exception as exc:  # a reader bug must not stop the scan
         return None, "", "unreadable", f"{type(exc).__name__}: {exc}"

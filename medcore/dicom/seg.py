@@ -7,7 +7,9 @@ one segment per non-zero label, one frame per (segment, slice), packed one bit p
 :func:`read_seg` reads a SEG (BINARY or FRACTIONAL; frames may be sparse, as many tools write
 them) into a label map ``(column, row, slice)`` and its RAS affine, placing each frame by its
 ImagePositionPatient. Geometry is computed with :mod:`medcore.dicom.geometry`, so a SEG and the
-series it was drawn on line up in world space.
+series it was drawn on line up in world space. :func:`read_seg_frames` returns the frames as
+stored (for :mod:`medcore.dicom.seg_align`, which places them on a converted image's grid);
+:func:`referenced_series_uids` reads only the series a SEG references.
 """
 
 from __future__ import annotations
@@ -27,7 +29,8 @@ from pydicom.uid import ExplicitVRLittleEndian, PYDICOM_IMPLEMENTATION_UID, gene
 from medcore.dicom.geometry import affine_ras, slice_normal
 from medcore.utils.atomic import atomic_path
 
-__all__ = ["SegmentationError", "SegResult", "read_seg", "write_seg", "SEGMENTATION_STORAGE"]
+__all__ = ["SegmentationError", "SegFrames", "SegResult", "read_seg", "read_seg_frames", "referenced_series_uids",
+           "write_seg", "SEGMENTATION_STORAGE"]
 
 SEGMENTATION_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"
 _CATEGORY = ("91723000", "SCT", "Anatomical Structure")
@@ -246,11 +249,51 @@ def _frame_value(item: Dataset, sequence: str, keyword: str, shared: Dataset | N
     return None
 
 
-def read_seg(path: str | os.PathLike) -> SegResult:
-    """Read a SEG into a label map ``(column, row, slice)`` (value = segment number) and RAS affine.
+@dataclass
+class SegFrames:
+    """The frames of a SEG as stored: one boolean plane per frame with its position and segment.
 
-    Frames are placed by ImagePositionPatient along the slice normal; the grid spans the frames
-    present with the SEG's slice spacing. Where segments overlap the higher segment number wins.
+    ``frames`` is ``(n_frames, rows, columns)``; ``positions`` ``(n_frames, 3)`` LPS mm (IPP of each
+    frame); ``numbers`` the ReferencedSegmentNumber of each frame. ``segments`` maps SegmentNumber to
+    SegmentLabel (free text: it may hold anything, so never copy it to an output).
+    """
+
+    frames: np.ndarray
+    positions: np.ndarray
+    numbers: np.ndarray
+    iop: list[float]
+    pixel_spacing: list[float]  # (row spacing, column spacing) as in DICOM
+    spacing_between_slices: float | None
+    slice_thickness: float | None
+    segments: dict[int, str]
+    series_uid: str
+    referenced_series_uids: list[str]
+
+
+def _referenced_series(ds: Dataset) -> list[str]:
+    out = []
+    for item in ds.get("ReferencedSeriesSequence", []):
+        uid = str(item.get("SeriesInstanceUID", "") or "").strip()
+        if uid and uid not in out:
+            out.append(uid)
+    return out
+
+
+def referenced_series_uids(path: str | os.PathLike) -> list[str]:
+    """SeriesInstanceUIDs a SEG references (header only; empty when it names none)."""
+    try:
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+    except Exception as exc:
+        raise SegmentationError(f"{path}: cannot read DICOM header ({exc})") from exc
+    if str(ds.get("SOPClassUID", "")) != SEGMENTATION_STORAGE:
+        raise SegmentationError(f"{path}: not a DICOM SEG (SOP Class {ds.get('SOPClassUID', 'missing')})")
+    return _referenced_series(ds)
+
+
+def read_seg_frames(path: str | os.PathLike) -> SegFrames:
+    """Read a SEG's frames, positions and segment numbers without building a grid.
+
+    BINARY frames are unpacked; FRACTIONAL frames are thresholded at half MaximumFractionalValue.
     """
     path = Path(path)
     try:
@@ -269,10 +312,12 @@ def read_seg(path: str | os.PathLike) -> SegResult:
     if iop is None or spacing is None:
         raise SegmentationError(f"{path}: no ImageOrientationPatient or PixelSpacing in the functional groups")
     iop = [float(v) for v in iop]
-    spacing = [float(v) for v in spacing]
-    normal = slice_normal(iop)
-    positions = []
-    numbers = []
+    for i, item in enumerate(per_frame[1:], start=2):
+        other = _frame_value(item, "PlaneOrientationSequence", "ImageOrientationPatient", shared)
+        if other is not None and np.max(np.abs(np.asarray([float(v) for v in other]) - iop)) > 1e-4:
+            raise SegmentationError(f"{path}: frame {i} has another ImageOrientationPatient than frame 1; "
+                                    "frames of several orientations are not supported")
+    positions, numbers = [], []
     for i, item in enumerate(per_frame):
         ipp = _frame_value(item, "PlanePositionSequence", "ImagePositionPatient", None)
         number = _frame_value(item, "SegmentIdentificationSequence", "ReferencedSegmentNumber", None)
@@ -280,34 +325,52 @@ def read_seg(path: str | os.PathLike) -> SegResult:
             raise SegmentationError(f"{path}: frame {i + 1} lacks ImagePositionPatient or ReferencedSegmentNumber")
         positions.append([float(v) for v in ipp])
         numbers.append(int(number))
-    positions = np.asarray(positions)
-    along = positions @ normal
-    unique = np.unique(np.round(along, 3))
-    declared = _frame_value(per_frame[0], "PixelMeasuresSequence", "SpacingBetweenSlices", shared)
-    if declared is not None and float(declared) > 0:
-        step = float(declared)
-    elif len(unique) > 1:
-        step = float(np.min(np.diff(unique)))
-    else:
-        step = float(_frame_value(per_frame[0], "PixelMeasuresSequence", "SliceThickness", shared) or 1.0)
-    index = np.rint((along - along.min()) / step).astype(int)
-    if np.any(np.abs((along - along.min()) / step - index) > 0.05):
-        raise SegmentationError(f"{path}: frame positions are not on a regular grid of {step} mm")
-    n_slices = int(index.max()) + 1
     if ds.SegmentationType == "BINARY":
         raw = np.frombuffer(ds.PixelData, dtype=np.uint8)
         bits = np.unpackbits(raw, bitorder="little")[: n_frames * rows * columns]
+        if bits.size != n_frames * rows * columns:
+            raise SegmentationError(f"{path}: PixelData holds {bits.size} bits, {n_frames * rows * columns} expected")
         frames = bits.reshape(n_frames, rows, columns).astype(bool)
     else:
         pixels = ds.pixel_array.reshape(n_frames, rows, columns)
         frames = pixels > (int(ds.get("MaximumFractionalValue", 255)) // 2)
-    labels = np.zeros((columns, rows, n_slices), dtype=np.uint8 if max(numbers) < 256 else np.uint16)
+    declared = _frame_value(per_frame[0], "PixelMeasuresSequence", "SpacingBetweenSlices", shared)
+    thickness = _frame_value(per_frame[0], "PixelMeasuresSequence", "SliceThickness", shared)
+    segments = {int(s.SegmentNumber): str(s.get("SegmentLabel", "")) for s in ds.get("SegmentSequence", [])}
+    return SegFrames(frames, np.asarray(positions, dtype=np.float64), np.asarray(numbers, dtype=np.int64), iop,
+                     [float(v) for v in spacing], float(declared) if declared not in (None, "") else None,
+                     float(thickness) if thickness not in (None, "") else None, segments,
+                     str(ds.SeriesInstanceUID), _referenced_series(ds))
+
+
+def read_seg(path: str | os.PathLike) -> SegResult:
+    """Read a SEG into a label map ``(column, row, slice)`` (value = segment number) and RAS affine.
+
+    Frames are placed by ImagePositionPatient along the slice normal; the grid spans the frames
+    present with the SEG's slice spacing. Where segments overlap the higher segment number wins.
+    To place a SEG on the grid of its image series instead, use :mod:`medcore.dicom.seg_align`.
+    """
+    path = Path(path)
+    seg = read_seg_frames(path)
+    frames, positions, numbers = seg.frames, seg.positions, seg.numbers
+    _, rows, columns = frames.shape
+    normal = slice_normal(seg.iop)
+    along = positions @ normal
+    unique = np.unique(np.round(along, 3))
+    if seg.spacing_between_slices is not None and seg.spacing_between_slices > 0:
+        step = seg.spacing_between_slices
+    elif len(unique) > 1:
+        step = float(np.min(np.diff(unique)))
+    else:
+        step = seg.slice_thickness or 1.0
+    index = np.rint((along - along.min()) / step).astype(int)
+    if np.any(np.abs((along - along.min()) / step - index) > 0.05):
+        raise SegmentationError(f"{path}: frame positions are not on a regular grid of {step} mm")
+    n_slices = int(index.max()) + 1
+    labels = np.zeros((columns, rows, n_slices), dtype=np.uint8 if numbers.max() < 256 else np.uint16)
     for f in np.argsort(numbers, kind="stable"):
         labels[:, :, index[f]][frames[f].T] = numbers[f]
     origin = positions[int(np.argmin(along))]
-    affine = affine_ras(iop, origin, spacing, step)
-    segments = {int(s.SegmentNumber): str(s.get("SegmentLabel", "")) for s in ds.get("SegmentSequence", [])}
-    ref_series = None
-    if "ReferencedSeriesSequence" in ds and len(ds.ReferencedSeriesSequence):
-        ref_series = str(ds.ReferencedSeriesSequence[0].get("SeriesInstanceUID", "")) or None
-    return SegResult(labels, affine, segments, str(ds.SeriesInstanceUID), ref_series)
+    affine = affine_ras(seg.iop, origin, seg.pixel_spacing, step)
+    refs = seg.referenced_series_uids
+    return SegResult(labels, affine, seg.segments, seg.series_uid, refs[0] if refs else None)

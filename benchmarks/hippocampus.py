@@ -7,7 +7,10 @@ cases) for the same wall-clock budget, at the same batch (2) and patch (40x56x40
 ``hippocampus`` preset (plan derived from the data, DynUNet with deep supervision, AdamW + poly, its
 own validation inside the budget). The baseline follows MONAI's tutorials: MONAI transforms and
 CacheDataset, RandCropByPosNegLabeld, MONAI UNet with residual units, DiceCELoss, Adam. Both final
-models are scored by the same code (whole volumes, sliding window, Dice and HD95 in mm per class).
+models are scored by the same code (Dice and HD95 in mm per class on the original label files): medcore
+through its MODEL_DIR as ``medcore predict`` runs it (the plan's preprocessing, sliding window and flip
+averaging) and once more without flips; the baseline with the tutorial's sliding window and once more
+with medcore's flip averaging, so both inference styles are compared like for like.
 Prints samples/s and the fraction of step time spent waiting for data, leaves medcore's MODEL_DIR and
 prints its path; the last line is ``RESULT dice_mean=... dice_anterior=... dice_posterior=...
 monai_dice_mean=... train_minutes=...``.
@@ -52,12 +55,14 @@ def score(label_pairs: list[tuple[torch.Tensor, torch.Tensor]]) -> dict[str, flo
     return out
 
 
-def run_medcore(minutes: float, out: Path, max_val: int | None, threads: int) -> dict:
+def run_medcore(minutes: float, out: Path, val_cases: list[dict], max_val: int | None, threads: int) -> dict:
+    import dataclasses
+
     import medcore.networks.dynunet  # noqa: F401  (registers "dynunet")
     from medcore.engine.run import run_training
-    from medcore.engine.segmentation import CachedCases
     from medcore.inferers.model_dir import load_model_dir
-    from medcore.inferers.sliding_window import sliding_window_inference
+    from medcore.inferers.predict import predict_volume
+    from medcore.io import load_image
 
     config = {"preset": "hippocampus", "split": {"fraction": 0.2, "seed": 0}, "time_budget_minutes": minutes,
               "max_val_cases": max_val, "threads": threads, "device": "cpu"}
@@ -68,15 +73,17 @@ def run_medcore(minutes: float, out: Path, max_val: int | None, threads: int) ->
     wall = time.perf_counter() - started
     history = json.loads((run_dir / "history.json").read_text())
     train_seconds = sum(r["epoch_seconds"] for r in history)
+    # score what a user gets: `medcore predict` on the original files (the MODEL_DIR's own preprocessing,
+    # inference and flip averaging), against the original labels; once more without the flips
     model, spec = load_model_dir(summary["model_dir"])
-    val = CachedCases(next((run_dir / "cache").glob("val-*.safetensors")))
-    pairs = []
-    with torch.inference_mode():
-        for i in range(len(val)):
-            case = val[i]
-            logits = sliding_window_inference(case["image"][None], PATCH, model, overlap=0.5, mode="gaussian")
-            pairs.append((logits.argmax(1)[0], case["label"]))
-    return {"metrics": score(pairs), "model_dir": summary["model_dir"], "train_minutes": train_seconds / 60,
+    plain = dataclasses.replace(spec, inference={**spec.inference, "tta": False})
+    pairs, pairs_plain = [], []
+    for case in val_cases:
+        image, ref = load_image(case["image"]), load_image(case["label"]).data[0].float().round().long()
+        pairs.append((predict_volume(model, spec, image).data[0], ref))
+        pairs_plain.append((predict_volume(model, plain, image).data[0], ref))
+    return {"metrics": score(pairs), "metrics_no_tta": score(pairs_plain), "tta": spec.inference["tta"],
+            "model_dir": summary["model_dir"], "train_minutes": train_seconds / 60,
             "wall_minutes": wall / 60, "epochs": summary["epochs"], "steps": summary["global_step"],
             "samples_per_s": float(np.mean([r["samples_per_s"] for r in history])),
             "data_wait_fraction": float(np.mean([r["data_wait_fraction"] for r in history])),
@@ -134,14 +141,22 @@ def run_monai(minutes: float, train_cases: list[dict], val_cases: list[dict], se
     model.eval()
     val_tf = Compose([LoadImaged(keys), EnsureChannelFirstd(keys), Orientationd(keys, axcodes="RAS", labels=None),
                       NormalizeIntensityd("image"), EnsureTyped(keys)])
-    pairs = []
+    from medcore.inferers.tta import flip_tta
+
+    pairs, pairs_tta = [], []
     with torch.inference_mode():
         for c in val_cases:
             d = val_tf({"image": c["image"], "label": c["label"]})
-            logits = sliding_window_inference(d["image"][None].as_tensor().float(), PATCH, 1, model, overlap=0.5,
-                                              mode="gaussian")
-            pairs.append((torch.as_tensor(logits).argmax(1)[0], torch.as_tensor(d["label"][0]).round().long()))
-    return {"metrics": score(pairs), "train_minutes": train_seconds / 60, "steps": steps,
+            x, ref = d["image"][None].as_tensor().float(), torch.as_tensor(d["label"][0]).round().long()
+
+            def probs(batch: torch.Tensor) -> torch.Tensor:
+                out = sliding_window_inference(batch, PATCH, 1, model, overlap=0.5, mode="gaussian")
+                return torch.as_tensor(out).softmax(1)
+
+            pairs.append((probs(x).argmax(1)[0], ref))  # the tutorial's inference
+            pairs_tta.append((flip_tta(x, probs).argmax(1)[0], ref))  # with medcore's flip averaging, for reference
+    return {"metrics": score(pairs), "metrics_tta": score(pairs_tta), "train_minutes": train_seconds / 60,
+            "steps": steps,
             "samples_per_s": steps * BATCH / (wait + compute), "data_wait_fraction": wait / (wait + compute)}
 
 
@@ -163,14 +178,16 @@ def main() -> None:
     val_cases = val_cases[:max_val] if max_val else val_cases
     print(f"hippocampus: {len(train_cases)} training / {len(val_cases)} validation cases, budget {minutes:g} min "
           f"per racer, {args.threads} threads, batch {BATCH}, patch {PATCH}")
-    med = run_medcore(minutes, out, max_val, args.threads)
+    med = run_medcore(minutes, out, val_cases, max_val, args.threads)
     print(f"medcore: {json.dumps(med['metrics'])}")
+    print(f"medcore without flip averaging: {json.dumps(med['metrics_no_tta'])}")
     print(f"medcore: {med['steps']} steps in {med['train_minutes']:.1f} min, {med['samples_per_s']:.2f} samples/s, "
           f"data wait {100 * med['data_wait_fraction']:.1f}% of step time; MODEL_DIR {med['model_dir']}")
     mon = None
     if not args.skip_monai:
         mon = run_monai(minutes, train_cases, val_cases)
         print(f"monai:   {json.dumps(mon['metrics'])}")
+        print(f"monai with flip averaging: {json.dumps(mon['metrics_tta'])}")
         print(f"monai:   {mon['steps']} steps in {mon['train_minutes']:.1f} min, {mon['samples_per_s']:.2f} samples/s, "
               f"data wait {100 * mon['data_wait_fraction']:.1f}% of step time")
         print(f"ratio: dice_mean medcore/monai = {med['metrics']['dice_mean'] / mon['metrics']['dice_mean']:.3f}; "
@@ -179,11 +196,14 @@ def main() -> None:
                                                        "threads": args.threads}, indent=2) + "\n")
     m = med["metrics"]
     monai_dice = mon["metrics"]["dice_mean"] if mon else float("nan")
+    monai_tta = mon["metrics_tta"]["dice_mean"] if mon else float("nan")
     print(f"MODEL_DIR {med['model_dir']}")
     print(f"RESULT dice_mean={m['dice_mean']:.4f} dice_anterior={m['dice_anterior']:.4f} "
           f"dice_posterior={m['dice_posterior']:.4f} monai_dice_mean={monai_dice:.4f} "
           f"train_minutes={med['train_minutes']:.1f} hd95_mean={m['hd95_mean']:.2f} "
-          f"samples_per_s={med['samples_per_s']:.2f} data_wait={med['data_wait_fraction']:.3f}")
+          f"samples_per_s={med['samples_per_s']:.2f} data_wait={med['data_wait_fraction']:.3f} "
+          f"dice_mean_no_tta={med['metrics_no_tta']['dice_mean']:.4f} monai_dice_mean_tta={monai_tta:.4f} "
+          f"monai_samples_per_s={mon['samples_per_s'] if mon else float('nan'):.2f}")
 
 
 if __name__ == "__main__":

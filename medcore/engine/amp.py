@@ -50,8 +50,9 @@ def make_scaler(precision: Precision) -> torch.amp.GradScaler:
 
 
 def use_channels_last(model: torch.nn.Module, device: str, spatial_dims: int = 3) -> bool:
-    """Switch a 3D model to ``channels_last_3d`` on CUDA (where cuDNN benefits); leave CPU models alone."""
-    if not device.startswith("cuda") or spatial_dims != 3:
+    """Switch a 3D model to ``channels_last_3d``, the native layout of both cuDNN and oneDNN (CPU) 3D
+    convolutions; see ``benchmarks/RESULTS.md`` (hippocampus) for the measured step time."""
+    if spatial_dims != 3:
         return False
     model.to(memory_format=torch.channels_last_3d)
     return True

@@ -10,11 +10,12 @@ import torch
 from torch import nn
 
 from medcore.engine.amp import choose_precision, make_scaler, use_channels_last
-from medcore.engine.data import EpochDataset, sample_rng
+from medcore.engine.data import EpochDataset
 from medcore.engine.distributed import DistContext, ShardedBatchSampler, all_reduce_sum, shard_indices
 from medcore.engine.history import MetricsHistory
 from medcore.engine.optim import build_optimizer
 from medcore.engine.schedulers import LRSchedule, build_schedule, set_learning_rate
+from medcore.transforms import make_rng
 
 
 def test_poly_cosine_and_warmup_factors():
@@ -63,8 +64,10 @@ def test_precision_is_full_on_cpu_and_chosen_on_cuda(monkeypatch):
     assert choose_precision("cuda:0", "fp32").dtype is None
     with pytest.raises(ValueError, match="unknown amp mode"):
         choose_precision("cpu", "int8")
-    model = nn.Conv3d(1, 1, 1)
-    assert use_channels_last(model, "cpu") is False
+    model = nn.Conv3d(1, 2, 3)
+    assert use_channels_last(model, "cpu") is True
+    assert model.weight.is_contiguous(memory_format=torch.channels_last_3d)
+    assert use_channels_last(nn.Conv2d(1, 1, 1), "cpu", spatial_dims=2) is False
 
 
 @pytest.mark.parametrize("world,batch,n", [(1, 4, 16), (2, 2, 16), (2, 3, 17), (3, 2, 5)])
@@ -100,7 +103,8 @@ def test_epoch_dataset_draws_depend_only_on_seed_epoch_and_position():
     assert torch.equal(ds[(1, 2, 0)], ds[(1, 2, 3)])  # same (epoch, position), any index: same draw
     assert not torch.equal(ds[(1, 2, 0)], ds[(1, 3, 0)])
     assert not torch.equal(ds[(1, 2, 0)], ds[(2, 2, 0)])
-    assert torch.equal(torch.rand(2, generator=sample_rng(9, 1, 2)), torch.rand(2, generator=sample_rng(9, 1, 2)))
+    # the project's one seed recipe, keyed by the sampler position
+    assert torch.equal(ds[(1, 2, 0)], torch.rand(3, generator=make_rng(9, 1, 2)))
 
 
 def test_single_process_helpers_need_no_process_group():

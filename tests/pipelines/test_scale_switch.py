@@ -3,22 +3,27 @@
 A real PostgreSQL server (started here, on 127.0.0.1, in a temporary folder) backs a Dagster instance
 configured exactly as docs/pipelines.md says (``storage: postgres:``); one study is ingested in-process
 and one with ``MEDCORE_DAGSTER_EXECUTOR=multiprocess`` through the ``dagster`` CLI; the runs and their
-events are read back from Postgres itself. Celery/Kubernetes selection is checked without a cluster.
+events are read back from Postgres itself. Kubernetes: no cluster here, so a job runs with the k8s executor
+against a stand-in API server (local HTTP) and the Job manifest it submits is checked. Celery runs for
+real in test_celery.py.
 """
 
 from __future__ import annotations
 
 import glob
+import json
 import os
 import shutil
 import socket
 import subprocess
 import sys
 import tempfile
-import types
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+import yaml
 from dagster import DagsterEventType, DagsterInstance, in_process_executor, multiprocess_executor
 
 from pipelines.definitions import EXECUTOR_ENV, make_definitions, select_executor
@@ -200,20 +205,126 @@ def test_executor_choice_is_configuration(monkeypatch):
     ("k8s", "dagster_k8s", "k8s_job_executor", "dagster-k8s"),
 ])
 def test_cluster_executors_come_from_their_packages(monkeypatch, name, module, attribute, package):
-    monkeypatch.setitem(sys.modules, module, None)  # not installed
-    with pytest.raises(ImportError, match=f"needs the package '{package}'.*pip install {package}"):
+    if _missing(module):
+        _unavailable(f"{package} not installed (pip install -e '.[scale]')")
+    base = getattr(__import__(module), attribute)
+    monkeypatch.setitem(sys.modules, module, None)  # as if not installed
+    with pytest.raises(ImportError, match=f"needs the package '{package}'.*pip install"):
         select_executor(name)
-    if _missing(module):  # stand in for the package: the executor is its documented attribute
-        from dagster import executor
+    monkeypatch.delitem(sys.modules, module)
+    chosen = make_definitions(executor=name).resolve_job_def("ingest_study").executor_def
+    # the package's executor, configured from our environment (pipelines/executors.py)
+    assert chosen.name == base.name == name and chosen is not base
+    assert chosen.executor_creation_fn is base.executor_creation_fn
+    assert chosen.config_schema.parent_def is base
 
-        @executor(name=f"fake_{name}")
-        def fake(_init_context):
-            raise NotImplementedError
 
-        monkeypatch.setitem(sys.modules, module, types.SimpleNamespace(**{attribute: fake}))
-        expected = fake
-    else:
-        monkeypatch.delitem(sys.modules, module)
-        expected = getattr(__import__(module), attribute)
-    assert select_executor(name) is expected
-    assert make_definitions(executor=name).resolve_job_def("ingest_study").executor_def is expected
+class _KubeAPI(BaseHTTPRequestHandler):
+    """The few Kubernetes API calls the k8s step executor makes; records each request, runs nothing."""
+
+    requests: list[tuple[str, str, dict | None]] = []
+
+    def _reply(self, status: int, body: dict) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _handle(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        body = json.loads(self.rfile.read(length)) if length else None
+        self.requests.append((self.command, self.path, body))
+        path = self.path.split("?")[0]
+        if self.command == "POST" and path.endswith("/jobs"):
+            return self._reply(201, body)
+        if self.command == "GET" and "/jobs/" in path:  # job status: report it failed, so the run ends
+            name = path.split("/jobs/")[1].split("/")[0]
+            return self._reply(200, {"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": name},
+                                     "status": {"failed": 1}})
+        if self.command == "GET" and path.endswith("/pods"):
+            return self._reply(200, {"apiVersion": "v1", "kind": "PodList", "metadata": {}, "items": []})
+        if self.command == "DELETE":
+            return self._reply(200, {"apiVersion": "v1", "kind": "Status", "status": "Success"})
+        return self._reply(404, {"apiVersion": "v1", "kind": "Status", "status": "Failure", "code": 404})
+
+    do_GET = do_POST = do_DELETE = do_PATCH = _handle
+
+    def log_message(self, *args) -> None:  # quiet
+        pass
+
+
+@pytest.fixture
+def kube_api(tmp_path):
+    """A stand-in Kubernetes API server on 127.0.0.1 (real HTTP) and a kubeconfig naming it."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _KubeAPI)
+    _KubeAPI.requests = []
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Config", "current-context": "test",
+        "clusters": [{"name": "test", "cluster": {"server": f"http://127.0.0.1:{server.server_port}"}}],
+        "users": [{"name": "test", "user": {"token": "unused"}}],
+        "contexts": [{"name": "test", "context": {"cluster": "test", "user": "test"}}]}))
+    try:
+        yield kubeconfig, _KubeAPI.requests
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+def test_k8s_executor_submits_a_job_manifest_for_our_step(kube_api, deid_key, new_project, tmp_path):
+    """No cluster here: the run goes as far as the Job manifest that dagster-k8s submits for our first step."""
+    if _missing("dagster_k8s"):
+        _unavailable("dagster-k8s not installed (pip install -e '.[scale]')")
+    from pipelines.executors import K8S_IMAGE_ENV, K8S_KUBECONFIG_ENV, K8S_NAMESPACE_ENV, K8S_SECRETS_ENV
+    from pipelines.params import load_params
+    from pipelines.steps.layout import Layout
+
+    from medcore.data.synthetic import write_synthetic_studies
+    from pipelines.steps.ingest import deidentifier, list_studies
+
+    kubeconfig, requests = kube_api
+    params_file = new_project(tmp_path / "project")  # its own output tree: nothing may be written to it
+    write_synthetic_studies(tmp_path / "project" / "inbox", n_patients=1, seed=2, shape=(16, 16, 6))
+    keys = sorted(list_studies(load_params(params_file), deidentifier(load_params(params_file))))
+    home = (tmp_path / "dagster_home").resolve()
+    home.mkdir()
+    # the run launcher a Kubernetes deployment uses (Helm chart); it names the instance ConfigMap
+    (home / "dagster.yaml").write_text(yaml.safe_dump({"telemetry": {"enabled": False}, "run_launcher": {
+        "module": "dagster_k8s", "class": "K8sRunLauncher", "config": {
+            "instance_config_map": "medcore-dagster-instance", "service_account_name": "medcore",
+            "load_incluster_config": False, "kubeconfig_file": str(kubeconfig), "job_namespace": "medcore"}}}))
+    with DagsterInstance.from_config(str(home)) as instance:
+        instance.add_dynamic_partitions("study", [keys[0]])
+    image = "registry.example.org/medcore:test"
+    env = {**os.environ, "DAGSTER_HOME": str(home), EXECUTOR_ENV: "k8s", "MEDCORE_PARAMS": str(params_file),
+           K8S_IMAGE_ENV: image, K8S_NAMESPACE_ENV: "medcore-steps", K8S_SECRETS_ENV: "medcore-secrets",
+           K8S_KUBECONFIG_ENV: str(kubeconfig)}
+    dagster = str(Path(sys.executable).with_name("dagster"))
+    proc = subprocess.run([dagster, "asset", "materialize", "-m", "pipelines.definitions", "--select", "raw_dicom",
+                           "--partition", keys[0]], cwd=PROJECT, env=env, capture_output=True, text=True, timeout=120)
+    log = proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert proc.returncode != 0, "the stand-in API reports the step's Job failed, so the run must fail"
+    assert 'Executing step "raw_dicom" in Kubernetes job' in log, log
+
+    posted = [(path, body) for method, path, body in requests if method == "POST"]
+    assert len(posted) == 1, [r[:2] for r in requests]
+    path, job = posted[0]
+    assert path == "/apis/batch/v1/namespaces/medcore-steps/jobs" and job["kind"] == "Job"
+    assert job["metadata"]["labels"]["dagster/op"] == "raw_dicom"
+    (container,) = job["spec"]["template"]["spec"]["containers"]
+    assert container["image"] == image
+    assert container["args"][:3] == ["dagster", "api", "execute_step"]
+    env_in_pod = {e["name"]: e.get("value") for e in container["env"]}
+    assert env_in_pod[EXECUTOR_ENV] == "k8s" and env_in_pod["MEDCORE_PARAMS"] == str(params_file)
+    assert env_in_pod["DAGSTER_RUN_STEP_KEY"] == "raw_dicom" and "DAGSTER_COMPRESSED_EXECUTE_STEP_ARGS" in env_in_pod
+    assert {"secretRef": {"name": "medcore-secrets"}} in container["envFrom"]
+    assert job["spec"]["template"]["spec"]["serviceAccountName"] == "medcore"
+    assert "MEDCORE_DEID_KEY" not in env_in_pod, "the de-identification key travels as a Secret, never inline"
+    # nothing ran here: the step was handed to Kubernetes
+    out = Layout.from_params(load_params(params_file)).out
+    assert not (out.exists() and any(p.is_file() for p in out.rglob("*"))), "a step ran outside Kubernetes"

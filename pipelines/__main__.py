@@ -2,6 +2,7 @@
 
 Stages: ingest, convert, dataset, cache, train, evaluate, register. ``demo`` writes synthetic studies
 into the inbox and materialises the whole Dagster graph in-process against ``dagster_home/``.
+``recover`` marks FAILED the Dagster runs left STARTED by a killed process (``demo`` does it first too).
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ def run_stage(stage: str, params: dict) -> object:
         return evaluate.evaluate(params)
     if stage == "register":
         return register.register(params, run_tags={"runner": "dvc"})
-    raise ValueError(f"unknown stage {stage!r}; choose one of {STAGES} or demo")
+    raise ValueError(f"unknown stage {stage!r}; choose one of {STAGES}, demo or recover")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -41,11 +42,15 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(prog="python -m pipelines", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("stage", choices=(*STAGES, "demo"))
+    parser.add_argument("stage", choices=(*STAGES, "demo", "recover"))
     parser.add_argument("--params", default=None, help="params.yaml (default: the project's)")
     parser.add_argument("--output-dir", default=None, help="override params output_dir (the dataset then goes to OUTPUT_DIR/dataset)")
     args = parser.parse_args(argv)
     try:
+        if args.stage == "recover":
+            from pipelines.demo import run_recover
+
+            return run_recover()
         params = load_params(args.params, overrides={"output_dir": args.output_dir, "dataset_dir": None}
                              if args.output_dir else None)
         if args.stage == "demo":

@@ -4,6 +4,7 @@ against the real SQLite Dagster instance under ``dagster_home/``; prints where t
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 from pipelines.params import PROJECT_ROOT, resolve
@@ -26,14 +27,30 @@ def write_inbox(params: dict) -> Path:
     return dicom_dir
 
 
+def recover(instance) -> list:
+    """Report FAILED the runs whose process died (SIGKILL) and say so on stderr; see pipelines/recovery.py."""
+    from pipelines.recovery import recover_dead_runs
+
+    done = recover_dead_runs(instance)
+    for r in done:
+        if r.action == "failed":
+            print(f"Dagster run {r.run_id} ({r.job_name}) was left {r.status} by a killed process; marked FAILED "
+                  f"({r.why}). Safe to re-run.", file=sys.stderr)
+    return done
+
+
 def run_pipeline(params: dict, instance, settings=None) -> dict:
-    """Add a partition per inbox study, ingest each, then run the retraining job; return the registration."""
+    """Fail runs left STARTED by a killed process, add a partition per inbox study, ingest each, then run
+    the retraining job; return the registration. Every run is tagged with this process (pipelines/recovery.py)."""
     from pipelines.assets import study_partitions
     from pipelines.definitions import make_definitions
+    from pipelines.recovery import process_tags
     from pipelines.resources import PipelineSettings
     from pipelines.steps.ingest import deidentifier, list_studies
     from pipelines.steps.layout import Layout, read_json
 
+    recover(instance)
+    tags = process_tags()
     settings = settings or PipelineSettings(params_file=params["params_file"], output_dir=str(params["output_dir"]))
     defs = make_definitions(settings)
     keys = sorted(list_studies(params, deidentifier(params)))
@@ -43,19 +60,42 @@ def run_pipeline(params: dict, instance, settings=None) -> dict:
         instance.add_dynamic_partitions(study_partitions.name, new)
     study_job = defs.resolve_job_def("ingest_study")
     for key in keys:
-        result = study_job.execute_in_process(partition_key=key, instance=instance, raise_on_error=True)
+        result = study_job.execute_in_process(partition_key=key, instance=instance, tags=tags,
+                                              raise_on_error=True)
         assert result.success
-    result = defs.resolve_job_def("retrain").execute_in_process(instance=instance, raise_on_error=True)
+    result = defs.resolve_job_def("retrain").execute_in_process(instance=instance, tags=tags, raise_on_error=True)
     assert result.success
     return read_json(Layout.from_params(params).registered_json) | {"dagster_run_id": result.run_id}
+
+
+def dagster_home() -> Path:
+    """``$DAGSTER_HOME`` or the project's ``dagster_home/``, made absolute (Dagster requires it) and exported."""
+    home = Path(os.environ.get("DAGSTER_HOME") or PROJECT_ROOT / "dagster_home").resolve()
+    os.environ["DAGSTER_HOME"] = str(home)
+    home.mkdir(parents=True, exist_ok=True)
+    return home
+
+
+def run_recover() -> int:
+    """``python -m pipelines recover``: fail the runs of ``dagster_home/`` whose process died; list the
+    unfinished runs and what was done with each."""
+    from dagster import DagsterInstance
+
+    dagster_home()
+    with DagsterInstance.get() as instance:
+        done = recover(instance)
+    for r in done:
+        action = "marked FAILED" if r.action == "failed" else "left alone"
+        print(f"{r.run_id} {r.job_name} {r.status}: {action} ({r.why})")
+    if not done:
+        print("no unfinished Dagster runs")
+    return 0
 
 
 def run_demo(params: dict) -> int:
     from dagster import DagsterInstance
 
-    home = Path(os.environ.get("DAGSTER_HOME") or PROJECT_ROOT / "dagster_home").resolve()
-    os.environ["DAGSTER_HOME"] = str(home)  # must be absolute
-    home.mkdir(parents=True, exist_ok=True)
+    home = dagster_home()
     write_inbox(params)
     with DagsterInstance.get() as instance:
         reg = run_pipeline(params, instance)

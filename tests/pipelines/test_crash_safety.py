@@ -81,3 +81,16 @@ def test_sigkill_during_conversion_and_training_then_rerun(tmp_path, deid_key, n
     assert len(versions) == 1
     exp = client.get_experiment_by_name("medcore-training")
     assert len(client.search_runs([exp.experiment_id])) == 1
+
+    # the two killed runs were reported FAILED by the reruns' recovery (pipelines/recovery.py); none left STARTED
+    from dagster import DagsterEventType, DagsterInstance, DagsterRunStatus, RunsFilter
+    from dagster._core.instance.ref import InstanceRef
+
+    with DagsterInstance.from_ref(InstanceRef.from_dir(str(home.resolve()))) as instance:
+        unfinished = [DagsterRunStatus.NOT_STARTED, DagsterRunStatus.STARTING, DagsterRunStatus.STARTED]
+        assert not instance.get_run_records(filters=RunsFilter(statuses=unfinished))
+        failed = instance.get_run_records(filters=RunsFilter(statuses=[DagsterRunStatus.FAILURE]))
+        assert len(failed) == 2
+        for record in failed:
+            [event] = instance.all_logs(record.dagster_run.run_id, of_type=DagsterEventType.RUN_FAILURE)
+            assert "SIGKILL" in event.dagster_event.message

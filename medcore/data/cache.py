@@ -37,18 +37,12 @@ import torch.distributed as dist
 from tqdm.auto import tqdm
 
 from medcore.data.dataset import Dataset, ItemError, Transform
-from medcore.data.persistent import _own_tensor, decode_sample, read_header, sample_to_bytes
+from medcore.data.persistent import _own_tensor, map_sample_file, sample_to_bytes
 from medcore.io import Image
 from medcore.transforms.crop_pad import LabelIndices
 from medcore.utils.atomic import atomic_write_bytes, atomic_write_text
 
 log = logging.getLogger(__name__)
-
-SAFETENSORS_DTYPES = {
-    "BOOL": torch.bool, "U8": torch.uint8, "I8": torch.int8, "I16": torch.int16, "I32": torch.int32,
-    "I64": torch.int64, "F16": torch.float16, "BF16": torch.bfloat16, "F32": torch.float32, "F64": torch.float64,
-    "U16": torch.uint16, "U32": torch.uint32, "U64": torch.uint64,
-}
 
 
 def dist_info() -> tuple[int, int]:
@@ -163,26 +157,6 @@ def mapped_memory(pid: int | None = None, path_prefix: str | os.PathLike = "") -
             elif current and current.startswith(prefix) and first in ("Rss:", "Pss:"):
                 out[first[:-1].lower()] += int(line.split()[1]) * 1024
     return out
-
-
-# --- shared-memory entries -----------------------------------------------------------------------
-def map_sample_file(path: Path) -> tuple[Any, int]:
-    """Memory-map a ``sample_to_bytes`` file (private, read-mostly) -> ``(sample, file bytes)``."""
-    size = path.stat().st_size
-    buf = torch.from_file(str(path), shared=False, size=size, dtype=torch.uint8)
-    header, start = read_header(memoryview(buf.numpy()))
-    meta = header.pop("__metadata__")
-    tensors = {}
-    for name, info in header.items():
-        begin, end = info["data_offsets"]
-        raw = buf[start + begin: start + end]
-        dtype = SAFETENSORS_DTYPES[info["dtype"]]
-        try:
-            t = raw.view(dtype)
-        except RuntimeError:  # misaligned: copy (never happens for files written by safetensors)
-            t = raw.clone().view(dtype)
-        tensors[name] = t.reshape(info["shape"])
-    return decode_sample(json.loads(meta["layout"]), tensors), size
 
 
 class CacheDataset(Dataset):

@@ -13,6 +13,9 @@ and nothing else does. File digests are blake2b over the bytes in 1 MiB chunks; 
 (``hash_index.json``) remembers them by (path, size, mtime_ns, ctime_ns, inode) so an unchanged
 file is not re-read on the next run. ``ctime`` cannot be set by ``touch``/``utime``, so any write to
 a file invalidates its index entry; a file changed within a second of being hashed is never indexed.
+
+``map_sample_file`` memory-maps an entry instead of reading it (``PersistentDataset(mmap=True)`` and
+``CacheDataset``'s shared mode use it), so processes reading the same entries share their pages.
 """
 
 from __future__ import annotations
@@ -186,6 +189,49 @@ def sample_from_bytes(buf: bytes, key: str | None = None) -> Any:
     return decode_sample(json.loads(meta["layout"]), tensors)
 
 
+SAFETENSORS_DTYPES = {
+    "BOOL": torch.bool, "U8": torch.uint8, "I8": torch.int8, "I16": torch.int16, "I32": torch.int32,
+    "I64": torch.int64, "F16": torch.float16, "BF16": torch.bfloat16, "F32": torch.float32, "F64": torch.float64,
+    "U16": torch.uint16, "U32": torch.uint32, "U64": torch.uint64,
+}
+
+
+def map_sample_file(path: str | os.PathLike, key: str | None = None, verify: bool = False) -> tuple[Any, int]:
+    """Memory-map a ``sample_to_bytes`` file -> ``(sample, file bytes)``: its tensors are views of a
+    private (copy-on-write) mapping, so every process mapping the file shares the OS page cache.
+
+    With ``verify`` the format, ``key`` and checksum are checked (reading every page once); any
+    damage is a ValueError, as in ``sample_from_bytes``.
+    """
+    size = os.path.getsize(path)
+    try:
+        buf = torch.from_file(os.fspath(path), shared=False, size=size, dtype=torch.uint8)
+        header, start = read_header(memoryview(buf.numpy()))
+        meta = header.pop("__metadata__")
+        tensors = {}
+        for name, info in header.items():
+            begin, end = info["data_offsets"]
+            if not 0 <= begin <= end <= size - start:
+                raise ValueError(f"tensor {name!r} lies outside the file (truncated?)")
+            raw = buf[start + begin: start + end]
+            dtype = SAFETENSORS_DTYPES[info["dtype"]]
+            try:
+                t = raw.view(dtype)
+            except RuntimeError:  # misaligned: copy (never happens for files written by safetensors)
+                t = raw.clone().view(dtype)
+            tensors[name] = t.reshape(info["shape"])
+    except (ValueError, RuntimeError, KeyError, TypeError) as exc:
+        raise ValueError(f"{os.fspath(path)} is not a readable cache entry ({type(exc).__name__}: {exc})") from exc
+    if verify:
+        if meta.get("medcore_cache") != str(CACHE_FORMAT):
+            raise ValueError(f"cache format {meta.get('medcore_cache')!r} is not {CACHE_FORMAT}")
+        if key is not None and meta.get("key") != key:
+            raise ValueError(f"file holds key {meta.get('key')!r}, expected {key!r}")
+        if _checksum(meta.get("layout", ""), tensors) != meta.get("checksum"):
+            raise ValueError("checksum mismatch (corrupt file)")
+    return decode_sample(json.loads(meta["layout"]), tensors), size
+
+
 # --- content hashing -----------------------------------------------------------------------------
 def file_digest(path: str | os.PathLike) -> str:
     """blake2b (128-bit) hex digest of a file's bytes, read in 1 MiB chunks."""
@@ -277,29 +323,47 @@ class PersistentDataset(Dataset):
     """``Dataset`` whose deterministic prefix output is cached in ``cache_dir`` (see module docstring).
 
     Keys are computed once, when the dataset is made (input files are hashed then, with a progress
-    bar); edit an input afterwards and make a new dataset. ``stats`` counts hits, misses and rebuilt
-    (damaged) entries in this process; ``prune()`` deletes entries no current item uses.
+    bar); edit an input afterwards and make a new dataset. ``keys=`` skips the hashing when the keys
+    are already known (say, listed by the process that built the cache). ``stats`` counts hits,
+    misses and rebuilt (damaged) entries in this process; ``prune()`` deletes entries no current
+    item uses.
+
+    With ``mmap=True`` an entry is memory-mapped and verified once per process and then served from
+    the mapping: DDP ranks and loader workers reading the same cache share the OS page cache instead
+    of each holding a copy (treat the returned tensors as read-only; a write copies the page).
     """
 
     def __init__(self, items: Sequence[Any], transform: Transform | None, cache_dir: str | os.PathLike,
                  seed: int = 0, image_keys: Sequence[str] | None = None, on_error: str = "raise",
-                 hash_index: bool = True, progress: bool = True) -> None:
+                 hash_index: bool = True, progress: bool = True, mmap: bool = False,
+                 keys: Sequence[str] | None = None) -> None:
         super().__init__(items, transform, seed, image_keys, on_error)
         self.cache_dir = Path(cache_dir)
         self.cache_dir.mkdir(parents=True, exist_ok=True)
-        index = HashIndex(self.cache_dir / "hash_index.json" if hash_index else None)
-        config = transform_config(self.prefix)
+        self.mmap = bool(mmap)
+        self._mapped: dict[int, Any] = {}
         self.keys: list[str | None] = []
         self.key_errors: dict[int, str] = {}
-        for i, item in enumerate(tqdm(self.items, desc="hashing inputs", unit="item",
-                                      disable=not progress or len(self.items) < 50)):
-            try:
-                self.keys.append(item_key(item, self.image_keys, config, index))
-            except (ItemError, KeyError, TypeError) as exc:
-                self.keys.append(None)
-                self.key_errors[i] = f"item {i} ({describe_item(item)}): {exc}"
-        index.save()
+        if keys is not None:  # known keys (e.g. a manifest written by the process that built the cache)
+            if len(keys) != len(self.items):
+                raise ValueError(f"{len(keys)} keys for {len(self.items)} items; pass one key per item")
+            transform_config(self.prefix)
+            self.keys = [str(k) for k in keys]
+        else:
+            index = HashIndex(self.cache_dir / "hash_index.json" if hash_index else None)
+            config = transform_config(self.prefix)
+            for i, item in enumerate(tqdm(self.items, desc="hashing inputs", unit="item",
+                                          disable=not progress or len(self.items) < 50)):
+                try:
+                    self.keys.append(item_key(item, self.image_keys, config, index))
+                except (ItemError, KeyError, TypeError) as exc:
+                    self.keys.append(None)
+                    self.key_errors[i] = f"item {i} ({describe_item(item)}): {exc}"
+            index.save()
         self.stats = {"hits": 0, "misses": 0, "rebuilt": 0}
+
+    def __getstate__(self) -> dict:  # a process that unpickles the dataset maps the files itself
+        return {**self.__dict__, "_mapped": {}}
 
     def entry_path(self, index: int) -> Path | None:
         """The cache file of item ``index`` (None when its inputs could not be hashed)."""
@@ -309,28 +373,35 @@ class PersistentDataset(Dataset):
     def prepared(self, index: int) -> Any:
         if index in self.key_errors:
             raise ItemError(self.key_errors[index])
+        if index in self._mapped:
+            self.stats["hits"] += 1
+            return self._mapped[index]
         key = self.keys[index]
         path = self.entry_path(index)
         try:
-            buf = path.read_bytes()
+            sample = self._read(index)
+            self.stats["hits"] += 1
+            return sample
         except FileNotFoundError:
-            buf = None
-        if buf is not None:
-            try:
-                sample = sample_from_bytes(buf, key)
-                self.stats["hits"] += 1
-                return sample
-            except ValueError as exc:
-                log.warning("cache file %s is damaged (%s); rebuilding it", path, exc)
-                self.stats["rebuilt"] += 1
-                path.unlink(missing_ok=True)
-        else:
             self.stats["misses"] += 1
+        except ValueError as exc:
+            log.warning("cache file %s is damaged (%s); rebuilding it", path, exc)
+            self.stats["rebuilt"] += 1
+            path.unlink(missing_ok=True)
         sample = self.build(index)
         try:
             atomic_write_bytes(path, sample_to_bytes(sample, key))
         except TypeError as exc:
             raise ItemError(f"item {index} ({describe_item(self.items[index])}): {exc}") from exc
+        return self._read(index) if self.mmap else sample
+
+    def _read(self, index: int) -> Any:
+        """The verified entry of item ``index``: read into memory, or mapped once per process (``mmap``)."""
+        path, key = self.entry_path(index), self.keys[index]
+        if not self.mmap:
+            return sample_from_bytes(path.read_bytes(), key)
+        sample, _ = map_sample_file(path, key, verify=True)
+        self._mapped[index] = sample
         return sample
 
     def prune(self) -> int:

@@ -2,7 +2,8 @@
 
 ``Trainer``/``TrainerConfig``/``Callback`` (``trainer``), ``init_distributed`` (``distributed``),
 ``save_checkpoint``/``load_checkpoint`` (``checkpoint``), ``run_training`` (``run``, what
-``medcore train`` calls).
+``medcore train`` calls) and ``prepare_run`` (``run``: cases, split, plan and the preprocessing
+cache of a config, shared with the pipeline's ``cache`` stage).
 """
 
 from medcore.engine.checkpoint import CheckpointError, load_checkpoint, save_checkpoint

@@ -1,14 +1,22 @@
 """One training run from a config: plan, cache, train (1 process or torchrun), export a MODEL_DIR, summarise.
 
+:func:`prepare_run` is the one place that turns a config into cases, split, plan, preprocessing and
+the preprocessing cache (its folder, key and manifest); :func:`run_training` and the pipeline's
+``cache`` stage both call it, so they cannot disagree about which cache a run reads.
+
 Files in ``run_dir`` (rank 0 only): ``config.json`` (resolved), ``plan.json`` (choices and reasons),
 ``split.json`` (case ids), ``train_config.json`` (loop settings, fixed at the first start so a resume
 continues the same schedule), ``history.*``, ``curves.png``, ``checkpoints/``, ``model/`` and
-``summary.json`` (machine-readable outcome, written last).
+``summary.json`` (machine-readable outcome, written last). The cache folder (``cache_dir``, default
+``run_dir/cache``) holds one content-addressed entry per case and ``cases-<key>.json`` per split
+(which entries a run uses and which cases were skipped, with the reason).
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
+import hashlib
 import json
 import math
 import time
@@ -16,22 +24,27 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from tqdm.auto import tqdm
 
+from medcore.data.dataset import ItemError
+from medcore.data.persistent import PersistentDataset, to_json
 from medcore.engine.config import resolve_config
 from medcore.engine.data import EpochDataset
-from medcore.engine.distributed import DistContext, barrier, init_distributed
+from medcore.engine.distributed import DistContext, barrier, choose_device, init_distributed
 from medcore.engine.presets import default_data_root, find_msd_cases, fingerprint, make_plan, preset, split_cases
-from medcore.engine.segmentation import (CachedCases, PatchAugment, SegmentationEvaluator, build_cache, cache_key,
+from medcore.engine.segmentation import (CachedCases, PatchAugment, SegmentationEvaluator, case_dataset,
                                          make_synthetic_ct, preprocessing_configs)
 from medcore.engine.trainer import Trainer, TrainerConfig
 from medcore.utils.atomic import atomic_write_text
+
+MANIFEST_FORMAT = 1
 
 
 def _write_json(path: Path, value: Any) -> None:
     atomic_write_text(path, json.dumps(value, indent=2) + "\n")
 
 
-def resolve_cases(config: dict, run_dir: Path, ctx: DistContext) -> list[dict]:
+def resolve_cases(config: dict, run_dir: Path | None, ctx: DistContext) -> list[dict]:
     """The cases: a datalist, an MSD-layout folder (given, or the preset's default), or generated synthetic CT."""
     info = preset(config["preset"])
     if config["datalist"]:
@@ -46,6 +59,9 @@ def resolve_cases(config: dict, run_dir: Path, ctx: DistContext) -> list[dict]:
     if data_dir is None and info["data_dir"] is not None:
         data_dir = default_data_root() / info["data_dir"]
     if data_dir is None:
+        if run_dir is None:
+            raise ValueError(f"preset {config['preset']!r} generates its data into RUN_DIR/data; pass a run "
+                             "folder, or set data_dir or datalist in the config")
         data_dir = run_dir / "data"
         if ctx.is_main:
             make_synthetic_ct(data_dir, num_cases=info.get("num_cases", 24))
@@ -69,21 +85,144 @@ def datalist_label_names(path: str | Path) -> dict[str, int]:
         raise ValueError(f"{path}: 'labels' must map integer values to names, got {labels!r}") from None
 
 
+@dataclasses.dataclass
+class Prepared:
+    """A run's cases, split, plan (``plan["preprocessing"]`` included) and preprocessing cache.
+
+    ``cache_dir`` holds one content-addressed entry per case (``dataset``, a memory-mapped
+    ``PersistentDataset`` over train + val cases, in that order) and the manifest
+    ``cases-<cache_key>.json``, written by :meth:`build_cache`; :meth:`open_cache` reads it.
+    """
+
+    config: dict
+    train_cases: list[dict]
+    val_cases: list[dict]
+    plan: dict
+    preprocessing: list[dict]
+    cache_dir: Path
+    cache_key: str
+    dataset: PersistentDataset = dataclasses.field(repr=False)
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.cache_dir / f"cases-{self.cache_key}.json"
+
+    def _splits(self) -> dict[str, range]:
+        n = len(self.train_cases)
+        return {"train": range(n), "val": range(n, n + len(self.val_cases))}
+
+    def read_manifest(self) -> dict | None:
+        """The manifest, or None when it is missing, unreadable or lists an entry that is not there."""
+        try:
+            manifest = json.loads(self.manifest_path.read_text())
+            entries = [k for name in ("train", "val") for k in manifest[name]["entries"]]
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+        if manifest.get("format") != MANIFEST_FORMAT or manifest.get("key") != self.cache_key:
+            return None
+        return manifest if all((self.cache_dir / f"{k}.safetensors").is_file() for k in entries) else None
+
+    def build_cache(self, progress: bool = True) -> dict:
+        """Preprocess every case not cached yet and write the manifest (one process: rank 0); a no-op
+        when the manifest and its entries exist. A case that cannot be read or preprocessed is left
+        out with its reason (the run goes on without it); only having no usable training case is an error."""
+        manifest = self.read_manifest()
+        if manifest is not None:
+            return manifest
+        manifest = {"format": MANIFEST_FORMAT, "key": self.cache_key, "preprocessing": self.preprocessing}
+        cases = self.train_cases + self.val_cases
+        for name, indices in self._splits().items():
+            ids, entries, skipped = [], [], []
+            for i in tqdm(indices, desc=f"preprocess {name}", disable=not progress, leave=False):
+                try:
+                    self.dataset.prepared(i)
+                except ItemError as error:
+                    skipped.append({"id": cases[i]["id"], "reason": str(error)})
+                    tqdm.write(f"skipping case {cases[i]['id']}: {error}")
+                    continue
+                ids.append(cases[i]["id"])
+                entries.append(self.dataset.keys[i])
+            if not ids and name == "train":  # no usable validation case only means no validation
+                raise ValueError(f"none of the {len(indices)} training cases could be preprocessed into "
+                                 f"{self.cache_dir}; first error: {skipped[0]['reason'] if skipped else 'no cases'}")
+            manifest[name] = {"ids": ids, "entries": entries, "skipped": skipped}
+        atomic_write_text(self.manifest_path, json.dumps(manifest, indent=1) + "\n")
+        return manifest
+
+    def open_cache(self) -> tuple[CachedCases, CachedCases]:
+        """``(train, val)`` cached cases as the manifest lists them (after :meth:`build_cache`; any rank)."""
+        manifest = self.read_manifest()
+        if manifest is None:
+            raise FileNotFoundError(f"{self.manifest_path} is missing or lists missing entries; build the cache "
+                                    "first (Prepared.build_cache, run by rank 0 before a barrier)")
+        out = []
+        for name, indices in self._splits().items():
+            where = {self.dataset.keys[i]: i for i in indices}
+            entries = manifest[name]["entries"]
+            if any(k not in where for k in entries):
+                raise ValueError(f"{self.manifest_path} lists {name} entries this process did not derive from the "
+                                 "input files (were they changed during the run?); rerun")
+            out.append(CachedCases(self.dataset, [where[k] for k in entries], manifest[name]["skipped"]))
+        return out[0], out[1]
+
+
+def prepare_run(config: dict, run_dir: str | Path | None = None, ctx: DistContext | None = None,
+                progress: bool = False) -> Prepared:
+    """Cases, split, plan, preprocessing and cache location/key for ``config`` (raw or resolved).
+
+    Every rank may call it (it writes only the synthetic data, on rank 0, and the cache's file-hash
+    index); ``run_dir`` is needed only for generated data and the default ``cache_dir``. Then
+    ``prepared.build_cache()`` (one process) and ``prepared.open_cache()`` (every process).
+    """
+    config = resolve_config(config)
+    run_dir = Path(run_dir).resolve() if run_dir is not None else None
+    ctx = ctx or DistContext(device=choose_device(0, config["device"]))
+    cases = resolve_cases(config, run_dir, ctx)
+    split = config["split"]
+    train_cases, val_cases = split_cases(cases, split["fraction"], split["seed"], split["folds"], split["fold"])
+    if config["max_val_cases"]:
+        val_cases = val_cases[:config["max_val_cases"]]
+    overrides = dict(config["plan"] or {})
+    if config["datalist"] and "labels" not in overrides:
+        names = datalist_label_names(config["datalist"])
+        if names:
+            overrides["labels"] = names
+    plan = make_plan(fingerprint(train_cases), config["preset"], ctx.device, overrides)
+    pre = preprocessing_configs(plan)
+    plan["preprocessing"] = pre
+    if config["cache_dir"] is None and run_dir is None:
+        raise ValueError("no cache folder: set cache_dir in the config or pass a run folder")
+    cache_dir = Path(config["cache_dir"] or run_dir / "cache")
+    dataset = case_dataset(train_cases + val_cases, pre, cache_dir, progress)
+    listing = {name: [[c["id"], k] for c, k in zip(part, keys)] for name, part, keys in
+               (("train", train_cases, dataset.keys[:len(train_cases)]),
+                ("val", val_cases, dataset.keys[len(train_cases):]))}
+    key = hashlib.blake2b(to_json({"format": MANIFEST_FORMAT, **listing}).encode(), digest_size=10).hexdigest()
+    return Prepared(config, train_cases, val_cases, plan, pre, cache_dir, key, dataset)
+
+
 def calibrate_step_seconds(model: torch.nn.Module, loss_fn: torch.nn.Module, plan: dict, device: str,
-                           steps: int = 3) -> float:
-    """Seconds per training step of a copy of ``model`` on a random batch (global RNG untouched)."""
+                           steps: int = 3, channels_last: bool = True, amp: str = "auto") -> float:
+    """Seconds per training step of a copy of ``model`` on a random batch (global RNG untouched), in the
+    memory layout and precision the trainer will use."""
+    from medcore.engine.amp import choose_precision, use_channels_last
     from medcore.engine.optim import build_optimizer
 
     probe = copy.deepcopy(model).to(device).train()
     opt = build_optimizer(plan["optimizer"], probe.parameters())
+    precision = choose_precision(device, amp)
     with torch.random.fork_rng(devices=[]):
         x = torch.randn(plan["batch_size"], 1, *plan["patch_size"], device=device)
         y = torch.randint(0, plan["num_classes"], (plan["batch_size"], 1, *plan["patch_size"]), device=device)
+        if channels_last and use_channels_last(probe, device, x.ndim - 2):
+            x = x.contiguous(memory_format=torch.channels_last_3d)
         times = []
         for _ in range(steps + 1):
             t = time.perf_counter()
             opt.zero_grad()
-            loss_fn(probe(x), y).backward()
+            with precision.autocast():
+                loss = loss_fn(probe(x), y)
+            loss.backward()
             opt.step()
             if device.startswith("cuda"):
                 torch.cuda.synchronize()
@@ -101,7 +240,7 @@ def loop_settings(config: dict, plan: dict, num_train: int, num_val: int, step_s
     if budget and step_seconds:
         block, budget_s = settings["batch_size"] * world_size, budget * 60.0
         val_seconds = math.ceil(num_val / world_size) * step_seconds * 0.6  # forward + metrics per case
-        validations = max(1, min(10, int(0.12 * budget_s / max(val_seconds, 1e-6))))  # ~12% of the budget
+        validations = max(1, min(6, int(0.06 * budget_s / max(val_seconds, 1e-6))))  # ~6% of the budget
         total_steps = max(1, int((budget_s - validations * val_seconds) / (step_seconds * 1.05)))
         steps_per_epoch = settings["samples_per_epoch"] // block
         if total_steps < 4 * steps_per_epoch:  # short budget: shorter epochs, still several of them
@@ -130,30 +269,16 @@ def run_training(raw_config: dict, run_dir: str | Path, progress: bool = True) -
         run_dir.mkdir(parents=True, exist_ok=True)
         _write_json(run_dir / "config.json", config)
     started = time.perf_counter()
-    cases = resolve_cases(config, run_dir, ctx)
-    split = config["split"]
-    train_cases, val_cases = split_cases(cases, split["fraction"], split["seed"], split["folds"], split["fold"])
-    if config["max_val_cases"]:
-        val_cases = val_cases[:config["max_val_cases"]]
-    overrides = dict(config["plan"] or {})
-    if config["datalist"] and "labels" not in overrides:
-        names = datalist_label_names(config["datalist"])
-        if names:
-            overrides["labels"] = names
-    plan = make_plan(fingerprint(train_cases), config["preset"], ctx.device, overrides)
-    pre = preprocessing_configs(plan)
-    plan["preprocessing"] = pre
-    cache_dir = Path(config["cache_dir"] or run_dir / "cache")
-    key = cache_key(train_cases + val_cases, pre)
-    train_cache, val_cache = cache_dir / f"train-{key}.safetensors", cache_dir / f"val-{key}.safetensors"
+    prep = prepare_run(config, run_dir, ctx, progress=progress and ctx.is_main)
+    plan, pre, split = prep.plan, prep.preprocessing, config["split"]
+    train_cases, val_cases = prep.train_cases, prep.val_cases
     if ctx.is_main:
         _write_json(run_dir / "plan.json", plan)
         _write_json(run_dir / "split.json", {"train": [c["id"] for c in train_cases],
                                              "val": [c["id"] for c in val_cases], **split})
-        build_cache(train_cases, pre, train_cache, progress)
-        build_cache(val_cases, pre, val_cache, progress)
-    barrier(ctx)  # every rank memory-maps the one cache rank 0 wrote
-    train_data, val_data = CachedCases(train_cache), CachedCases(val_cache)
+        prep.build_cache(progress)
+    barrier(ctx)  # every rank memory-maps the entries rank 0 wrote
+    train_data, val_data = prep.open_cache()
 
     torch.manual_seed(int(config["train"].get("seed", 0)))
     model = build_network(plan["network"])
@@ -162,7 +287,10 @@ def run_training(raw_config: dict, run_dir: str | Path, progress: bool = True) -
     # rank 0 fixes the loop settings once (a resume keeps the schedule the run started with); every
     # rank then reads the same file, so all agree on epochs and steps
     if ctx.is_main and not settings_path.is_file():
-        step_s = calibrate_step_seconds(model, loss_fn, plan, ctx.device) if config["time_budget_minutes"] else None
+        train = config["train"]
+        step_s = (calibrate_step_seconds(model, loss_fn, plan, ctx.device, channels_last=train.get("channels_last", True),
+                                         amp=train.get("amp", "auto"))
+                  if config["time_budget_minutes"] else None)
         settings = loop_settings(config, plan, len(train_data), len(val_data), step_s, ctx.world_size)
         settings["progress"] = progress
         _write_json(settings_path, {**settings, "calibrated_step_seconds": step_s})

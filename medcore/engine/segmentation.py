@@ -2,8 +2,9 @@
 
 * Preprocessing (orientation, optional resampling, normalisation) uses ``medcore.transforms``; the
   same transform configs go into the exported MODEL_DIR, so ``medcore predict`` sees what training saw.
-* The cache is one safetensors file per split, written once by rank 0 and memory-mapped by every
-  rank and loader worker: the OS page cache shares it, nothing is copied per rank.
+* The cache is ``medcore.data``'s ``PersistentDataset`` (one content-addressed, checksummed
+  safetensors entry per case, shared by runs and the pipeline), built by rank 0 and memory-mapped
+  by every rank and loader worker: the OS page cache shares it, nothing is copied per rank.
 * Augmentation draws from the explicit generator the engine passes (seed, epoch, position).
 * Validation runs sliding-window inference on whole volumes, sharded over ranks, and reduces
   spacing-aware Dice and HD95 (``medcore.metrics``) over all ranks.
@@ -11,22 +12,17 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import torch
 import torch.nn.functional as F
-from safetensors import safe_open
-from safetensors.torch import save as save_safetensors
 from tqdm.auto import tqdm
 
+from medcore.data.persistent import PersistentDataset
 from medcore.engine.amp import Precision
 from medcore.engine.distributed import DistContext, all_reduce_sum, shard_indices
-from medcore.utils.atomic import atomic_write_bytes
 
 
 # ---------------------------------------------------------------------------- preprocessing
@@ -47,87 +43,60 @@ def preprocessing_configs(plan: dict) -> list[dict]:
     return [s.config() for s in steps]
 
 
-def preprocess_case(case: dict, configs: list[dict]) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(image (1, X, Y, Z) float32, label (X, Y, Z) uint8)`` of one case; errors name the file."""
-    from medcore.io import load_image
-    from medcore.transforms import from_config
+class CasePreprocess:
+    """The deterministic preprocessing of one loaded case, as the cacheable prefix of a ``medcore.data``
+    dataset: ``{"image": Image, "label": Image, "id"}`` -> ``{"image": (1, X, Y, Z) float32,
+    "label": (X, Y, Z) uint8, "id"}`` (compact tensors: what the cache stores and training reads)."""
 
-    try:
-        image, label = load_image(case["image"]), load_image(case["label"])
-    except Exception as error:
-        raise ValueError(f"case {case['id']}: cannot read {case['image']} or {case['label']} ({error}); "
-                         "fix or remove the case from the datalist") from error
-    if tuple(image.spatial_shape) != tuple(label.spatial_shape):
-        raise ValueError(f"case {case['id']}: image {image.spatial_shape} and label {label.spatial_shape} differ in "
-                         f"shape ({case['label']}); re-export the label on the image grid")
-    label = label.replace(data=torch.round(label.data.float()).to(torch.int16))
-    out = from_config(configs)({"image": image, "label": label})
-    img = out["image"].data.float().contiguous()
-    lbl = out["label"].data[0].round().clamp(0, 255).to(torch.uint8).contiguous()
-    return img, lbl
+    is_random = False
 
+    def __init__(self, configs: list[dict]) -> None:
+        from medcore.transforms import from_config
 
-def cache_key(cases: Sequence[dict], configs: list[dict]) -> str:
-    """Hash of the preprocessing configs and each input file's name, size and content digest."""
-    h = hashlib.sha256(json.dumps(configs, sort_keys=True).encode())
-    for case in cases:
-        for key in ("image", "label"):
-            data = Path(case[key]).read_bytes()
-            h.update(f"{case['id']}:{key}:{len(data)}:".encode())
-            h.update(hashlib.sha256(data).digest())
-    return h.hexdigest()[:20]
+        self.configs = configs
+        self.pipeline = from_config(configs)
+
+    def config(self) -> dict:
+        return {"name": "CasePreprocess", "steps": self.configs}
+
+    def __call__(self, case: dict, rng: torch.Generator | None = None) -> dict:
+        image, label = case["image"], case["label"]
+        if tuple(image.spatial_shape) != tuple(label.spatial_shape):
+            raise ValueError(f"case {case['id']}: image {tuple(image.spatial_shape)} and label "
+                             f"{tuple(label.spatial_shape)} differ in shape; re-export the label on the image grid")
+        label = label.replace(data=torch.round(label.data.float()).to(torch.int16))
+        out = self.pipeline({"image": image, "label": label})
+        return {"image": out["image"].data.float().contiguous(),
+                "label": out["label"].data[0].round().clamp(0, 255).to(torch.uint8).contiguous(),
+                "id": case["id"]}
 
 
-def build_cache(cases: Sequence[dict], configs: list[dict], path: Path, progress: bool = True) -> Path:
-    """Preprocess ``cases`` into one safetensors file (atomic); skipped when it already exists.
-
-    A case that cannot be read or preprocessed is left out with its reason (``CachedCases.skipped``)
-    instead of stopping the run; only a split with no usable case at all is an error.
-    """
-    if path.is_file():
-        return path
-    tensors: dict[str, torch.Tensor] = {}
-    ids: list[str] = []
-    skipped: list[dict] = []
-    for case in tqdm(cases, desc=f"preprocess {path.stem}", disable=not progress, leave=False):
-        try:
-            image, label = preprocess_case(case, configs)
-        except (ValueError, OSError, RuntimeError) as error:
-            skipped.append({"id": case["id"], "reason": str(error)})
-            tqdm.write(f"skipping case {case['id']}: {error}")
-            continue
-        tensors[f"image/{len(ids)}"], tensors[f"label/{len(ids)}"] = image, label
-        ids.append(case["id"])
-    if not ids:
-        raise ValueError(f"none of the {len(cases)} cases for {path.name} could be preprocessed; first error: "
-                         f"{skipped[0]['reason'] if skipped else 'no cases'}")
-    atomic_write_bytes(path, save_safetensors(tensors, metadata={"ids": json.dumps(ids),
-                                                                 "skipped": json.dumps(skipped)}))
-    return path
+def case_dataset(cases: Sequence[dict], configs: list[dict], cache_dir: str | Path,
+                 progress: bool = False) -> PersistentDataset:
+    """``cases`` (``{"id", "image", "label"}``) as a memory-mapped ``PersistentDataset`` over
+    :class:`CasePreprocess`: one content-addressed entry per case in ``cache_dir``, shared by runs,
+    ranks and loader workers (input files are hashed here)."""
+    return PersistentDataset(cases, CasePreprocess(configs), cache_dir, image_keys=("image", "label"),
+                             progress=progress, mmap=True)
 
 
 class CachedCases:
-    """Read-only, memory-mapped view of a cache file: ``cases[i] -> {"image", "label", "id"}``."""
+    """The usable cases of one split, served from a :func:`case_dataset`: ``cases[i] -> {"image",
+    "label", "id"}`` (memory-mapped tensors: treat them as read-only). ``skipped`` lists the cases
+    that could not be preprocessed, each as ``{"id", "reason"}``."""
 
-    def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
-        with safe_open(str(self.path), framework="pt") as f:
-            meta = f.metadata()
-        self.ids = json.loads(meta["ids"])
-        self.skipped = json.loads(meta.get("skipped", "[]"))
-        self._handle = None
+    def __init__(self, dataset: PersistentDataset, indices: Sequence[int], skipped: Sequence[dict] = ()) -> None:
+        self.dataset, self.indices, self.skipped = dataset, [int(i) for i in indices], list(skipped)
+
+    @property
+    def ids(self) -> list[str]:
+        return [self.dataset.items[i]["id"] for i in self.indices]
 
     def __len__(self) -> int:
-        return len(self.ids)
-
-    def __getstate__(self) -> dict:  # loader workers reopen the file (the handle does not cross processes)
-        return {**self.__dict__, "_handle": None}
+        return len(self.indices)
 
     def __getitem__(self, i: int) -> dict:
-        if self._handle is None:
-            self._handle = safe_open(str(self.path), framework="pt")
-        return {"image": self._handle.get_tensor(f"image/{i}"), "label": self._handle.get_tensor(f"label/{i}"),
-                "id": self.ids[i]}
+        return dict(self.dataset.prepared(self.indices[i]))
 
 
 # ---------------------------------------------------------------------------- augmentation

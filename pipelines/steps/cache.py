@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pipelines.steps.layout import Layout, sweep_tmp, write_json
+
+if TYPE_CHECKING:
+    from medcore.engine.run import Prepared
 
 
 def training_config(params: dict, layout: Layout, cache_dir: Path | None, model_dir: Path | None = None) -> dict:
@@ -26,48 +30,38 @@ def training_config(params: dict, layout: Layout, cache_dir: Path | None, model_
     }
 
 
-def expected_cache(params: dict) -> dict:
-    """The plan, split and cache file names the training will look for (same logic as medcore's run_training)."""
-    from medcore.data.datalist import case_id, load_datalist
-    from medcore.engine.config import resolve_config
-    from medcore.engine.presets import fingerprint, make_plan, split_cases
-    from medcore.engine.segmentation import cache_key, preprocessing_configs
+def expected_cache(params: dict) -> Prepared:
+    """The training run's preparation (cases, split, plan, cache folder and key): medcore's own
+    ``prepare_run`` on the config ``train`` will use, so the two cannot drift apart."""
+    from medcore.engine.run import prepare_run
 
     layout = Layout.from_params(params)
-    config = resolve_config(training_config(params, layout, layout.cache_dir))
-    items = load_datalist(config["datalist"])
-    cases = [{"id": case_id(i), "image": i["image"], "label": i["label"]} for i in items if "label" in i]
-    split = config["split"]
-    train, val = split_cases(cases, split["fraction"], split["seed"], split["folds"], split["fold"])
-    plan = make_plan(fingerprint(train), config["preset"], "cpu", config["plan"])
-    pre = preprocessing_configs(plan)
-    key = cache_key(train + val, pre)
-    return {"train": train, "val": val, "pre": pre, "key": key,
-            "train_file": layout.cache_dir / f"train-{key}.safetensors",
-            "val_file": layout.cache_dir / f"val-{key}.safetensors"}
+    return prepare_run(training_config(params, layout, layout.cache_dir))
 
 
 def build_preprocessed_cache(params: dict) -> dict:
-    """Preprocess every case once into ``cache/`` (skipped when the content-addressed files exist)."""
-    from medcore.engine.segmentation import build_cache
-
+    """Preprocess every case once into ``cache/`` (cases already cached, by content, are reused)."""
     layout = Layout.from_params(params)
     layout.cache_dir.mkdir(parents=True, exist_ok=True)
     sweep_tmp(layout.cache_dir)
-    exp = expected_cache(params)
-    build_cache(exp["train"], exp["pre"], exp["train_file"], progress=True)
-    build_cache(exp["val"], exp["pre"], exp["val_file"], progress=True)
-    info = {"cache_key": exp["key"], "train_cases": len(exp["train"]), "val_cases": len(exp["val"]),
-            "files": [exp["train_file"].name, exp["val_file"].name],
-            "bytes": sum(p.stat().st_size for p in (exp["train_file"], exp["val_file"]))}
+    for stale in layout.cache_dir.glob(".*.tmp*"):  # an atomic write cut short by a kill
+        stale.unlink(missing_ok=True)
+    prep = expected_cache(params)
+    manifest = prep.build_cache(progress=True)
+    entries = [k for split in ("train", "val") for k in manifest[split]["entries"]]
+    files = [prep.manifest_path.name] + [f"{k}.safetensors" for k in entries]
+    info = {"cache_key": prep.cache_key, "train_cases": len(manifest["train"]["ids"]),
+            "val_cases": len(manifest["val"]["ids"]),
+            "skipped": [c["id"] for split in ("train", "val") for c in manifest[split]["skipped"]],
+            "files": files, "bytes": sum((layout.cache_dir / f).stat().st_size for f in files)}
     write_json(layout.cache_dir / "cache.json", info)
     return info
 
 
 def cache_ready(params: dict) -> Path | None:
-    """The cache folder when it holds the files training expects, else None (training then builds its own)."""
+    """The cache folder when it holds everything training will read, else None (training then builds its own)."""
     try:
-        exp = expected_cache(params)
+        prep = expected_cache(params)
     except (OSError, ValueError, json.JSONDecodeError):
         return None
-    return exp["train_file"].parent if exp["train_file"].is_file() and exp["val_file"].is_file() else None
+    return prep.cache_dir if prep.read_manifest() is not None else None

@@ -93,36 +93,54 @@ def test_hippocampus_plan_from_real_data(shared_data):
 
 
 def test_preprocessing_cache_and_augmentation_on_real_cases(shared_data, tmp_path):
-    from medcore.engine.data import sample_rng
-    from medcore.engine.segmentation import CachedCases, PatchAugment, build_cache, preprocessing_configs
+    from medcore.data import Dataset
+    from medcore.engine.segmentation import (CachedCases, CasePreprocess, PatchAugment, case_dataset,
+                                             preprocessing_configs)
+    from medcore.transforms import make_rng
 
     cases = find_msd_cases(shared_data / "hippocampus")[:3]
     plan = make_plan(fingerprint(cases), "hippocampus")
-    path = build_cache(cases, preprocessing_configs(plan), tmp_path / "c.safetensors", progress=False)
-    cached = CachedCases(path)
-    assert len(cached) == 3 and cached[1]["id"] == cases[1]["id"]
+    pre = preprocessing_configs(plan)
+    dataset = case_dataset(cases, pre, tmp_path / "c")
+    cached = CachedCases(dataset, [0, 1, 2])
+    assert len(cached) == 3 and cached[1]["id"] == cases[1]["id"] and cached.ids == [c["id"] for c in cases]
     item = cached[0]
     assert item["image"].dtype == torch.float32 and abs(float(item["image"].mean())) < 1e-4
-    assert set(item["label"].unique().tolist()) == {0, 1, 2}
+    assert item["label"].dtype == torch.uint8 and set(item["label"].unique().tolist()) == {0, 1, 2}
+    assert len(list((tmp_path / "c").glob("*.safetensors"))) == 2  # built on first use: cases 0 and 1 so far
+    # the cached entry is exactly what the uncached medcore.data pipeline computes
+    plain = Dataset(cases, CasePreprocess(pre), image_keys=("image", "label"))[0]
+    assert torch.equal(plain["image"], item["image"]) and torch.equal(plain["label"], item["label"])
     aug = PatchAugment(plan["patch_size"], oversample=1.0)
-    a, b = aug(item, sample_rng(0, 0, 0)), aug(item, sample_rng(0, 0, 0))
+    a, b = aug(item, make_rng(0, 0, 0)), aug(item, make_rng(0, 0, 0))
     assert a["image"].shape == (1, 40, 56, 40) and a["label"].shape == (1, 40, 56, 40)
     assert torch.equal(a["image"], b["image"]) and torch.equal(a["label"], b["label"])
     assert (a["label"] > 0).any()
 
 
 def test_a_bad_case_is_skipped_with_its_reason_not_fatal(shared_data, tmp_path):
-    from medcore.engine.segmentation import CachedCases, build_cache, preprocessing_configs
+    from medcore.engine.run import prepare_run
 
-    cases = find_msd_cases(shared_data / "hippocampus")[:2]
+    root = shared_data / "hippocampus"
+    entries = [{"image": str(root / "imagesTr" / f"hippocampus_{n}.nii.gz"),
+                "label": str(root / "labelsTr" / f"hippocampus_{n}.nii.gz")} for n in ("004", "006", "007")]
     broken = tmp_path / "broken.nii.gz"
     broken.write_bytes(b"not a nifti file")
-    cases.append({"id": "case_broken", "image": str(broken), "label": cases[0]["label"]})
-    plan = make_plan(fingerprint(cases), "hippocampus")
-    cached = CachedCases(build_cache(cases, preprocessing_configs(plan), tmp_path / "c.safetensors", progress=False))
-    assert cached.ids == [c["id"] for c in cases[:2]]
-    assert len(cached.skipped) == 1 and cached.skipped[0]["id"] == "case_broken"
-    assert "broken.nii.gz" in cached.skipped[0]["reason"]
+    entries.append({"image": str(broken), "label": entries[0]["label"]})
+    (tmp_path / "dataset.json").write_text(json.dumps({"training": entries}))
+    config = {"datalist": str(tmp_path / "dataset.json"), "split": {"fraction": 0.25}, "cache_dir": str(tmp_path / "c")}
+    prep = prepare_run(config)
+    manifest = prep.build_cache(progress=False)
+    train, val = prep.open_cache()
+    skipped = train.skipped + val.skipped
+    assert sorted(train.ids + val.ids) == ["hippocampus_004", "hippocampus_006", "hippocampus_007"]
+    assert len(skipped) == 1 and skipped[0]["id"] == "broken" and "broken.nii.gz" in skipped[0]["reason"]
+    assert manifest["train"]["skipped"] + manifest["val"]["skipped"] == skipped
+    # the next run reads the manifest: nothing is preprocessed again, the skip is remembered
+    again = prepare_run(config)
+    assert again.cache_key == prep.cache_key and again.build_cache(progress=False) == manifest
+    assert again.dataset.stats == {"hits": 0, "misses": 0, "rebuilt": 0}
+    assert sum((part.skipped for part in again.open_cache()), []) == skipped
 
 
 def test_cases_from_a_datalist(shared_data, tmp_path):

@@ -1,6 +1,7 @@
 """Hippocampus (MSD Task04): medcore's preset against a MONAI-tutorial-style baseline, same split, same budget.
 
     .venv/bin/python -m benchmarks.hippocampus [--minutes 30] [--quick] [--skip-monai] [--out DIR]
+        [--split-seed N] [--plan JSON]   (tuning runs: another split, plan overrides)
 
 Both racers train on the same fixed hold-out split (80/20, seed 0: 166 training, 42 validation
 cases) for the same wall-clock budget, at the same batch (2) and patch (40x56x40). medcore trains its
@@ -55,7 +56,8 @@ def score(label_pairs: list[tuple[torch.Tensor, torch.Tensor]]) -> dict[str, flo
     return out
 
 
-def run_medcore(minutes: float, out: Path, val_cases: list[dict], max_val: int | None, threads: int) -> dict:
+def run_medcore(minutes: float, out: Path, val_cases: list[dict], max_val: int | None, threads: int,
+                split_seed: int = 0, plan: dict | None = None) -> dict:
     import dataclasses
 
     import medcore.networks.dynunet  # noqa: F401  (registers "dynunet")
@@ -64,8 +66,8 @@ def run_medcore(minutes: float, out: Path, val_cases: list[dict], max_val: int |
     from medcore.inferers.predict import predict_volume
     from medcore.io import load_image
 
-    config = {"preset": "hippocampus", "split": {"fraction": 0.2, "seed": 0}, "time_budget_minutes": minutes,
-              "max_val_cases": max_val, "threads": threads, "device": "cpu"}
+    config = {"preset": "hippocampus", "split": {"fraction": 0.2, "seed": split_seed}, "time_budget_minutes": minutes,
+              "max_val_cases": max_val, "threads": threads, "device": "cpu", "plan": plan or {}}
     run_dir = out / "medcore_run"
     shutil.rmtree(run_dir, ignore_errors=True)  # a benchmark starts fresh (an existing run would be resumed)
     started = time.perf_counter()
@@ -167,6 +169,8 @@ def main() -> None:
     p.add_argument("--skip-monai", action="store_true")
     p.add_argument("--threads", type=int, default=max(1, min(2, os.cpu_count() or 1)))
     p.add_argument("--out", default="outputs/bench_hippocampus")
+    p.add_argument("--split-seed", type=int, default=0, help="hold-out split seed (tune on another split than 0)")
+    p.add_argument("--plan", type=json.loads, default=None, help="plan overrides as JSON, for tuning runs")
     args = p.parse_args()
     minutes = 2.0 if args.quick else args.minutes
     max_val = 10 if args.quick else None
@@ -174,11 +178,11 @@ def main() -> None:
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     cases = find_msd_cases(default_data_root() / "hippocampus")
-    train_cases, val_cases = split_cases(cases, 0.2, seed=0)
+    train_cases, val_cases = split_cases(cases, 0.2, seed=args.split_seed)
     val_cases = val_cases[:max_val] if max_val else val_cases
     print(f"hippocampus: {len(train_cases)} training / {len(val_cases)} validation cases, budget {minutes:g} min "
           f"per racer, {args.threads} threads, batch {BATCH}, patch {PATCH}")
-    med = run_medcore(minutes, out, val_cases, max_val, args.threads)
+    med = run_medcore(minutes, out, val_cases, max_val, args.threads, args.split_seed, args.plan)
     print(f"medcore: {json.dumps(med['metrics'])}")
     print(f"medcore without flip averaging: {json.dumps(med['metrics_no_tta'])}")
     print(f"medcore: {med['steps']} steps in {med['train_minutes']:.1f} min, {med['samples_per_s']:.2f} samples/s, "

@@ -191,6 +191,7 @@ def make_plan(fp: dict, preset_name: str, device: str = "cpu", overrides: dict |
         "network": network, "loss": overrides.get("loss", loss),
         "batch_size": int(overrides.get("batch_size", 2)),
         "foreground_oversample": float(overrides.get("foreground_oversample", 0.33)),
+        "augmentation": overrides.get("augmentation", {"spatial_prob": 0.0, "rotate_deg": 15.0, "zoom": [0.85, 1.25]}),
         "optimizer": overrides.get("optimizer", {"name": "adamw", "lr": 3e-3, "weight_decay": 3e-5}),
         "schedule": overrides.get("schedule", {"kind": "poly", "warmup_steps": 50, "power": 0.9}),
         "inference": {"roi_size": patch, "overlap": 0.5, "mode": "gaussian", "sw_batch_size": 2, "tta": True},

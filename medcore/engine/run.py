@@ -298,7 +298,7 @@ def run_training(raw_config: dict, run_dir: str | Path, progress: bool = True) -
     settings = json.loads(settings_path.read_text())
     settings.pop("calibrated_step_seconds", None)
     trainer_config = TrainerConfig.from_dict(settings)
-    augment = PatchAugment(plan["patch_size"], plan["foreground_oversample"])
+    augment = PatchAugment(plan["patch_size"], plan["foreground_oversample"], **plan.get("augmentation", {}))
     evaluator = SegmentationEvaluator(val_data, plan, progress) if len(val_data) else None
     trainer = Trainer(model, loss_fn, EpochDataset(train_data, augment, seed=trainer_config.seed), run_dir,
                       trainer_config, evaluator=evaluator, ctx=ctx)

@@ -101,13 +101,39 @@ class CachedCases:
 
 # ---------------------------------------------------------------------------- augmentation
 class PatchAugment:
-    """Pad to the patch, crop (foreground-centred with probability ``oversample``), flip, and jitter
-    intensities; all draws come from the generator the engine passes."""
+    """Pad to the patch, crop (foreground-centred with probability ``oversample``), with probability
+    ``spatial_prob`` rotate (up to ``rotate_deg`` about each axis) and zoom (``zoom`` range) the crop
+    about its centre, flip, and jitter intensities; all draws come from the generator the engine passes."""
 
     def __init__(self, patch: Sequence[int], oversample: float = 0.33, flip_prob: float = 0.5,
-                 scale_prob: float = 0.2, noise_prob: float = 0.15) -> None:
+                 scale_prob: float = 0.2, noise_prob: float = 0.15, spatial_prob: float = 0.0,
+                 rotate_deg: float = 15.0, zoom: Sequence[float] = (0.85, 1.25)) -> None:
         self.patch, self.oversample = [int(p) for p in patch], float(oversample)
         self.flip_prob, self.scale_prob, self.noise_prob = flip_prob, scale_prob, noise_prob
+        self.spatial_prob, self.rotate_deg, self.zoom = float(spatial_prob), float(rotate_deg), tuple(zoom)
+
+    def _rotate_zoom(self, image: torch.Tensor, label: torch.Tensor, start: Sequence[int],
+                     rng: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """Resample the patch at ``start`` from the whole volume, rotated and zoomed about its centre
+        (image: linear, border values; label: nearest, background outside)."""
+        angles = (2 * torch.rand(3, generator=rng, dtype=torch.float64) - 1) * math.radians(self.rotate_deg)
+        zoom = self.zoom[0] + (self.zoom[1] - self.zoom[0]) * torch.rand((), generator=rng, dtype=torch.float64)
+        rotation = torch.eye(3, dtype=torch.float64)
+        for axis, angle in enumerate(angles.tolist()):
+            i, j = [a for a in range(3) if a != axis]
+            r = torch.eye(3, dtype=torch.float64)
+            r[i, i], r[i, j], r[j, i], r[j, j] = math.cos(angle), -math.sin(angle), math.sin(angle), math.cos(angle)
+            rotation = r @ rotation
+        offsets = torch.stack(torch.meshgrid(*[torch.arange(p, dtype=torch.float64) - (p - 1) / 2 for p in self.patch],
+                                             indexing="ij"), -1)
+        centre = torch.tensor([s + (p - 1) / 2 for s, p in zip(start, self.patch)], dtype=torch.float64)
+        points = centre + offsets @ (rotation * zoom).T  # voxel coordinates in the volume, (*patch, 3)
+        size = torch.tensor(label.shape, dtype=torch.float64)
+        grid = (2 * points / (size - 1).clamp(min=1) - 1).flip(-1)[None].float()  # grid_sample wants (x=W, y=H, z=D)
+        image = F.grid_sample(image[None].float(), grid, mode="bilinear", padding_mode="border", align_corners=True)[0]
+        label = F.grid_sample(label[None, None].float(), grid, mode="nearest", padding_mode="zeros",
+                              align_corners=True)[0, 0].to(label.dtype)
+        return image, label
 
     def _start(self, shape: Sequence[int], label: torch.Tensor, rng: torch.Generator) -> list[int]:
         slack = [s - p for s, p in zip(shape, self.patch)]
@@ -128,8 +154,11 @@ class PatchAugment:
             flat = [v for b, q in zip(reversed(before), reversed(pad)) for v in (b, q - b)]
             image, label = F.pad(image, flat), F.pad(label, flat)
         start = self._start(label.shape, label, rng)
-        box = tuple(slice(s, s + p) for s, p in zip(start, self.patch))
-        image, label = image[(slice(None), *box)], label[box]
+        if self.spatial_prob and torch.rand((), generator=rng).item() < self.spatial_prob:
+            image, label = self._rotate_zoom(image, label, start, rng)
+        else:
+            box = tuple(slice(s, s + p) for s, p in zip(start, self.patch))
+            image, label = image[(slice(None), *box)], label[box]
         flips = [d for d in range(3) if torch.rand((), generator=rng).item() < self.flip_prob]
         if flips:
             image, label = image.flip([d + 1 for d in flips]), label.flip(flips)

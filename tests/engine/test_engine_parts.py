@@ -190,3 +190,21 @@ def test_plan_takes_label_names_from_the_datalist(tmp_path):
     with pytest.raises(ValueError, match="labels"):
         datalist_label_names(ds)
     assert datalist_label_names(tmp_path / "missing.json") == {}
+
+
+def test_rotate_zoom_identity_equals_crop_and_keeps_labels():
+    from medcore.engine.segmentation import PatchAugment
+    from medcore.transforms.base import make_rng
+
+    g = torch.Generator().manual_seed(3)
+    image = torch.randn(1, 20, 24, 18, generator=g)
+    label = torch.zeros(20, 24, 18, dtype=torch.uint8)
+    label[5:12, 6:15, 4:10], label[8:10, 9:12, 5:8] = 1, 2
+    item = {"image": image, "label": label}
+    quiet = {"flip_prob": 0.0, "scale_prob": 0.0, "noise_prob": 0.0}
+    plain = PatchAugment((12, 16, 10), 1.0, **quiet)(item, make_rng(0, 0, 0))
+    same = PatchAugment((12, 16, 10), 1.0, spatial_prob=1.0, rotate_deg=0.0, zoom=(1.0, 1.0), **quiet)(item, make_rng(0, 0, 0))
+    assert torch.allclose(same["image"], plain["image"], atol=1e-5) and torch.equal(same["label"], plain["label"])
+    moved = PatchAugment((12, 16, 10), 1.0, spatial_prob=1.0, rotate_deg=30.0, zoom=(0.8, 1.2), **quiet)(item, make_rng(0, 0, 1))
+    assert moved["image"].shape == (1, 12, 16, 10) and moved["label"].shape == (1, 12, 16, 10)
+    assert set(moved["label"].unique().tolist()) <= {0, 1, 2} and (moved["label"] > 0).any()

@@ -1,7 +1,7 @@
 """Hippocampus (MSD Task04): medcore's preset against a MONAI-tutorial-style baseline, same split, same budget.
 
     .venv/bin/python -m benchmarks.hippocampus [--minutes 30] [--quick] [--skip-monai] [--out DIR]
-        [--split-seed N] [--plan JSON]   (tuning runs: another split, plan overrides)
+        [--device cpu|cuda] [--split-seed N] [--plan JSON]   (tuning runs: another split, plan overrides)
 
 Both racers train on the same fixed hold-out split (80/20, seed 0: 166 training, 42 validation
 cases) for the same wall-clock budget, at the same batch (2) and patch (40x56x40). medcore trains its
@@ -13,8 +13,10 @@ through its MODEL_DIR as ``medcore predict`` runs it (the plan's preprocessing, 
 averaging) and once more without flips; the baseline with the tutorial's sliding window and once more
 with medcore's flip averaging, so both inference styles are compared like for like.
 Prints samples/s and the fraction of step time spent waiting for data, leaves medcore's MODEL_DIR and
-prints its path; the last line is ``RESULT dice_mean=... dice_anterior=... dice_posterior=...
-monai_dice_mean=... train_minutes=...``.
+prints its path. With ``--device cuda`` both racers train on the GPU with mixed precision (medcore's
+preset plans for a GPU: bf16, more filters; the baseline under bf16 autocast), and the speed-up of the
+GPU over all of the machine's CPU cores is measured per training step for each network. The last line is ``RESULT dice_mean=...
+dice_anterior=... dice_posterior=... monai_dice_mean=... train_minutes=...``.
 """
 
 from __future__ import annotations
@@ -57,7 +59,7 @@ def score(label_pairs: list[tuple[torch.Tensor, torch.Tensor]]) -> dict[str, flo
 
 
 def run_medcore(minutes: float, out: Path, val_cases: list[dict], max_val: int | None, threads: int,
-                split_seed: int = 0, plan: dict | None = None) -> dict:
+                split_seed: int = 0, plan: dict | None = None, device: str = "cpu") -> dict:
     import dataclasses
 
     import medcore.networks.dynunet  # noqa: F401  (registers "dynunet")
@@ -67,7 +69,7 @@ def run_medcore(minutes: float, out: Path, val_cases: list[dict], max_val: int |
     from medcore.io import load_image
 
     config = {"preset": "hippocampus", "split": {"fraction": 0.2, "seed": split_seed}, "time_budget_minutes": minutes,
-              "max_val_cases": max_val, "threads": threads, "device": "cpu", "plan": plan or {}}
+              "max_val_cases": max_val, "threads": threads, "device": device, "plan": plan or {}}
     run_dir = out / "medcore_run"
     shutil.rmtree(run_dir, ignore_errors=True)  # a benchmark starts fresh (an existing run would be resumed)
     started = time.perf_counter()
@@ -77,7 +79,7 @@ def run_medcore(minutes: float, out: Path, val_cases: list[dict], max_val: int |
     train_seconds = sum(r["epoch_seconds"] for r in history)
     # score what a user gets: `medcore predict` on the original files (the MODEL_DIR's own preprocessing,
     # inference and flip averaging), against the original labels; once more without the flips
-    model, spec = load_model_dir(summary["model_dir"])
+    model, spec = load_model_dir(summary["model_dir"], device=device)
     plain = dataclasses.replace(spec, inference={**spec.inference, "tta": False})
     pairs, pairs_plain = [], []
     for case in val_cases:
@@ -89,15 +91,30 @@ def run_medcore(minutes: float, out: Path, val_cases: list[dict], max_val: int |
             "wall_minutes": wall / 60, "epochs": summary["epochs"], "steps": summary["global_step"],
             "samples_per_s": float(np.mean([r["samples_per_s"] for r in history])),
             "data_wait_fraction": float(np.mean([r["data_wait_fraction"] for r in history])),
-            "best_epoch": summary["best_epoch"]}
+            "best_epoch": summary["best_epoch"], "precision": summary["precision"],
+            "plan": json.loads((run_dir / "plan.json").read_text())}
 
 
-def run_monai(minutes: float, train_cases: list[dict], val_cases: list[dict], seed: int = 0) -> dict:
+def monai_unet() -> torch.nn.Module:
+    from monai.networks.layers import Norm
+    from monai.networks.nets import UNet
+
+    return UNet(spatial_dims=3, in_channels=1, out_channels=3, channels=(16, 32, 64, 128), strides=(2, 2, 2),
+                num_res_units=2, norm=Norm.BATCH)
+
+
+def autocast(device: str):
+    """The baseline's mixed precision: bf16 autocast on a GPU (as MONAI's AMP tutorials), none on the CPU."""
+    import contextlib
+
+    return torch.autocast("cuda", dtype=torch.bfloat16) if device.startswith("cuda") else contextlib.nullcontext()
+
+
+def run_monai(minutes: float, train_cases: list[dict], val_cases: list[dict], seed: int = 0,
+              device: str = "cpu") -> dict:
     from monai.data import CacheDataset, DataLoader
     from monai.inferers import sliding_window_inference
     from monai.losses import DiceCELoss
-    from monai.networks.layers import Norm
-    from monai.networks.nets import UNet
     from monai.transforms import (Compose, EnsureChannelFirstd, EnsureTyped, LoadImaged, NormalizeIntensityd,
                                   Orientationd, RandCropByPosNegLabeld, RandFlipd, RandScaleIntensityd,
                                   RandShiftIntensityd, SpatialPadd)
@@ -115,8 +132,7 @@ def run_monai(minutes: float, train_cases: list[dict], val_cases: list[dict], se
     files = [{"image": c["image"], "label": c["label"]} for c in train_cases]
     ds = CacheDataset(files, train_tf, cache_rate=1.0, num_workers=0, progress=False)
     loader = DataLoader(ds, batch_size=BATCH, shuffle=True, num_workers=0)
-    model = UNet(spatial_dims=3, in_channels=1, out_channels=3, channels=(16, 32, 64, 128), strides=(2, 2, 2),
-                 num_res_units=2, norm=Norm.BATCH)
+    model = monai_unet().to(device)
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     budget, steps, wait, compute = minutes * 60, 0, 0.0, 0.0
@@ -129,7 +145,8 @@ def run_monai(minutes: float, train_cases: list[dict], val_cases: list[dict], se
             got = time.perf_counter()
             wait += got - tick
             opt.zero_grad()
-            loss = loss_fn(model(batch["image"]), batch["label"])
+            with autocast(device):
+                loss = loss_fn(model(batch["image"].to(device)), batch["label"].to(device))
             loss.backward()
             opt.step()
             float(loss.detach())
@@ -149,17 +166,58 @@ def run_monai(minutes: float, train_cases: list[dict], val_cases: list[dict], se
     with torch.inference_mode():
         for c in val_cases:
             d = val_tf({"image": c["image"], "label": c["label"]})
-            x, ref = d["image"][None].as_tensor().float(), torch.as_tensor(d["label"][0]).round().long()
+            x, ref = d["image"][None].as_tensor().float().to(device), torch.as_tensor(d["label"][0]).round().long()
 
             def probs(batch: torch.Tensor) -> torch.Tensor:
-                out = sliding_window_inference(batch, PATCH, 1, model, overlap=0.5, mode="gaussian")
-                return torch.as_tensor(out).softmax(1)
+                with autocast(device):
+                    out = sliding_window_inference(batch, PATCH, 1, model, overlap=0.5, mode="gaussian")
+                return torch.as_tensor(out).float().softmax(1)
 
-            pairs.append((probs(x).argmax(1)[0], ref))  # the tutorial's inference
-            pairs_tta.append((flip_tta(x, probs).argmax(1)[0], ref))  # with medcore's flip averaging, for reference
+            pairs.append((probs(x).argmax(1)[0].cpu(), ref))  # the tutorial's inference
+            pairs_tta.append((flip_tta(x, probs).argmax(1)[0].cpu(), ref))  # with medcore's flip averaging
     return {"metrics": score(pairs), "metrics_tta": score(pairs_tta), "train_minutes": train_seconds / 60,
             "steps": steps,
             "samples_per_s": steps * BATCH / (wait + compute), "data_wait_fraction": wait / (wait + compute)}
+
+
+def step_seconds(model: torch.nn.Module, loss_fn: torch.nn.Module, device: str, steps: int = 5) -> float:
+    """Median seconds of a baseline training step (Adam, batch 2 at PATCH, random data) on ``device``."""
+    model = model.to(device).train()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    x = torch.randn(BATCH, 1, *PATCH, device=device)
+    y = torch.randint(0, 3, (BATCH, 1, *PATCH), device=device)
+    times = []
+    for _ in range(steps + 1):
+        t = time.perf_counter()
+        opt.zero_grad()
+        with autocast(device):
+            loss = loss_fn(model(x), y)
+        loss.backward()
+        opt.step()
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t)
+    return float(np.median(times[1:]))
+
+
+def gpu_speedup(plan: dict, threads: int) -> dict[str, float]:
+    """Per-step speed-up of one GPU (mixed precision) over all of this machine's CPU cores (fp32), for
+    medcore's GPU plan network (as its trainer steps it) and for the baseline UNet."""
+    from monai.losses import DiceCELoss
+
+    from medcore.engine.run import calibrate_step_seconds
+    from medcore.losses import build_loss
+    from medcore.networks import build_network
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    try:
+        med = {dev: calibrate_step_seconds(build_network(plan["network"]), build_loss(plan["loss"]), plan, dev,
+                                           steps=5) for dev in ("cuda", "cpu")}
+        mon = {dev: step_seconds(monai_unet(), DiceCELoss(to_onehot_y=True, softmax=True), dev) for dev in ("cuda", "cpu")}
+    finally:
+        torch.set_num_threads(threads)
+    return {"cpu_cores": os.cpu_count() or 1, "medcore_step_s": med, "monai_step_s": mon,
+            "medcore": med["cpu"] / med["cuda"], "monai": mon["cpu"] / mon["cuda"]}
 
 
 def main() -> None:
@@ -169,9 +227,12 @@ def main() -> None:
     p.add_argument("--skip-monai", action="store_true")
     p.add_argument("--threads", type=int, default=max(1, min(2, os.cpu_count() or 1)))
     p.add_argument("--out", default="outputs/bench_hippocampus")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="train both racers here (cuda: AMP)")
     p.add_argument("--split-seed", type=int, default=0, help="hold-out split seed (tune on another split than 0)")
     p.add_argument("--plan", type=json.loads, default=None, help="plan overrides as JSON, for tuning runs")
     args = p.parse_args()
+    if args.device == "cuda" and not torch.cuda.is_available():
+        p.error("--device cuda: no CUDA device is visible to PyTorch; run on a GPU machine or use --device cpu")
     minutes = 2.0 if args.quick else args.minutes
     max_val = 10 if args.quick else None
     torch.set_num_threads(args.threads)
@@ -181,23 +242,28 @@ def main() -> None:
     train_cases, val_cases = split_cases(cases, 0.2, seed=args.split_seed)
     val_cases = val_cases[:max_val] if max_val else val_cases
     print(f"hippocampus: {len(train_cases)} training / {len(val_cases)} validation cases, budget {minutes:g} min "
-          f"per racer, {args.threads} threads, batch {BATCH}, patch {PATCH}")
-    med = run_medcore(minutes, out, val_cases, max_val, args.threads, args.split_seed, args.plan)
+          f"per racer, {args.threads} threads, batch {BATCH}, patch {PATCH}, device {args.device}")
+    med = run_medcore(minutes, out, val_cases, max_val, args.threads, args.split_seed, args.plan, args.device)
     print(f"medcore: {json.dumps(med['metrics'])}")
     print(f"medcore without flip averaging: {json.dumps(med['metrics_no_tta'])}")
     print(f"medcore: {med['steps']} steps in {med['train_minutes']:.1f} min, {med['samples_per_s']:.2f} samples/s, "
-          f"data wait {100 * med['data_wait_fraction']:.1f}% of step time; MODEL_DIR {med['model_dir']}")
+          f"data wait {100 * med['data_wait_fraction']:.1f}% of step time, {med['precision']}; MODEL_DIR {med['model_dir']}")
     mon = None
     if not args.skip_monai:
-        mon = run_monai(minutes, train_cases, val_cases)
+        mon = run_monai(minutes, train_cases, val_cases, device=args.device)
         print(f"monai:   {json.dumps(mon['metrics'])}")
         print(f"monai with flip averaging: {json.dumps(mon['metrics_tta'])}")
         print(f"monai:   {mon['steps']} steps in {mon['train_minutes']:.1f} min, {mon['samples_per_s']:.2f} samples/s, "
               f"data wait {100 * mon['data_wait_fraction']:.1f}% of step time")
         print(f"ratio: dice_mean medcore/monai = {med['metrics']['dice_mean'] / mon['metrics']['dice_mean']:.3f}; "
               f"samples/s medcore/monai = {med['samples_per_s'] / mon['samples_per_s']:.2f} (different networks)")
+    speedup = gpu_speedup(med["plan"], args.threads) if args.device == "cuda" and not args.skip_monai else None
+    if speedup:
+        print(f"step time, GPU vs {speedup['cpu_cores']} CPU cores: medcore {json.dumps(speedup['medcore_step_s'])} "
+              f"= {speedup['medcore']:.1f}x; monai {json.dumps(speedup['monai_step_s'])} = {speedup['monai']:.1f}x")
     atomic_write_text(out / "result.json", json.dumps({"medcore": med, "monai": mon, "minutes": minutes,
-                                                       "threads": args.threads}, indent=2) + "\n")
+                                                       "threads": args.threads, "device": args.device,
+                                                       "gpu_speedup": speedup}, indent=2) + "\n")
     m = med["metrics"]
     monai_dice = mon["metrics"]["dice_mean"] if mon else float("nan")
     monai_tta = mon["metrics_tta"]["dice_mean"] if mon else float("nan")
@@ -207,7 +273,9 @@ def main() -> None:
           f"train_minutes={med['train_minutes']:.1f} hd95_mean={m['hd95_mean']:.2f} "
           f"samples_per_s={med['samples_per_s']:.2f} data_wait={med['data_wait_fraction']:.3f} "
           f"dice_mean_no_tta={med['metrics_no_tta']['dice_mean']:.4f} monai_dice_mean_tta={monai_tta:.4f} "
-          f"monai_samples_per_s={mon['samples_per_s'] if mon else float('nan'):.2f}")
+          f"monai_samples_per_s={mon['samples_per_s'] if mon else float('nan'):.2f} device={args.device} "
+          f"precision={med['precision']}" + (f" gpu_speedup={speedup['medcore']:.1f} monai_gpu_speedup="
+                                             f"{speedup['monai']:.1f}" if speedup else ""))
 
 
 if __name__ == "__main__":

@@ -44,10 +44,14 @@ def choose_backend(device: str) -> str:
 
 
 def choose_device(local_rank: int = 0, requested: str = "auto") -> str:
-    """``requested`` unless ``"auto"``: the local GPU when CUDA is available, else the CPU."""
-    if requested != "auto":
-        return requested
-    return f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
+    """The device string for this process: ``"auto"`` is the local GPU when CUDA is available, else the
+    CPU; ``"cuda"`` is this process's local GPU (``cuda:<local_rank>``); anything else as given."""
+    if requested == "auto":
+        requested = "cuda" if torch.cuda.is_available() else "cpu"
+    if requested.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"device {requested!r} was asked for, but PyTorch sees no CUDA device (CPU-only build "
+                           "or no GPU); set device to auto or cpu")
+    return f"cuda:{local_rank}" if requested == "cuda" else requested
 
 
 def init_distributed(device: str = "auto", timeout_s: float = 600.0) -> DistContext:

@@ -19,6 +19,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -231,11 +232,16 @@ def calibrate_step_seconds(model: torch.nn.Module, loss_fn: torch.nn.Module, pla
 
 
 def loop_settings(config: dict, plan: dict, num_train: int, num_val: int, step_seconds: float | None,
-                  world_size: int) -> dict:
-    """TrainerConfig fields: the plan's optimiser/schedule/batch, config overrides, and a budget-derived length."""
+                  world_size: int, device: str = "cpu") -> dict:
+    """TrainerConfig fields: the plan's optimiser/schedule/batch, config overrides, and a budget-derived length.
+
+    On a GPU, loader workers prepare batches while the GPU steps (a GPU step is faster than the
+    augmentation of its batch on one core); on the CPU they would only take cores from the step."""
+    cores_per_rank = max(1, (os.cpu_count() or 1) // world_size)
     settings: dict[str, Any] = {"batch_size": plan["batch_size"], "optimizer": plan["optimizer"],
                                 "schedule": plan["schedule"], "samples_per_epoch": max(num_train, 100),
-                                "val_every": 1, "checkpoint_every_steps": 50, "max_epochs": 50}
+                                "val_every": 1, "checkpoint_every_steps": 50, "max_epochs": 50,
+                                "num_workers": min(4, cores_per_rank - 2) if device.startswith("cuda") else 0}
     budget = config["time_budget_minutes"]
     if budget and step_seconds:
         block, budget_s = settings["batch_size"] * world_size, budget * 60.0
@@ -291,7 +297,7 @@ def run_training(raw_config: dict, run_dir: str | Path, progress: bool = True) -
         step_s = (calibrate_step_seconds(model, loss_fn, plan, ctx.device, channels_last=train.get("channels_last", True),
                                          amp=train.get("amp", "auto"))
                   if config["time_budget_minutes"] else None)
-        settings = loop_settings(config, plan, len(train_data), len(val_data), step_s, ctx.world_size)
+        settings = loop_settings(config, plan, len(train_data), len(val_data), step_s, ctx.world_size, ctx.device)
         settings["progress"] = progress
         _write_json(settings_path, {**settings, "calibrated_step_seconds": step_s})
     barrier(ctx)

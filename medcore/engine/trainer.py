@@ -23,8 +23,8 @@ from tqdm.auto import tqdm
 
 from medcore.engine.amp import Precision, choose_precision, make_scaler, maybe_compile, use_channels_last
 from medcore.engine.checkpoint import load_checkpoint, save_checkpoint
-from medcore.engine.distributed import (DistContext, ShardedBatchSampler, all_gather_bytes, all_reduce_sum,
-                                        barrier, broadcast_flag)
+from medcore.engine.distributed import (DistContext, ShardedBatchSampler, all_gather_bytes, all_reduce_mean,
+                                        all_reduce_sum, barrier, broadcast_flag)
 from medcore.engine.history import MetricsHistory
 from medcore.engine.optim import build_optimizer
 from medcore.engine.schedulers import build_schedule, set_learning_rate
@@ -53,7 +53,8 @@ class TrainerConfig:
     amp: str = "auto"
     compile: bool = False
     channels_last: bool = True
-    max_train_seconds: float | None = None     # stop (mid-epoch if need be) once this much training time is spent
+    max_train_seconds: float | None = None     # stop (mid-epoch if need be) once this much training time is spent;
+                                               # the lr schedule then follows time as well as steps
     progress: bool = True
     keys: tuple[str, str] = ("image", "label")
 
@@ -148,6 +149,7 @@ class Trainer:
         self.train_model = self._wrap(self.model)
         self.history = MetricsHistory()
         self.epoch = self.step_in_epoch = self.global_step = 0
+        self.schedule_offset = 0  # steps the lr schedule runs ahead of global_step to keep up with a time budget
         self.best_score: float | None = None
         self.best_epoch: int | None = None
         self.bad_validations = 0
@@ -171,7 +173,7 @@ class Trainer:
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict(),
-            "schedule": {"config": self.schedule.config(), "step": self.global_step},
+            "schedule": {"config": self.schedule.config(), "step": self.global_step, "offset": self.schedule_offset},
             "rng": _rng_state(self.ctx),
             "progress": {"epoch": self.epoch, "step_in_epoch": self.step_in_epoch,
                          "global_step": self.global_step, "world_size": self.ctx.world_size,
@@ -205,6 +207,7 @@ class Trainer:
         _restore_rng(state["rng"], self.ctx)
         self.epoch, self.step_in_epoch = progress["epoch"], progress["step_in_epoch"]
         self.global_step = progress["global_step"]
+        self.schedule_offset = int(state["schedule"].get("offset", 0))
         self.epoch_totals = [float(v) for v in progress["epoch_totals"]]
         best = state["best"]
         self.best_score, self.best_epoch, self.bad_validations = best["score"], best["epoch"], best["bad_validations"]
@@ -235,7 +238,7 @@ class Trainer:
         y = batch[label_key].to(self.ctx.device, non_blocking=True)
         if self.channels_last and x.ndim == 5:
             x = x.contiguous(memory_format=torch.channels_last_3d)
-        set_learning_rate(self.optimizer, self.schedule, self.global_step)
+        set_learning_rate(self.optimizer, self.schedule, self.global_step + self.schedule_offset)
         self.optimizer.zero_grad(set_to_none=True)
         with self.precision.autocast():
             out = self.train_model(x)
@@ -247,6 +250,17 @@ class Trainer:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         return loss.detach()
+
+    def _keep_schedule_in_time(self) -> None:
+        """Under a time budget, move the lr schedule ahead to the fraction of the budget already spent
+        (agreed over ranks), so it anneals fully by the deadline even when steps run slower than the
+        step-time calibration that planned the epochs. Without a budget the schedule follows steps alone
+        (and a resume stays bit-identical)."""
+        if self.config.max_train_seconds is None:
+            return
+        spent = (time.perf_counter() - self._started) / max(self.config.max_train_seconds, 1e-9)
+        spent = all_reduce_mean(torch.tensor([min(1.0, spent)], dtype=torch.float64), self.ctx).item()
+        self.schedule_offset = max(self.schedule_offset, int(spent * self.schedule.total_steps) - self.global_step)
 
     def _out_of_time(self) -> bool:
         """True (on every rank) once ``max_train_seconds`` of training have passed in this process."""
@@ -277,7 +291,7 @@ class Trainer:
             compute += tick - got
             self.epoch_totals = [total[0].item(), total[1].item(), wait, compute]
             bar.update(1)
-            bar.set_postfix(loss=f"{value:.4f}", lr=f"{self.optimizer.param_groups[0]['lr']:.2e}")
+            bar.set_postfix(loss=f"{value:.4f}", lr=f"{self.optimizer.param_groups[0]['lr']:.2e}", refresh=False)
             for cb in self.callbacks:
                 cb.on_step_end(self, value)
             if cfg.checkpoint_every_steps and self.global_step % cfg.checkpoint_every_steps == 0:
@@ -313,6 +327,7 @@ class Trainer:
         self._started = time.perf_counter()
         while self.epoch < cfg.max_epochs and self.stop_reason is None:
             epoch_started = time.perf_counter()
+            self._keep_schedule_in_time()
             record: dict[str, Any] = {"epoch": self.epoch, **self._run_epoch()}
             last_epoch = self.epoch + 1 >= cfg.max_epochs
             over_time = self._out_of_time()

@@ -75,15 +75,17 @@ class Pause(Callback):
 
 
 def train(run_dir: str | Path, batch_size: int = 4, epochs: int = 2, items: int = 16, ckpt_every: int = 0,
-          dropout: float = 0.0, workers: int = 0, optimizer: str = "adamw", pause: float = 0.0) -> dict:
+          dropout: float = 0.0, workers: int = 0, optimizer: str = "adamw", pause: float = 0.0,
+          device: str = "cpu", amp: str = "auto") -> dict:
     """Train the tiny model into ``run_dir`` (under torchrun: one shard per process); final weights on rank 0."""
-    ctx = init_distributed("cpu")
+    ctx = init_distributed(device)
+    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False  # repeatable on a GPU too
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     data = [make_item(i) for i in range(items)]
     config = TrainerConfig(max_epochs=epochs, batch_size=batch_size, checkpoint_every_steps=ckpt_every,
                            seed=7, num_workers=workers, optimizer={"name": optimizer, "lr": 1e-2},
-                           schedule={"kind": "cosine", "warmup_steps": 2}, grad_clip=1.0, progress=False)
+                           schedule={"kind": "cosine", "warmup_steps": 2}, grad_clip=1.0, progress=False, amp=amp)
     torch.manual_seed(0)
     trainer = Trainer(TinyNet(dropout), nn.CrossEntropyLoss(), EpochDataset(data, augment, seed=3), run_dir,
                       config, evaluator=dice_evaluator([make_item(100 + i) for i in range(5)]), ctx=ctx,
@@ -116,9 +118,12 @@ def main() -> int:
     p.add_argument("--workers", type=int, default=0)
     p.add_argument("--optimizer", default="adamw")
     p.add_argument("--pause", type=float, default=0.0)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--amp", default="auto")
     a = p.parse_args()
     torch.set_num_threads(1)
-    train(a.run_dir, a.batch_size, a.epochs, a.items, a.ckpt_every, a.dropout, a.workers, a.optimizer, a.pause)
+    train(a.run_dir, a.batch_size, a.epochs, a.items, a.ckpt_every, a.dropout, a.workers, a.optimizer, a.pause,
+          a.device, a.amp)
     shutdown_distributed()
     return 0
 

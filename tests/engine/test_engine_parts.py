@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 
 import pytest
 import torch
@@ -11,7 +12,7 @@ from torch import nn
 
 from medcore.engine.amp import choose_precision, make_scaler, use_channels_last
 from medcore.engine.data import EpochDataset
-from medcore.engine.distributed import DistContext, ShardedBatchSampler, all_reduce_sum, shard_indices
+from medcore.engine.distributed import DistContext, ShardedBatchSampler, all_reduce_sum, choose_device, shard_indices
 from medcore.engine.history import MetricsHistory
 from medcore.engine.optim import build_optimizer
 from medcore.engine.schedulers import LRSchedule, build_schedule, set_learning_rate
@@ -68,6 +69,17 @@ def test_precision_is_full_on_cpu_and_chosen_on_cuda(monkeypatch):
     assert use_channels_last(model, "cpu") is True
     assert model.weight.is_contiguous(memory_format=torch.channels_last_3d)
     assert use_channels_last(nn.Conv2d(1, 1, 1), "cpu", spatial_dims=2) is False
+
+
+def test_device_choice_names_the_local_gpu(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert choose_device(0, "auto") == "cpu" and choose_device(1, "cpu") == "cpu"
+    with pytest.raises(RuntimeError, match="'cuda' was asked for, but PyTorch sees no CUDA device"):
+        choose_device(0, "cuda")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    # torch.cuda.set_device needs an index: "cuda" and "auto" become this process's local GPU
+    assert choose_device(1, "auto") == "cuda:1" and choose_device(1, "cuda") == "cuda:1"
+    assert choose_device(1, "cuda:0") == "cuda:0"
 
 
 @pytest.mark.parametrize("world,batch,n", [(1, 4, 16), (2, 2, 16), (2, 3, 17), (3, 2, 5)])
@@ -150,7 +162,7 @@ def test_trainer_early_stops_and_keeps_best_checkpoint(tmp_path):
     assert json.loads((tmp_path / "summary.json").read_text())["status"] == "completed"
 
 
-def test_time_budget_stops_mid_epoch_and_plans_epochs(tmp_path):
+def test_time_budget_stops_mid_epoch_and_plans_epochs(tmp_path, monkeypatch):
     from engine_tiny_train import TinyNet, augment, make_item
 
     from medcore.engine.run import loop_settings
@@ -171,6 +183,30 @@ def test_time_budget_stops_mid_epoch_and_plans_epochs(tmp_path):
     assert short["max_epochs"] >= 4 and short["samples_per_epoch"] % 4 == 0
     fixed = loop_settings({"time_budget_minutes": None, "train": {"max_epochs": 7}}, plan, 10, 2, None, 1)
     assert fixed["max_epochs"] == 7 and "max_train_seconds" not in fixed
+    assert fixed["num_workers"] == 0  # CPU: workers would take cores from the step
+    monkeypatch.setattr(os, "cpu_count", lambda: 16)
+    assert loop_settings(config, plan, 166, 42, 0.02, 1, "cuda:0")["num_workers"] == 4
+    assert loop_settings(config, plan, 166, 42, 0.02, 8, "cuda:0")["num_workers"] == 0
+
+
+def test_lr_schedule_keeps_up_with_a_time_budget(tmp_path):
+    """Steps slower than planned: the schedule follows the budget's clock and still anneals."""
+    from engine_tiny_train import Pause, TinyNet, augment, make_item
+
+    from medcore.engine.checkpoint import load_checkpoint
+    from medcore.engine.trainer import Trainer, TrainerConfig
+
+    cfg = TrainerConfig(max_epochs=10, batch_size=2, max_train_seconds=1.2, progress=False,
+                        optimizer={"name": "sgd", "lr": 0.01}, schedule={"kind": "poly"})
+    trainer = Trainer(TinyNet(), nn.CrossEntropyLoss(), EpochDataset([make_item(i) for i in range(8)], augment),
+                      tmp_path, cfg, callbacks=[Pause(0.05)])
+    summary = trainer.fit()
+    assert "time budget" in summary["stop_reason"] and summary["global_step"] < 40  # 40 steps were planned
+    assert trainer.schedule_offset > 0
+    last_lr = json.loads((tmp_path / "history.json").read_text())[-1]["lr"]
+    by_steps_alone = 0.01 * (1 - (summary["global_step"] - 1) / 40) ** 0.9
+    assert last_lr < 0.7 * by_steps_alone
+    assert load_checkpoint(tmp_path / "checkpoints" / "last.safetensors")["schedule"]["offset"] == trainer.schedule_offset
 
 
 def test_plan_takes_label_names_from_the_datalist(tmp_path):

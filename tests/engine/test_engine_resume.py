@@ -1,4 +1,8 @@
-"""Acceptance 2: SIGKILL mid-epoch, resume from the last checkpoint -> bit-identical final weights."""
+"""Acceptance 2: SIGKILL mid-epoch, resume from the last checkpoint -> bit-identical final weights (CPU).
+
+On a GPU the same run under bf16 and under fp16 (whose checkpoint carries the gradient scaler and the
+CUDA RNG state) must also resume to the uninterrupted run's weights.
+"""
 
 from __future__ import annotations
 
@@ -10,9 +14,12 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 from engine_tiny_train import train_in_process
 from safetensors.torch import load_file
+
+from medcore.engine.checkpoint import load_checkpoint
 
 SCRIPT = Path(__file__).with_name("engine_tiny_train.py")
 ROOT = Path(__file__).resolve().parents[2]
@@ -20,17 +27,25 @@ COMMON = ["--batch-size", "2", "--epochs", "2", "--ckpt-every", "3", "--dropout"
 
 
 def _env() -> dict:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     env.pop("WORLD_SIZE", None)
     return env
 
 
-def test_sigkill_mid_epoch_then_resume_is_bit_identical(tmp_path):
+CUDA = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
+
+
+@pytest.mark.parametrize("device,amp", [("cpu", "auto"), pytest.param("cuda", "bf16", marks=CUDA),
+                                        pytest.param("cuda", "fp16", marks=CUDA)])
+def test_sigkill_mid_epoch_then_resume_is_bit_identical(tmp_path, device, amp):
     reference, killed = tmp_path / "reference", tmp_path / "killed"
-    train_in_process(reference, batch_size=2, epochs=2, ckpt_every=3, dropout=0.2, optimizer="sgd")
+    common = [*COMMON, "--device", device, "--amp", amp]
+    train_in_process(reference, batch_size=2, epochs=2, ckpt_every=3, dropout=0.2, optimizer="sgd", device=device,
+                     amp=amp)
 
     # 8 steps per epoch; checkpoints every 3 steps. Kill during epoch 1 (after step 11: last ckpt at 9).
-    proc = subprocess.Popen([sys.executable, str(SCRIPT), str(killed), *COMMON, "--pause", "0.2"], env=_env())
+    proc = subprocess.Popen([sys.executable, str(SCRIPT), str(killed), *common, "--pause", "0.2"], env=_env())
     try:
         deadline = time.monotonic() + 120
         while not (killed / "step_11").exists():
@@ -43,16 +58,22 @@ def test_sigkill_mid_epoch_then_resume_is_bit_identical(tmp_path):
     assert proc.returncode == -signal.SIGKILL
     assert not (killed / "final.safetensors").exists()
     assert (killed / "checkpoints" / "last.safetensors").exists()
+    if device == "cuda":
+        state = load_checkpoint(killed / "checkpoints" / "last.safetensors")
+        assert "torch_cuda" in state["rng"]
+        assert (state["scaler"].get("scale", 0) > 0) == (amp == "fp16"), state["scaler"]
 
     # resume with two loader workers: the augmentation draws must not depend on the worker count
-    subprocess.run([sys.executable, str(SCRIPT), str(killed), *COMMON, "--workers", "2"], check=True, env=_env(),
+    subprocess.run([sys.executable, str(SCRIPT), str(killed), *common, "--workers", "2"], check=True, env=_env(),
                    timeout=120)
     summary = json.loads((killed / "summary.json").read_text())
     assert summary["resumed"] is True and summary["global_step"] == 16
+    assert summary["precision"] == ("fp32" if device == "cpu" else amp)
     a, b = load_file(str(reference / "final.safetensors")), load_file(str(killed / "final.safetensors"))
     assert a.keys() == b.keys()
     for key in a:
-        assert torch.equal(a[key], b[key]), f"{key} differs after kill-and-resume"
+        assert torch.equal(a[key], b[key]), (f"{key} differs after kill-and-resume on {device} ({amp}): "
+                                             f"max |diff| {(a[key].float() - b[key].float()).abs().max():.3g}")
     ha = json.loads((reference / "history.json").read_text())
     hb = json.loads((killed / "history.json").read_text())
     assert [r["train_loss"] for r in ha] == [r["train_loss"] for r in hb]

@@ -248,10 +248,13 @@ def loop_settings(config: dict, plan: dict, num_train: int, num_val: int, step_s
         val_seconds = math.ceil(num_val / world_size) * step_seconds * 0.6  # forward + metrics per case
         validations = max(1, min(6, int(0.06 * budget_s / max(val_seconds, 1e-6))))  # ~6% of the budget
         total_steps = max(1, int((budget_s - validations * val_seconds) / (step_seconds * 1.05)))
-        steps_per_epoch = settings["samples_per_epoch"] // block
+        # epochs of at least ~15 s and mid-epoch checkpoints about every 30 s, so the per-epoch checkpoint,
+        # history and plot stay a small part of fast (GPU) steps
+        steps_per_epoch = max(settings["samples_per_epoch"] // block, math.ceil(15.0 / step_seconds))
         if total_steps < 4 * steps_per_epoch:  # short budget: shorter epochs, still several of them
             steps_per_epoch = max(1, total_steps // 4)
         settings["samples_per_epoch"] = steps_per_epoch * block
+        settings["checkpoint_every_steps"] = max(50, math.ceil(30.0 / step_seconds))
         settings["max_epochs"] = max(1, total_steps // steps_per_epoch)
         settings["val_every"] = max(1, math.ceil(settings["max_epochs"] / validations))
         settings["max_train_seconds"] = budget_s

@@ -184,6 +184,9 @@ def test_time_budget_stops_mid_epoch_and_plans_epochs(tmp_path, monkeypatch):
     fixed = loop_settings({"time_budget_minutes": None, "train": {"max_epochs": 7}}, plan, 10, 2, None, 1)
     assert fixed["max_epochs"] == 7 and "max_train_seconds" not in fixed
     assert fixed["num_workers"] == 0  # CPU: workers would take cores from the step
+    fast = loop_settings(config, plan, 166, 42, 0.02, 1)  # GPU-fast steps: longer epochs, rarer checkpoints
+    assert fast["samples_per_epoch"] == 2 * 750 and fast["checkpoint_every_steps"] == 1500
+    assert long["checkpoint_every_steps"] == 50
     monkeypatch.setattr(os, "cpu_count", lambda: 16)
     assert loop_settings(config, plan, 166, 42, 0.02, 1, "cuda:0")["num_workers"] == 4
     assert loop_settings(config, plan, 166, 42, 0.02, 8, "cuda:0")["num_workers"] == 0

@@ -150,6 +150,7 @@ def test_2d_orientation_spacing():
     torch.testing.assert_close(back.data, img.data, atol=1e-4, rtol=0)
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_stays_on_device():
     d = labelled()

@@ -182,22 +182,13 @@ def run_monai(minutes: float, train_cases: list[dict], val_cases: list[dict], se
 
 def step_seconds(model: torch.nn.Module, loss_fn: torch.nn.Module, device: str, steps: int = 5) -> float:
     """Median seconds of a baseline training step (Adam, batch 2 at PATCH, random data) on ``device``."""
+    from medcore.engine.run import time_training_steps
+
     model = model.to(device).train()
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     x = torch.randn(BATCH, 1, *PATCH, device=device)
     y = torch.randint(0, 3, (BATCH, 1, *PATCH), device=device)
-    times = []
-    for _ in range(steps + 1):
-        t = time.perf_counter()
-        opt.zero_grad()
-        with autocast(device):
-            loss = loss_fn(model(x), y)
-        loss.backward()
-        opt.step()
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - t)
-    return float(np.median(times[1:]))
+    return time_training_steps(model, loss_fn, torch.optim.Adam(model.parameters(), lr=1e-3), x, y,
+                               lambda: autocast(device), steps)
 
 
 def gpu_speedup(plan: dict, threads: int) -> dict[str, float]:

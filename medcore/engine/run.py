@@ -217,17 +217,24 @@ def calibrate_step_seconds(model: torch.nn.Module, loss_fn: torch.nn.Module, pla
         y = torch.randint(0, plan["num_classes"], (plan["batch_size"], 1, *plan["patch_size"]), device=device)
         if channels_last and use_channels_last(probe, device, x.ndim - 2):
             x = x.contiguous(memory_format=torch.channels_last_3d)
-        times = []
-        for _ in range(steps + 1):
-            t = time.perf_counter()
-            opt.zero_grad()
-            with precision.autocast():
-                loss = loss_fn(probe(x), y)
-            loss.backward()
-            opt.step()
-            if device.startswith("cuda"):
-                torch.cuda.synchronize()
-            times.append(time.perf_counter() - t)
+        return time_training_steps(probe, loss_fn, opt, x, y, precision.autocast, steps)
+
+
+def time_training_steps(model: torch.nn.Module, loss_fn: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                        x: torch.Tensor, y: torch.Tensor, autocast, steps: int = 3) -> float:
+    """Median seconds of ``steps`` optimiser steps on ``(x, y)`` after one warm-up step; ``autocast()``
+    gives the precision context. The GPU is synchronised, so the times are real."""
+    times = []
+    for _ in range(steps + 1):
+        t = time.perf_counter()
+        optimizer.zero_grad()
+        with autocast():
+            loss = loss_fn(model(x), y)
+        loss.backward()
+        optimizer.step()
+        if x.is_cuda:
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t)
     return sorted(times[1:])[len(times[1:]) // 2]
 
 

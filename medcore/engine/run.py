@@ -248,7 +248,7 @@ def loop_settings(config: dict, plan: dict, num_train: int, num_val: int, step_s
     settings: dict[str, Any] = {"batch_size": plan["batch_size"], "optimizer": plan["optimizer"],
                                 "schedule": plan["schedule"], "samples_per_epoch": max(num_train, 100),
                                 "val_every": 1, "checkpoint_every_steps": 50, "max_epochs": 50,
-                                "num_workers": min(4, cores_per_rank - 2) if device.startswith("cuda") else 0}
+                                "num_workers": max(0, min(4, cores_per_rank - 2)) if device.startswith("cuda") else 0}
     budget = config["time_budget_minutes"]
     if budget and step_seconds:
         block, budget_s = settings["batch_size"] * world_size, budget * 60.0

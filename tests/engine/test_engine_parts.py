@@ -190,6 +190,7 @@ def test_time_budget_stops_mid_epoch_and_plans_epochs(tmp_path, monkeypatch):
     monkeypatch.setattr(os, "cpu_count", lambda: 16)
     assert loop_settings(config, plan, 166, 42, 0.02, 1, "cuda:0")["num_workers"] == 4
     assert loop_settings(config, plan, 166, 42, 0.02, 8, "cuda:0")["num_workers"] == 0
+    assert loop_settings(config, plan, 166, 42, 0.02, 16, "cuda:0")["num_workers"] == 0
 
 
 def test_lr_schedule_keeps_up_with_a_time_budget(tmp_path):

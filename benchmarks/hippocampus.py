@@ -105,9 +105,9 @@ def monai_unet() -> torch.nn.Module:
 
 def autocast(device: str):
     """The baseline's mixed precision: bf16 autocast on a GPU (as MONAI's AMP tutorials), none on the CPU."""
-    import contextlib
+    from medcore.engine.amp import choose_precision
 
-    return torch.autocast("cuda", dtype=torch.bfloat16) if device.startswith("cuda") else contextlib.nullcontext()
+    return choose_precision(device, "bf16").autocast()
 
 
 def run_monai(minutes: float, train_cases: list[dict], val_cases: list[dict], seed: int = 0,

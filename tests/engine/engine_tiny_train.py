@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import socket
 import sys
 import time
 from pathlib import Path
@@ -16,12 +17,30 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
 
 from medcore.engine.data import EpochDataset  # noqa: E402
 from medcore.engine.distributed import (all_reduce_sum, init_distributed, shard_indices,  # noqa: E402
                                         shutdown_distributed)
 from medcore.engine.trainer import Callback, Trainer, TrainerConfig  # noqa: E402
+
+
+def subprocess_env(**extra: str) -> dict:
+    """The environment for a test's child process: one thread, this checkout first on ``PYTHONPATH`` (the
+    caller's entries kept), and no torchrun variables leaking in from the caller."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])), **extra}
+    for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
+        env.pop(name, None)
+    return env
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that is free now (for a rendezvous)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def make_item(index: int, size: int = 8) -> dict:

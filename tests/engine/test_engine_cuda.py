@@ -6,17 +6,14 @@ choice and a world-size-1 NCCL group; multi-GPU runs need a machine with several
 
 from __future__ import annotations
 
-import os
-import socket
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
+from engine_tiny_train import free_port, subprocess_env
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
-ROOT = Path(__file__).resolve().parents[2]
 
 SCRIPT = """
 import torch, torch.distributed as dist
@@ -33,11 +30,7 @@ dist.destroy_process_group()
 
 
 def test_nccl_initialises_for_a_cuda_device():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
-           "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+    env = subprocess_env(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
     out = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     device, backend, *_ = out.stdout.split()

@@ -2,39 +2,23 @@
 
 from __future__ import annotations
 
-import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import torch
-from engine_tiny_train import train_in_process
+from engine_tiny_train import free_port, subprocess_env, train_in_process
 from safetensors.torch import load_file
 
 SCRIPT = Path(__file__).with_name("engine_tiny_train.py")
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def _env() -> dict:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    env.pop("WORLD_SIZE", None)
-    env.pop("RANK", None)
-    return env
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_two_process_gloo_matches_single_process_doubled_batch(tmp_path):
     single, ddp = tmp_path / "single", tmp_path / "ddp"
     train_in_process(single, batch_size=4)
     subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--nnodes", "1",
-                    "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), str(SCRIPT), str(ddp),
-                    "--batch-size", "2"], check=True, env=_env(), timeout=180, capture_output=True)
+                    "--master_addr", "127.0.0.1", "--master_port", str(free_port()), str(SCRIPT), str(ddp),
+                    "--batch-size", "2"], check=True, env=subprocess_env(), timeout=180, capture_output=True)
     a, b = load_file(str(single / "final.safetensors")), load_file(str(ddp / "final.safetensors"))
     assert a.keys() == b.keys()
     for key in a:

@@ -16,21 +16,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from engine_tiny_train import train_in_process
+from engine_tiny_train import subprocess_env, train_in_process
 from safetensors.torch import load_file
 
 from medcore.engine.checkpoint import load_checkpoint
 
 SCRIPT = Path(__file__).with_name("engine_tiny_train.py")
-ROOT = Path(__file__).resolve().parents[2]
 COMMON = ["--batch-size", "2", "--epochs", "2", "--ckpt-every", "3", "--dropout", "0.2", "--optimizer", "sgd"]
-
-
-def _env() -> dict:
-    env = {**os.environ, "OMP_NUM_THREADS": "1",
-           "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
-    env.pop("WORLD_SIZE", None)
-    return env
 
 
 CUDA = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
@@ -45,7 +37,7 @@ def test_sigkill_mid_epoch_then_resume_is_bit_identical(tmp_path, device, amp):
                      amp=amp)
 
     # 8 steps per epoch; checkpoints every 3 steps. Kill during epoch 1 (after step 11: last ckpt at 9).
-    proc = subprocess.Popen([sys.executable, str(SCRIPT), str(killed), *common, "--pause", "0.2"], env=_env())
+    proc = subprocess.Popen([sys.executable, str(SCRIPT), str(killed), *common, "--pause", "0.2"], env=subprocess_env())
     try:
         deadline = time.monotonic() + 120
         while not (killed / "step_11").exists():
@@ -64,7 +56,7 @@ def test_sigkill_mid_epoch_then_resume_is_bit_identical(tmp_path, device, amp):
         assert (state["scaler"].get("scale", 0) > 0) == (amp == "fp16"), state["scaler"]
 
     # resume with two loader workers: the augmentation draws must not depend on the worker count
-    subprocess.run([sys.executable, str(SCRIPT), str(killed), *common, "--workers", "2"], check=True, env=_env(),
+    subprocess.run([sys.executable, str(SCRIPT), str(killed), *common, "--workers", "2"], check=True, env=subprocess_env(),
                    timeout=120)
     summary = json.loads((killed / "summary.json").read_text())
     assert summary["resumed"] is True and summary["global_step"] == 16

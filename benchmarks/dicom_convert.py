@@ -260,9 +260,12 @@ def main(argv: list[str] | None = None) -> int:
              f"tree/largest {tree / one:.2f}")
         extra = f" peak_rss_mb_largest={one:.0f} peak_rss_mb_tree={tree:.0f}"
     shutil.rmtree(outs, ignore_errors=True)
-    result = (f"RESULT speedup_vs_dcm2niix={ratios['dcm2niix']:.2f} "
-              f"speedup_vs_dicom2nifti={ratios.get('dicom2nifti', float('nan')):.2f} "
-              f"scan_files_per_s={scan_rate:.0f} scan_files_per_cpu_s={scan_cpu_rate:.0f} speedup_gz_vs_dcm2niix_gz={ratios['dcm2niix_gz']:.2f}")
+    result = (
+        f"RESULT speedup_vs_dcm2niix={ratios['dcm2niix']:.2f} "
+        f"speedup_vs_dicom2nifti={ratios.get('dicom2nifti', float('nan')):.2f} "
+        f"scan_files_per_s={scan_rate:.0f} scan_files_per_cpu_s={scan_cpu_rate:.0f} "
+        f"speedup_gz_vs_dcm2niix_gz={ratios['dcm2niix_gz']:.2f}"
+    )
     if "simpleitk" in ratios:
         result += f" speedup_vs_simpleitk={ratios['simpleitk']:.2f}"
     result += f"{extra} files={n_files} series={len(series_dirs)} workers={args.workers} quick={int(quick)}"

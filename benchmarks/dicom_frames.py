@@ -162,7 +162,7 @@ def bench_compressed(repeats: int) -> dict | None:
 
     def pyd():
         for p in files:
-            pydicom.dcmread(p).pixel_array
+            _ = pydicom.dcmread(p).pixel_array
 
     return {"medcore": _best(ours, repeats), "pydicom": _best(pyd, repeats)}
 

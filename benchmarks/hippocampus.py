@@ -15,7 +15,8 @@ with medcore's flip averaging, so both inference styles are compared like for li
 Prints samples/s and the fraction of step time spent waiting for data, leaves medcore's MODEL_DIR and
 prints its path. With ``--device cuda`` both racers train on the GPU with mixed precision (medcore's
 preset plans for a GPU: bf16, more filters; the baseline under bf16 autocast), and the speed-up of the
-GPU over all of the machine's CPU cores is measured per training step for each network. The last line is ``RESULT dice_mean=...
+GPU over all of the machine's CPU cores is measured per training step for each network.
+The last line is ``RESULT dice_mean=...
 dice_anterior=... dice_posterior=... monai_dice_mean=... train_minutes=...``.
 """
 
@@ -47,7 +48,9 @@ def score(label_pairs: list[tuple[torch.Tensor, torch.Tensor]]) -> dict[str, flo
     rows = []
     for pred, ref in label_pairs:
         p, r = one_hot(pred[None, None].long(), 3), one_hot(ref[None, None].long(), 3)
-        rows.append((dice(p, r)[0].numpy(), hausdorff_distance(p, r, spacing=[1.0, 1.0, 1.0], percentile=95)[0].numpy()))
+        rows.append(
+            (dice(p, r)[0].numpy(), hausdorff_distance(p, r, spacing=[1.0, 1.0, 1.0], percentile=95)[0].numpy())
+        )
     out = {}
     for c, name in NAMES.items():
         out[f"dice_{name}"] = float(np.nanmean([d[c] for d, _ in rows]))
@@ -115,9 +118,19 @@ def run_monai(minutes: float, train_cases: list[dict], val_cases: list[dict], se
     from monai.data import CacheDataset, DataLoader
     from monai.inferers import sliding_window_inference
     from monai.losses import DiceCELoss
-    from monai.transforms import (Compose, EnsureChannelFirstd, EnsureTyped, LoadImaged, NormalizeIntensityd,
-                                  Orientationd, RandCropByPosNegLabeld, RandFlipd, RandScaleIntensityd,
-                                  RandShiftIntensityd, SpatialPadd)
+    from monai.transforms import (
+        Compose,
+        EnsureChannelFirstd,
+        EnsureTyped,
+        LoadImaged,
+        NormalizeIntensityd,
+        Orientationd,
+        RandCropByPosNegLabeld,
+        RandFlipd,
+        RandScaleIntensityd,
+        RandShiftIntensityd,
+        SpatialPadd,
+    )
     from monai.utils import set_determinism
 
     set_determinism(seed)
@@ -204,7 +217,9 @@ def gpu_speedup(plan: dict, threads: int) -> dict[str, float]:
     try:
         med = {dev: calibrate_step_seconds(build_network(plan["network"]), build_loss(plan["loss"]), plan, dev,
                                            steps=5) for dev in ("cuda", "cpu")}
-        mon = {dev: step_seconds(monai_unet(), DiceCELoss(to_onehot_y=True, softmax=True), dev) for dev in ("cuda", "cpu")}
+        mon = {
+            dev: step_seconds(monai_unet(), DiceCELoss(to_onehot_y=True, softmax=True), dev) for dev in ("cuda", "cpu")
+        }
     finally:
         torch.set_num_threads(threads)
     return {"cpu_cores": os.cpu_count() or 1, "medcore_step_s": med, "monai_step_s": mon,
@@ -237,8 +252,11 @@ def main() -> None:
     med = run_medcore(minutes, out, val_cases, max_val, args.threads, args.split_seed, args.plan, args.device)
     print(f"medcore: {json.dumps(med['metrics'])}")
     print(f"medcore without flip averaging: {json.dumps(med['metrics_no_tta'])}")
-    print(f"medcore: {med['steps']} steps in {med['train_minutes']:.1f} min, {med['samples_per_s']:.2f} samples/s, "
-          f"data wait {100 * med['data_wait_fraction']:.1f}% of step time, {med['precision']}; MODEL_DIR {med['model_dir']}")
+    print(
+        f"medcore: {med['steps']} steps in {med['train_minutes']:.1f} min, {med['samples_per_s']:.2f} samples/s, "
+        f"data wait {100 * med['data_wait_fraction']:.1f}% of step time, {med['precision']}; "
+        f"MODEL_DIR {med['model_dir']}"
+    )
     mon = None
     if not args.skip_monai:
         mon = run_monai(minutes, train_cases, val_cases, device=args.device)

@@ -19,6 +19,7 @@ import torch
 
 def cases():
     from monai import losses as monai
+
     import medcore.losses as ours
 
     common = dict(softmax=True, to_onehot_y=True)

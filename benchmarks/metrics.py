@@ -51,8 +51,7 @@ def main(argv: list[str] | None = None) -> None:
     tol = 2.0
     pred, ref = make_masks(size)
 
-    from monai.metrics import (compute_average_surface_distance, compute_hausdorff_distance,
-                               compute_surface_dice)
+    from monai.metrics import compute_average_surface_distance, compute_hausdorff_distance, compute_surface_dice
 
     from medcore.metrics import surface_metrics
 

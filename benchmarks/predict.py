@@ -68,8 +68,18 @@ def main(argv: list[str] | None = None) -> None:
     kind = args.model or ("unet" if device.type == "cuda" else "tiny")
 
     from monai.inferers import sliding_window_inference as monai_swi
-    from monai.transforms import (Activationsd, AsDiscreted, Compose, EnsureChannelFirstd, Invertd, LoadImaged,
-                                  Orientationd, SaveImaged, ScaleIntensityRanged, Spacingd)
+    from monai.transforms import (
+        Activationsd,
+        AsDiscreted,
+        Compose,
+        EnsureChannelFirstd,
+        Invertd,
+        LoadImaged,
+        Orientationd,
+        SaveImaged,
+        ScaleIntensityRanged,
+        Spacingd,
+    )
 
     from medcore.inferers import load_model_dir, predict_file, save_model_dir
     from medcore.inferers.predict import build_preprocessing

@@ -103,18 +103,23 @@ def params(kind: str) -> dict:
 
 def medcore_chain(kind: str) -> Compose:
     p = params(kind)
-    return Compose([
-        Keyed(Orientation("RAS")),
-        Keyed(Spacing(p["pixdim"]), mode=("bilinear", "nearest")),
-        Keyed(ScaleIntensityRange(p["a_min"], p["a_max"], 0.0, 1.0, clip=True, percentiles=p["percentiles"]), keys="image"),
-        Keyed(CropForeground(source="image")),
-        Keyed(SpatialPad(p["roi"])),
-        ForegroundIndices("label"),
-        Keyed(RandCropByPosNegLabel(p["roi"], pos=1, neg=1, num_samples=4)),
-        Keyed(RandFlip(prob=0.5, axes=(0,))),
-        Keyed(RandRotate90(prob=0.5, max_k=3)),
-        Keyed(RandShiftIntensity(0.1, prob=0.5), keys="image"),
-    ])
+    return Compose(
+        [
+            Keyed(Orientation("RAS")),
+            Keyed(Spacing(p["pixdim"]), mode=("bilinear", "nearest")),
+            Keyed(
+                ScaleIntensityRange(p["a_min"], p["a_max"], 0.0, 1.0, clip=True, percentiles=p["percentiles"]),
+                keys="image",
+            ),
+            Keyed(CropForeground(source="image")),
+            Keyed(SpatialPad(p["roi"])),
+            ForegroundIndices("label"),
+            Keyed(RandCropByPosNegLabel(p["roi"], pos=1, neg=1, num_samples=4)),
+            Keyed(RandFlip(prob=0.5, axes=(0,))),
+            Keyed(RandRotate90(prob=0.5, max_k=3)),
+            Keyed(RandShiftIntensity(0.1, prob=0.5), keys="image"),
+        ]
+    )
 
 
 def medcore_load(item: dict) -> dict:
@@ -156,7 +161,11 @@ def torchio_chain(kind: str):
     rescale = (tio.RescaleIntensity((0, 1), percentiles=(p["a_min"], p["a_max"])) if p["percentiles"]
                else tio.RescaleIntensity((0, 1), in_min_max=(p["a_min"], p["a_max"])))
     pre = tio.Compose([tio.ToCanonical(), tio.Resample(p["pixdim"]), rescale, tio.Clamp(0, 1)])
-    return pre, tio.LabelSampler(p["roi"], label_name="label", label_probabilities={0: 1, 1: 1}), tio.RandomFlip(axes=(0,), flip_probability=0.5)
+    return (
+        pre,
+        tio.LabelSampler(p["roi"], label_name="label", label_probabilities={0: 1, 1: 1}),
+        tio.RandomFlip(axes=(0,), flip_probability=0.5),
+    )
 
 
 def run_torchio(items, kind: str) -> float:
@@ -235,15 +244,20 @@ def bench(items: list[dict], kind: str, epochs: int, torchio: bool) -> dict:
 
     cache, get, how = medcore_cache(chain, items)
     res["cache_impl"] = how
-    raw = sum(c["image"].data.numel() * c["image"].data.element_size() + c["label"].data.numel() * c["label"].data.element_size()
-              for c in cache)
+    raw = sum(
+        c["image"].data.numel() * c["image"].data.element_size()
+        + c["label"].data.numel() * c["label"].data.element_size()
+        for c in cache
+    )
     res["cache_bytes_ratio"] = storage_bytes(cache, set()) / raw
     monai.utils.set_determinism(0)
-    ds = MonaiCache([dict(it) for it in items], transform=monai_chain(kind), cache_rate=1.0, num_workers=0, progress=False)
+    ds = MonaiCache(
+        [dict(it) for it in items], transform=monai_chain(kind), cache_rate=1.0, num_workers=0, progress=False
+    )
     t_ours = t_monai = 0.0
     n_ours = n_monai = 0
     for ep in range(epochs):
-        for i, c in enumerate(cache):
+        for i in range(len(cache)):
             t0 = time.perf_counter()
             n_ours += len(get(ep + 1, i))
             t1 = time.perf_counter()
@@ -280,11 +294,17 @@ def main(argv: list[str] | None = None) -> int:
     for name, r in results.items():
         up = r["medcore_uncached"] / r["monai_uncached"]
         cp = r["medcore_cached"] / r["monai_cached"]
-        print(f"{name}: samples/s uncached medcore {r['medcore_uncached']:.2f} vs MONAI {r['monai_uncached']:.2f} "
-              f"-> {up:.2f}x; cached medcore {r['medcore_cached']:.2f} vs MONAI {r['monai_cached']:.2f} -> {cp:.2f}x; "
-              f"cache bytes ratio {r['cache_bytes_ratio']:.3f} ({r['cache_impl']})"
-              + (f"; TorchIO uncached {r['torchio_uncached']:.2f} -> {r['medcore_uncached'] / r['torchio_uncached']:.2f}x"
-                 if "torchio_uncached" in r else ""))
+        print(
+            f"{name}: samples/s uncached medcore {r['medcore_uncached']:.2f} vs MONAI {r['monai_uncached']:.2f} "
+            f"-> {up:.2f}x; cached medcore {r['medcore_cached']:.2f} vs MONAI {r['monai_cached']:.2f} -> {cp:.2f}x; "
+            f"cache bytes ratio {r['cache_bytes_ratio']:.3f} ({r['cache_impl']})"
+            + (
+                f"; TorchIO uncached {r['torchio_uncached']:.2f} "
+                f"-> {r['medcore_uncached'] / r['torchio_uncached']:.2f}x"
+                if "torchio_uncached" in r
+                else ""
+            )
+        )
         keys[f"{name}_uncached"] = up
         keys[f"{name}_cached"] = cp
         keys[f"{name}_cache_bytes_ratio"] = r["cache_bytes_ratio"]

@@ -44,7 +44,9 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("stage", choices=(*STAGES, "demo", "recover"))
     parser.add_argument("--params", default=None, help="params.yaml (default: the project's)")
-    parser.add_argument("--output-dir", default=None, help="override params output_dir (the dataset then goes to OUTPUT_DIR/dataset)")
+    parser.add_argument(
+        "--output-dir", default=None, help="override params output_dir (the dataset then goes to OUTPUT_DIR/dataset)"
+    )
     args = parser.parse_args(argv)
     try:
         if args.stage == "recover":

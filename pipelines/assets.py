@@ -1,8 +1,16 @@
 """Dagster assets: each calls one step function and reports metadata. No values go through an IO
 manager (nothing is pickled); assets hand over files in the output tree and declare ``deps``."""
 
-from dagster import (AssetExecutionContext, Config, DataVersion, DynamicPartitionsDefinition, MaterializeResult,
-                     MetadataValue, PipesSubprocessClient, asset)
+from dagster import (
+    AssetExecutionContext,
+    Config,
+    DataVersion,
+    DynamicPartitionsDefinition,
+    MaterializeResult,
+    MetadataValue,
+    PipesSubprocessClient,
+    asset,
+)
 from pydantic import Field
 
 from pipelines.params import load_params
@@ -16,15 +24,21 @@ class TrainConfig(Config):
     """Training knobs for the Launchpad. Left empty, each takes its value from the params file of the
     ``settings`` resource (``params.yaml`` by default), so Dagster and ``dvc repro`` agree."""
 
-    nproc: int | None = Field(None, description=f"torchrun processes (params.yaml: {_P['train']['nproc']}; 0 = one per GPU)")
+    nproc: int | None = Field(
+        None, description=f"torchrun processes (params.yaml: {_P['train']['nproc']}; 0 = one per GPU)"
+    )
     max_epochs: int | None = Field(None, description=f"epochs (params.yaml: {_P['train']['max_epochs']})")
-    samples_per_epoch: int | None = Field(None, description=f"patches per epoch (params.yaml: {_P['train']['samples_per_epoch']})")
+    samples_per_epoch: int | None = Field(
+        None, description=f"patches per epoch (params.yaml: {_P['train']['samples_per_epoch']})"
+    )
 
 
 class EvaluateConfig(Config):
     """The registration gate; left empty it takes ``evaluate.min_dice`` from the params file."""
 
-    min_dice: float | None = Field(None, description=f"minimum mean foreground Dice (params.yaml: {_P['evaluate']['min_dice']})")
+    min_dice: float | None = Field(
+        None, description=f"minimum mean foreground Dice (params.yaml: {_P['evaluate']['min_dice']})"
+    )
 
 
 def _deid(settings: PipelineSettings):
@@ -156,7 +170,9 @@ def evaluation(context: AssetExecutionContext, config: TrainConfig, settings: Pi
 
 
 @asset(deps=[evaluation], group_name="training")
-def registered_model(context: AssetExecutionContext, config: TrainConfig, settings: PipelineSettings) -> MaterializeResult:
+def registered_model(
+    context: AssetExecutionContext, config: TrainConfig, settings: PipelineSettings
+) -> MaterializeResult:
     """An MLflow model version with lineage; ``champion`` moves only if it beats the champion."""
     from pipelines.steps.register import register
 

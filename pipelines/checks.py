@@ -104,8 +104,14 @@ def label_alignment(context: AssetCheckExecutionContext, settings: PipelineSetti
 
     info = study_labels(settings.params(), context.partition_key)
     bad = info["misaligned"]
-    return AssetCheckResult(passed=not bad, metadata={"pairs": len(info["pairs"]), "misaligned": len(bad),
-                                                      "reasons": "\n".join(f"{b['series_id']}: {b['reason']}" for b in bad) or "none"})
+    return AssetCheckResult(
+        passed=not bad,
+        metadata={
+            "pairs": len(info["pairs"]),
+            "misaligned": len(bad),
+            "reasons": "\n".join(f"{b['series_id']}: {b['reason']}" for b in bad) or "none",
+        },
+    )
 
 
 @asset_check(asset=evaluation, blocking=True)

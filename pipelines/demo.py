@@ -100,7 +100,10 @@ def run_demo(params: dict) -> int:
     with DagsterInstance.get() as instance:
         reg = run_pipeline(params, instance)
     print(f"\nRegistered model: {reg['model_name']} version {reg['version']} ({reg['alias']}: {reg['reason']})")
-    print(f"  load it with mlflow.pyfunc.load_model('{reg['model_uri']}') after mlflow.set_tracking_uri('{reg['tracking_uri']}')")
+    print(
+        f"  load it with mlflow.pyfunc.load_model('{reg['model_uri']}') "
+        f"after mlflow.set_tracking_uri('{reg['tracking_uri']}')"
+    )
     print(f"  source {reg['source']}, artifacts under {reg['artifact_root']}")
     print(f"  MLflow UI: .venv/bin/mlflow ui --backend-store-uri {reg['tracking_uri']}")
     print(f"  Dagster UI: DAGSTER_HOME={home} .venv/bin/dagster dev -m pipelines.definitions")

@@ -30,7 +30,9 @@ class PipelineSettings(ConfigurableResource):
         if self.output_dir:
             o["output_dir"] = self.output_dir
         if self.dicom_dir or self.label_manifest:
-            o["source"] = {k: v for k, v in (("dicom_dir", self.dicom_dir), ("label_manifest", self.label_manifest)) if v}
+            o["source"] = {
+                k: v for k, v in (("dicom_dir", self.dicom_dir), ("label_manifest", self.label_manifest)) if v
+            }
         if self.tracking_uri or self.artifact_root:
             o["register"] = {k: v for k, v in (("tracking_uri", self.tracking_uri),
                                                ("artifact_root", self.artifact_root)) if v}

@@ -3,7 +3,8 @@
 Public entry points: :func:`convert_tree` (a tree to NIfTI + sidecars + quarantine table),
 :func:`load_series` (one series into memory), :func:`scan_tree` (header index),
 :func:`group_frames`, :func:`plan_stack`, the frame reader of :mod:`medcore.dicom.frames`,
-de-identification (:class:`Deidentifier`) and DICOM SEG (:func:`write_seg`, :func:`read_seg`, :func:`seg_on_image_grid`).
+de-identification (:class:`Deidentifier`) and DICOM SEG
+(:func:`write_seg`, :func:`read_seg`, :func:`seg_on_image_grid`).
 Submodules are imported lazily so ``import medcore.dicom`` stays cheap.
 """
 

@@ -10,7 +10,7 @@ pylibjpeg-libjpeg (GPLv3) is never used.
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 

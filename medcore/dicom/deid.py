@@ -638,7 +638,9 @@ class Deidentifier:
         return new
 
 
-_DATE_RE = re.compile(r"(?P<y>\d{4})\.?(?:(?P<m>\d{2})\.?(?:(?P<d>\d{2})(?P<rest>\d{0,6}(?:\.\d{1,6})?(?:[+-]\d{4})?)?)?)?")
+_DATE_RE = re.compile(
+    r"(?P<y>\d{4})\.?(?:(?P<m>\d{2})\.?(?:(?P<d>\d{2})(?P<rest>\d{0,6}(?:\.\d{1,6})?(?:[+-]\d{4})?)?)?)?"
+)
 
 
 def _redact(text: str) -> str:

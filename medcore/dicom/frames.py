@@ -20,10 +20,9 @@ from __future__ import annotations
 
 import os
 import struct
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -610,7 +609,9 @@ def _check_image(ds, path: Path, pixel, size: int) -> None:
     rows, cols = as_int(ds.get("Rows")) or 0, as_int(ds.get("Columns")) or 0
     bits = as_int(ds.get("BitsAllocated")) or 0
     if rows <= 0 or cols <= 0:
-        raise UnsupportedDicomError(path, f"has Rows={rows} Columns={cols}; the image size is missing", "unsupported_image")
+        raise UnsupportedDicomError(
+            path, f"has Rows={rows} Columns={cols}; the image size is missing", "unsupported_image"
+        )
     if bits not in (8, 16, 32):
         raise UnsupportedDicomError(
             path, f"has BitsAllocated={bits}; only 8, 16 and 32 bit images are supported", "unsupported_image"

@@ -2,7 +2,8 @@
 
 Within one SeriesInstanceUID, frames are split on: SeriesNumber, orientation, image size, pixel spacing,
 samples per pixel, echo (number and time), image component (magnitude / phase / real /
-imaginary / field map), ORIGINAL versus DERIVED, and localizer versus main stack. If positions then repeat, the frames are a 4D
+imaginary / field map), ORIGINAL versus DERIVED, and localizer versus main stack.
+If positions then repeat, the frames are a 4D
 series when every temporal value (TemporalPositionIdentifier, AcquisitionNumber) covers the
 same positions; otherwise they are split on that temporal value (e.g. two acquisitions of a
 CT at different table ranges). :func:`group_frames` works on the scan index DataFrame and

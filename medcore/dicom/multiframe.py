@@ -7,20 +7,19 @@ place frames along the normal (NM SliceVector, RT GridFrameOffsetVector) or in t
 
 from __future__ import annotations
 
-
 import numpy as np
 
 from medcore.dicom.frames import (
+    HEADER_KEYWORDS,
     Frame,
     UnsupportedDicomError,
     _image_type,
     _is_localizer,
+    _json_value,
     _time_only,
     as_float,
     as_floats,
     as_int,
-    HEADER_KEYWORDS,
-    _json_value,
     with_changes,
 )
 

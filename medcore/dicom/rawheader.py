@@ -306,9 +306,9 @@ def _parse(buf: bytes, wanted, fallback_tags, size: int):
                 pos = _skip_undefined(buf, vpos, implicit)
             except _Skip as exc:
                 if end < size:
-                    raise _NeedMore
+                    raise _NeedMore from exc
                 if "past the chunk" in str(exc):
-                    raise Truncated(f"the file ends inside a sequence that starts at byte {pos}")
+                    raise Truncated(f"the file ends inside a sequence that starts at byte {pos}") from exc
                 raise
             continue
         pos = vpos + length

@@ -24,7 +24,7 @@ import numpy as np
 import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence as DicomSequence
-from pydicom.uid import ExplicitVRLittleEndian, PYDICOM_IMPLEMENTATION_UID, generate_uid
+from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian, generate_uid
 
 from medcore.dicom.geometry import affine_ras, slice_normal
 from medcore.utils.atomic import atomic_path
@@ -171,7 +171,11 @@ def write_seg(
     measures.PixelSpacing = first.PixelSpacing
     positions = np.array([[float(v) for v in s.ImagePositionPatient] for _, s in sources])
     normal = slice_normal([float(v) for v in first.ImageOrientationPatient])
-    step = float(np.median(np.diff(positions @ normal))) if len(sources) > 1 else float(first.get("SliceThickness", 1) or 1)
+    step = (
+        float(np.median(np.diff(positions @ normal)))
+        if len(sources) > 1
+        else float(first.get("SliceThickness", 1) or 1)
+    )
     measures.SliceThickness = first.get("SliceThickness", f"{step:.6g}")
     measures.SpacingBetweenSlices = f"{step:.6g}"
     shared.PlaneOrientationSequence = DicomSequence([orientation])

@@ -197,8 +197,11 @@ def make_plan(fp: dict, preset_name: str, device: str = "cpu", overrides: dict |
         "inference": {"roi_size": patch, "overlap": 0.5, "mode": "gaussian", "sw_batch_size": 2, "tta": True},
         "fingerprint": fp,
     }
-    reasons.append("AdamW 3e-3 with 50 warm-up steps and poly decay: converges within a short (minutes) budget; "
-                   "DiceCE (batch Dice over the foreground classes) with deep supervision weights 1, 1/2, 1/4; 1/3 of patches centred on foreground")
+    reasons.append(
+        "AdamW 3e-3 with 50 warm-up steps and poly decay: converges within a short (minutes) budget; "
+        "DiceCE (batch Dice over the foreground classes) with deep supervision weights 1, 1/2, 1/4; "
+        "1/3 of patches centred on foreground"
+    )
     reasons.append("inference: Gaussian-weighted sliding window with overlap 0.5, averaged over all flips (training "
                    "flips every axis, as nnU-Net's mirroring); validation during training skips the flips for speed")
     unknown = sorted(set(overrides) - set(plan) - {"base_filters"})

@@ -33,8 +33,14 @@ from medcore.engine.config import resolve_config
 from medcore.engine.data import EpochDataset
 from medcore.engine.distributed import DistContext, barrier, choose_device, init_distributed
 from medcore.engine.presets import default_data_root, find_msd_cases, fingerprint, make_plan, preset, split_cases
-from medcore.engine.segmentation import (CachedCases, PatchAugment, SegmentationEvaluator, case_dataset,
-                                         make_synthetic_ct, preprocessing_configs)
+from medcore.engine.segmentation import (
+    CachedCases,
+    PatchAugment,
+    SegmentationEvaluator,
+    case_dataset,
+    make_synthetic_ct,
+    preprocessing_configs,
+)
 from medcore.engine.trainer import Trainer, TrainerConfig
 from medcore.utils.atomic import atomic_write_text
 
@@ -52,7 +58,9 @@ def resolve_cases(config: dict, run_dir: Path | None, ctx: DistContext) -> list[
         from medcore.data.datalist import case_id, load_datalist
 
         items = load_datalist(config["datalist"])
-        cases = [{"id": case_id(item), "image": item["image"], "label": item["label"]} for item in items if "label" in item]
+        cases = [
+            {"id": case_id(item), "image": item["image"], "label": item["label"]} for item in items if "label" in item
+        ]
         if not cases:
             raise ValueError(f"datalist {config['datalist']}: no training entries with both image and label")
         return cases[:config["max_cases"]] if config["max_cases"] else cases
@@ -271,10 +279,10 @@ def loop_settings(config: dict, plan: dict, num_train: int, num_val: int, step_s
 
 def run_training(raw_config: dict, run_dir: str | Path, progress: bool = True) -> dict:
     """Train as ``raw_config`` says into ``run_dir`` (resuming if a checkpoint is there); return the summary."""
+    import medcore.networks.dynunet  # noqa: F401  (registers "dynunet")
     from medcore.inferers.model_dir import save_model_dir
     from medcore.losses import build_loss
     from medcore.networks import build_network
-    import medcore.networks.dynunet  # noqa: F401  (registers "dynunet")
 
     config = resolve_config(raw_config)
     run_dir = Path(run_dir).resolve()
@@ -304,9 +312,18 @@ def run_training(raw_config: dict, run_dir: str | Path, progress: bool = True) -
     # rank then reads the same file, so all agree on epochs and steps
     if ctx.is_main and not settings_path.is_file():
         train = config["train"]
-        step_s = (calibrate_step_seconds(model, loss_fn, plan, ctx.device, channels_last=train.get("channels_last", True),
-                                         amp=train.get("amp", "auto"))
-                  if config["time_budget_minutes"] else None)
+        step_s = (
+            calibrate_step_seconds(
+                model,
+                loss_fn,
+                plan,
+                ctx.device,
+                channels_last=train.get("channels_last", True),
+                amp=train.get("amp", "auto"),
+            )
+            if config["time_budget_minutes"]
+            else None
+        )
         settings = loop_settings(config, plan, len(train_data), len(val_data), step_s, ctx.world_size, ctx.device)
         settings["progress"] = progress
         _write_json(settings_path, {**settings, "calibrated_step_seconds": step_s})
@@ -320,7 +337,9 @@ def run_training(raw_config: dict, run_dir: str | Path, progress: bool = True) -
                       trainer_config, evaluator=evaluator, ctx=ctx)
     summary = trainer.fit()
     if ctx.is_main:
-        best = run_dir / "checkpoints" / ("best.safetensors" if summary["best_epoch"] is not None else "last.safetensors")
+        best = (
+            run_dir / "checkpoints" / ("best.safetensors" if summary["best_epoch"] is not None else "last.safetensors")
+        )
         from medcore.engine.checkpoint import load_checkpoint
 
         export = build_network(plan["network"])

@@ -178,7 +178,9 @@ class SegmentationEvaluator:
         self.names = {v: k for k, v in plan["labels"].items() if v > 0}
         self.last_per_case: list[dict] = []
 
-    def predict(self, model: torch.nn.Module, image: torch.Tensor, ctx: DistContext, precision: Precision) -> torch.Tensor:
+    def predict(
+        self, model: torch.nn.Module, image: torch.Tensor, ctx: DistContext, precision: Precision
+    ) -> torch.Tensor:
         from medcore.inferers.sliding_window import sliding_window_inference
 
         inf = self.plan["inference"]
@@ -257,5 +259,7 @@ def make_synthetic_ct(directory: str | Path, num_cases: int = 24, seed: int = 0,
         name = f"synthct_{k:03d}.nii.gz"
         save_image(Image(torch.from_numpy(hu.astype(np.float32))[None], torch.from_numpy(affine), {}, []),
                    directory / "imagesTr" / name)
-        save_image(Image(torch.from_numpy(label)[None], torch.from_numpy(affine), {}, []), directory / "labelsTr" / name)
+        save_image(
+            Image(torch.from_numpy(label)[None], torch.from_numpy(affine), {}, []), directory / "labelsTr" / name
+        )
     return directory

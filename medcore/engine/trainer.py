@@ -23,8 +23,15 @@ from tqdm.auto import tqdm
 
 from medcore.engine.amp import Precision, choose_precision, make_scaler, maybe_compile, use_channels_last
 from medcore.engine.checkpoint import load_checkpoint, save_checkpoint
-from medcore.engine.distributed import (DistContext, ShardedBatchSampler, all_gather_bytes, all_reduce_mean,
-                                        all_reduce_sum, barrier, broadcast_flag)
+from medcore.engine.distributed import (
+    DistContext,
+    ShardedBatchSampler,
+    all_gather_bytes,
+    all_reduce_mean,
+    all_reduce_sum,
+    barrier,
+    broadcast_flag,
+)
 from medcore.engine.history import MetricsHistory
 from medcore.engine.optim import build_optimizer
 from medcore.engine.schedulers import build_schedule, set_learning_rate
@@ -59,7 +66,7 @@ class TrainerConfig:
     keys: tuple[str, str] = ("image", "label")
 
     @classmethod
-    def from_dict(cls, values: dict) -> "TrainerConfig":
+    def from_dict(cls, values: dict) -> TrainerConfig:
         allowed = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - allowed)
         if unknown:
@@ -78,12 +85,12 @@ class TrainerConfig:
 class Callback:
     """Hooks called by :class:`Trainer` on every rank; use ``trainer.ctx.is_main`` to write."""
 
-    def on_train_start(self, trainer: "Trainer") -> None: ...
-    def on_step_end(self, trainer: "Trainer", loss: float) -> None: ...
-    def on_validation_end(self, trainer: "Trainer", metrics: dict[str, float]) -> None: ...
-    def on_epoch_end(self, trainer: "Trainer", record: dict) -> None: ...
-    def on_checkpoint(self, trainer: "Trainer", path: Path) -> None: ...
-    def on_train_end(self, trainer: "Trainer", summary: dict) -> None: ...
+    def on_train_start(self, trainer: Trainer) -> None: ...
+    def on_step_end(self, trainer: Trainer, loss: float) -> None: ...
+    def on_validation_end(self, trainer: Trainer, metrics: dict[str, float]) -> None: ...
+    def on_epoch_end(self, trainer: Trainer, record: dict) -> None: ...
+    def on_checkpoint(self, trainer: Trainer, path: Path) -> None: ...
+    def on_train_end(self, trainer: Trainer, summary: dict) -> None: ...
 
 
 def default_collate(batch: list[dict]) -> dict:

@@ -6,8 +6,7 @@
 ``medcore predict`` CLI in ``medcore.inferers.cli``.
 """
 
-from medcore.inferers.model_dir import (FORMAT_VERSION, ModelSpec, load_model_dir, make_spec, read_spec,
-                                        save_model_dir)
+from medcore.inferers.model_dir import FORMAT_VERSION, ModelSpec, load_model_dir, make_spec, read_spec, save_model_dir
 from medcore.inferers.predict import predict_file, predict_probabilities, predict_volume
 from medcore.inferers.sliding_window import blend_weights, sliding_window_inference, window_starts
 from medcore.inferers.tta import flip_combinations, flip_tta

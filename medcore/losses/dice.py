@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn
 
-from medcore.losses.common import (activate, check_activation, check_reduction, check_same_shape, class_weights,
-                                   drop_background, label_index, prepare_target, reduce_per_class)
+from medcore.losses.common import (
+    activate,
+    check_activation,
+    check_reduction,
+    check_same_shape,
+    class_weights,
+    drop_background,
+    label_index,
+    prepare_target,
+    reduce_per_class,
+)
 from medcore.losses.registry import register_loss
 
 

@@ -10,12 +10,46 @@ empty masks are documented in ``overlap`` and ``surface`` and match MONAI 1.6.
 
 from medcore.metrics.accumulate import MetricAccumulator, all_gather_rows, all_reduce_sum, nanmean_rows
 from medcore.metrics.evaluate import METRICS, case_metrics
-from medcore.metrics.overlap import (confusion_counts, dice, iou, one_hot, precision, rate_from_counts,
-                                     sensitivity, specificity)
-from medcore.metrics.surface import (SurfaceDistances, average_surface_distance, hausdorff_distance,
-                                     mask_surface, surface_dice, surface_distances, surface_metrics)
+from medcore.metrics.overlap import (
+                                     confusion_counts,
+                                     dice,
+                                     iou,
+                                     one_hot,
+                                     precision,
+                                     rate_from_counts,
+                                     sensitivity,
+                                     specificity,
+)
+from medcore.metrics.surface import (
+                                     SurfaceDistances,
+                                     average_surface_distance,
+                                     hausdorff_distance,
+                                     mask_surface,
+                                     surface_dice,
+                                     surface_distances,
+                                     surface_metrics,
+)
 
-__all__ = ["METRICS", "case_metrics", "MetricAccumulator", "all_gather_rows", "all_reduce_sum", "nanmean_rows",
-           "confusion_counts", "dice", "iou", "one_hot", "precision", "rate_from_counts", "sensitivity", "specificity", "SurfaceDistances",
-           "average_surface_distance", "hausdorff_distance", "mask_surface", "surface_dice", "surface_distances",
-           "surface_metrics"]
+__all__ = [
+    "METRICS",
+    "case_metrics",
+    "MetricAccumulator",
+    "all_gather_rows",
+    "all_reduce_sum",
+    "nanmean_rows",
+    "confusion_counts",
+    "dice",
+    "iou",
+    "one_hot",
+    "precision",
+    "rate_from_counts",
+    "sensitivity",
+    "specificity",
+    "SurfaceDistances",
+    "average_surface_distance",
+    "hausdorff_distance",
+    "mask_surface",
+    "surface_dice",
+    "surface_distances",
+    "surface_metrics",
+]

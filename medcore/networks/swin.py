@@ -8,7 +8,7 @@ branches, which keeps the network exportable with dynamic sizes).
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F

@@ -137,7 +137,10 @@ class Resize(SpatialTransform):
     padding_mode: str = "border"
 
     def plan(self, shape, affine):
-        size = tuple(n if (s is None or s <= 0) else int(s) for s, n in zip(_tuple(self.spatial_size, len(shape)), shape, strict=True))
+        size = tuple(
+            n if (s is None or s <= 0) else int(s)
+            for s, n in zip(_tuple(self.spatial_size, len(shape)), shape, strict=True)
+        )
         return fs.resize_map(shape, size), size
 
 
@@ -237,7 +240,9 @@ class RandFlip(Transform):
     fusable: ClassVar[bool] = True
 
     def resolve(self, ref, rng, sample=None):
-        axes = list(range(ref.ndim)) if self.axes is None else ([self.axes] if np.isscalar(self.axes) else list(self.axes))
+        axes = (
+            list(range(ref.ndim)) if self.axes is None else ([self.axes] if np.isscalar(self.axes) else list(self.axes))
+        )
         if self.independent:
             chosen = [a for a in axes if float(torch.rand((), generator=rng)) < self.prob]
         else:
@@ -319,9 +324,13 @@ class Elastic(Transform):
         disp = fs.gaussian_smooth(noise, [self.sigma] * d) * float(self.magnitude)
         # dense map: input coordinate = output index + displacement
         x = img.data if img.data.is_floating_point() else img.data.float()
-        base = torch.stack(torch.meshgrid(*[torch.arange(n, device=img.device, dtype=torch.float32) for n in shape], indexing="ij"))
+        base = torch.stack(
+            torch.meshgrid(*[torch.arange(n, device=img.device, dtype=torch.float32) for n in shape], indexing="ij")
+        )
         coords = base + disp
-        sizes = torch.tensor([max(n - 1, 1) for n in shape], device=img.device, dtype=torch.float32).reshape(d, *([1] * d))
+        sizes = torch.tensor([max(n - 1, 1) for n in shape], device=img.device, dtype=torch.float32).reshape(
+            d, *([1] * d)
+        )
         grid = (2 * coords / sizes - 1).flip(0).movedim(0, -1)[None]
         out = torch.nn.functional.grid_sample(x[None], grid, mode="nearest" if self.mode == "nearest" else "bilinear",
                                               padding_mode=self.padding_mode, align_corners=True)[0]

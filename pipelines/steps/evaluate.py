@@ -43,11 +43,12 @@ def foreground_labels(params: dict) -> dict[str, int]:
 
 def measure_model(model_dir: Path, cases: list[dict], labels: dict[str, int]) -> tuple[list[dict], dict]:
     """Per-case rows and predictions (``{id: (image, pred, ref) arrays}``) of the model in ``model_dir``."""
+    from tqdm.auto import tqdm
+
     from medcore.inferers.model_dir import load_model_dir
     from medcore.inferers.predict import predict_volume
     from medcore.io import load_image
     from medcore.metrics.evaluate import case_metrics
-    from tqdm.auto import tqdm
 
     model, spec = load_model_dir(model_dir)
     rows, volumes = [], {}

@@ -16,7 +16,9 @@ def deidentifier(params: dict):
     """The keyed de-identifier (key from $MEDCORE_DEID_KEY or a key file outside data and outputs)."""
     from medcore.dicom.deid import Deidentifier, load_or_create_key
 
-    forbidden = [p for p in (resolve(params, params["output_dir"]), resolve(params, params["source"]["dicom_dir"])) if p]
+    forbidden = [
+        p for p in (resolve(params, params["output_dir"]), resolve(params, params["source"]["dicom_dir"])) if p
+    ]
     key = load_or_create_key(resolve(params, params["deid_key_file"]), forbidden_roots=forbidden)
     return Deidentifier(key)
 

@@ -7,10 +7,10 @@ import json
 import os
 import shutil
 import uuid
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 from pipelines.params import resolve
 
@@ -21,7 +21,7 @@ class Layout:
     dataset: Path | None = None
 
     @classmethod
-    def from_params(cls, params: dict) -> "Layout":
+    def from_params(cls, params: dict) -> Layout:
         return cls(resolve(params, params["output_dir"]), resolve(params, params.get("dataset_dir")))
 
     def raw_manifest(self, key: str) -> Path:

@@ -91,11 +91,14 @@ def champion_score(client, params: dict, name: str, evaluation: dict) -> tuple[o
         return None, None
     if champ.tags.get("evaluation_set") == evaluation["evaluation_set"]:
         return champ, float(champ.tags["mean_dice"])
-    from pipelines.steps.evaluate import evaluation_cases, foreground_labels, measure_model, summarise
     import mlflow
 
+    from pipelines.steps.evaluate import evaluation_cases, foreground_labels, measure_model, summarise
+
     local = mlflow.artifacts.download_artifacts(f"models:/{name}/{champ.version}")
-    rows, _ = measure_model(Path(local) / "artifacts" / "model_dir", evaluation_cases(params), foreground_labels(params))
+    rows, _ = measure_model(
+        Path(local) / "artifacts" / "model_dir", evaluation_cases(params), foreground_labels(params)
+    )
     return champ, summarise(rows)["mean_dice"]
 
 
@@ -116,7 +119,9 @@ def register(params: dict, run_tags: dict | None = None, evaluation: dict | None
     version = _find_version(client, name, key)
     if version is None:
         run = _find_run(client, exp_id, key)
-        run_id = run.info.run_id if run else client.create_run(exp_id, run_name=f"train-{key}", tags=lineage).info.run_id
+        run_id = (
+            run.info.run_id if run else client.create_run(exp_id, run_name=f"train-{key}", tags=lineage).info.run_id
+        )
         with mlflow.start_run(run_id=run_id):
             mlflow.log_params({k: v for k, v in _flat("", params["train"], {}).items()})
             for record in read_json(layout.out / latest["run_dir"] / "history.json"):

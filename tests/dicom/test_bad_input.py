@@ -11,8 +11,7 @@ import numpy as np
 import pandas as pd
 import pydicom
 import pytest
-from dicom_factory import (PHI_ID, image_dataset, phantom, rtstruct_dataset, save, sr_dataset,
-                           write_series)
+from dicom_factory import PHI_ID, image_dataset, phantom, rtstruct_dataset, save, sr_dataset, write_series
 from pydicom.uid import generate_uid
 
 from medcore.dicom.convert import convert_tree

@@ -262,7 +262,9 @@ def test_corrupt_compressed_data_names_file_and_syntax(tmp_path):
 
 def test_missing_decoder_names_transfer_syntax(tmp_path):
     raw = np.zeros((8, 8), dtype=np.uint16)
-    path = write_image(tmp_path / "jxl.dcm", raw, syntax="1.3.6.1.4.1.99999.77.1", encapsulated=b"\xff\x0a" + b"\x00" * 30)
+    path = write_image(
+        tmp_path / "jxl.dcm", raw, syntax="1.3.6.1.4.1.99999.77.1", encapsulated=b"\xff\x0a" + b"\x00" * 30
+    )
     frames = read_frames(path)
     with pytest.raises(DecodeError) as err:
         load_pixels(frames)

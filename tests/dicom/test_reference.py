@@ -118,7 +118,7 @@ def test_dcm_qa_references(shared_data, tmp_path):
         root = shared_data / "dicom" / name
         report = _convert(root / "In", tmp_path / name)
         assert report.balanced
-        for ref, number, echo in _refs_by_series(root / "Ref"):
+        for ref, number, _echo in _refs_by_series(root / "Ref"):
             cands = [tmp_path / name / r.nifti for r in report.series if r.series_number == number]
             label = f"{name}/{ref.name}"
             if not cands and label in KNOWN_REFUSED:
@@ -201,7 +201,9 @@ def test_pydicom_data_matches_dcm2niix_run_here(shared_data, tmp_path):
             series_of[str(p)] = str(pydicom.dcmread(p, stop_before_pixels=True, force=True).SeriesInstanceUID)
         except Exception:
             continue
-    quarantined = {str(report.local_paths[f]): c for f, c in zip(report.quarantine["file_id"], report.quarantine["code"])}
+    quarantined = {
+        str(report.local_paths[f]): c for f, c in zip(report.quarantine["file_id"], report.quarantine["code"])
+    }
     compared, absent = 0, []
     for ref in sorted(ref_dir.glob("*.nii")):
         if "_ROI" in ref.name:

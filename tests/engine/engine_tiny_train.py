@@ -21,8 +21,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from medcore.engine.data import EpochDataset  # noqa: E402
-from medcore.engine.distributed import (all_reduce_sum, init_distributed, shard_indices,  # noqa: E402
-                                        shutdown_distributed)
+from medcore.engine.distributed import all_reduce_sum, init_distributed, shard_indices, shutdown_distributed  # noqa: E402
 from medcore.engine.trainer import Callback, Trainer, TrainerConfig  # noqa: E402
 
 
@@ -111,7 +110,9 @@ def train(run_dir: str | Path, batch_size: int = 4, epochs: int = 2, items: int 
                       callbacks=[Pause(pause)] if pause else [])
     summary = trainer.fit()
     if ctx.is_main:
-        save_file({k: v.contiguous() for k, v in trainer.model.state_dict().items()}, str(run_dir / "final.safetensors"))
+        save_file(
+            {k: v.contiguous() for k, v in trainer.model.state_dict().items()}, str(run_dir / "final.safetensors")
+        )
     return summary
 
 

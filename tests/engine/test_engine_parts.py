@@ -210,7 +210,9 @@ def test_lr_schedule_keeps_up_with_a_time_budget(tmp_path):
     last_lr = json.loads((tmp_path / "history.json").read_text())[-1]["lr"]
     by_steps_alone = 0.01 * (1 - (summary["global_step"] - 1) / 40) ** 0.9
     assert last_lr < 0.7 * by_steps_alone
-    assert load_checkpoint(tmp_path / "checkpoints" / "last.safetensors")["schedule"]["offset"] == trainer.schedule_offset
+    assert (
+        load_checkpoint(tmp_path / "checkpoints" / "last.safetensors")["schedule"]["offset"] == trainer.schedule_offset
+    )
 
 
 def test_plan_takes_label_names_from_the_datalist(tmp_path):
@@ -243,8 +245,12 @@ def test_rotate_zoom_identity_equals_crop_and_keeps_labels():
     item = {"image": image, "label": label}
     quiet = {"flip_prob": 0.0, "scale_prob": 0.0, "noise_prob": 0.0}
     plain = PatchAugment((12, 16, 10), 1.0, **quiet)(item, make_rng(0, 0, 0))
-    same = PatchAugment((12, 16, 10), 1.0, spatial_prob=1.0, rotate_deg=0.0, zoom=(1.0, 1.0), **quiet)(item, make_rng(0, 0, 0))
+    same = PatchAugment((12, 16, 10), 1.0, spatial_prob=1.0, rotate_deg=0.0, zoom=(1.0, 1.0), **quiet)(
+        item, make_rng(0, 0, 0)
+    )
     assert torch.allclose(same["image"], plain["image"], atol=1e-5) and torch.equal(same["label"], plain["label"])
-    moved = PatchAugment((12, 16, 10), 1.0, spatial_prob=1.0, rotate_deg=30.0, zoom=(0.8, 1.2), **quiet)(item, make_rng(0, 0, 1))
+    moved = PatchAugment((12, 16, 10), 1.0, spatial_prob=1.0, rotate_deg=30.0, zoom=(0.8, 1.2), **quiet)(
+        item, make_rng(0, 0, 1)
+    )
     assert moved["image"].shape == (1, 12, 16, 10) and moved["label"].shape == (1, 12, 16, 10)
     assert set(moved["label"].unique().tolist()) <= {0, 1, 2} and (moved["label"] > 0).any()

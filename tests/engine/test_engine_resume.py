@@ -56,8 +56,12 @@ def test_sigkill_mid_epoch_then_resume_is_bit_identical(tmp_path, device, amp):
         assert (state["scaler"].get("scale", 0) > 0) == (amp == "fp16"), state["scaler"]
 
     # resume with two loader workers: the augmentation draws must not depend on the worker count
-    subprocess.run([sys.executable, str(SCRIPT), str(killed), *common, "--workers", "2"], check=True, env=subprocess_env(),
-                   timeout=120)
+    subprocess.run(
+        [sys.executable, str(SCRIPT), str(killed), *common, "--workers", "2"],
+        check=True,
+        env=subprocess_env(),
+        timeout=120,
+    )
     summary = json.loads((killed / "summary.json").read_text())
     assert summary["resumed"] is True and summary["global_step"] == 16
     assert summary["precision"] == ("fp32" if device == "cpu" else amp)

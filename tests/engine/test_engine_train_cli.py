@@ -42,7 +42,9 @@ def test_train_cli_synthetic_ct_writes_plan_history_summary_and_a_predictable_mo
     from medcore.inferers.predict import predict_file
 
     model, spec = load_model_dir(summary["model_dir"])
-    assert spec.labels == {"background": 0, "organ": 1, "lesion": 2} and spec.inference["roi_size"] == plan["patch_size"]
+    assert (
+        spec.labels == {"background": 0, "organ": 1, "lesion": 2} and spec.inference["roi_size"] == plan["patch_size"]
+    )
     case = sorted((run_dir / "data" / "imagesTr").glob("*.nii.gz"))[0]
     predict_file(model, spec, case, tmp_path / "pred.nii.gz")
     import nibabel as nib
@@ -94,8 +96,13 @@ def test_hippocampus_plan_from_real_data(shared_data):
 
 def test_preprocessing_cache_and_augmentation_on_real_cases(shared_data, tmp_path):
     from medcore.data import Dataset
-    from medcore.engine.segmentation import (CachedCases, CasePreprocess, PatchAugment, case_dataset,
-                                             preprocessing_configs)
+    from medcore.engine.segmentation import (
+        CachedCases,
+        CasePreprocess,
+        PatchAugment,
+        case_dataset,
+        preprocessing_configs,
+    )
     from medcore.transforms import make_rng
 
     cases = find_msd_cases(shared_data / "hippocampus")[:3]

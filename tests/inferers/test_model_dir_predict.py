@@ -10,8 +10,15 @@ import pytest
 import torch
 
 from medcore.cli import main as cli_main
-from medcore.inferers import (FORMAT_VERSION, load_model_dir, make_spec, predict_volume, read_spec,
-                              save_model_dir, sliding_window_inference)
+from medcore.inferers import (
+    FORMAT_VERSION,
+    load_model_dir,
+    make_spec,
+    predict_volume,
+    read_spec,
+    save_model_dir,
+    sliding_window_inference,
+)
 from medcore.io import Image
 from medcore.networks import build_network
 

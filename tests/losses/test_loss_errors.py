@@ -5,8 +5,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-from medcore.losses import (DeepSupervisionLoss, DiceCELoss, DiceLoss, FocalLoss, GeneralizedDiceLoss, build_loss,
-                            loss_names)
+from medcore.losses import (
+    DeepSupervisionLoss,
+    DiceCELoss,
+    DiceLoss,
+    FocalLoss,
+    GeneralizedDiceLoss,
+    build_loss,
+    loss_names,
+)
 
 
 def test_registry_names():

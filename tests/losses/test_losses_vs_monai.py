@@ -10,8 +10,16 @@ import torch
 
 monai_losses = pytest.importorskip("monai.losses")
 
-from medcore.losses import (DeepSupervisionLoss, DiceCELoss, DiceFocalLoss, DiceLoss, FocalLoss,  # noqa: E402
-                            GeneralizedDiceLoss, TverskyLoss, build_loss)
+from medcore.losses import (  # noqa: E402
+    DeepSupervisionLoss,
+    DiceCELoss,
+    DiceFocalLoss,
+    DiceLoss,
+    FocalLoss,
+    GeneralizedDiceLoss,
+    TverskyLoss,
+    build_loss,
+)
 
 ATOL = 1e-6
 

@@ -23,8 +23,7 @@ from dagster import DagsterEventType, DagsterInstance
 
 from pipelines.executors import CELERY_BROKER_ENV, EXECUTOR_ENV, celery_config, select_executor
 
-from .test_scale_switch import (PROJECT, _free_port, _missing, _sql, _unavailable,  # noqa: F401 (fixtures)
-                                pg_home, postgres_url, project)
+from .test_scale_switch import PROJECT, _free_port, _missing, _sql, _unavailable, pg_home, postgres_url, project  # noqa: F401 (fixtures)
 
 STEPS = ("raw_dicom", "series_index", "nifti_volumes")
 WORKER = "medcore-test"

@@ -76,8 +76,16 @@ def test_training_ran_two_processes_with_live_progress(pipeline_run):
 
 
 def test_evaluation_metadata_and_plots(pipeline_run):
-    meta = pipeline_run["instance"].get_latest_materialization_event(AssetKey("evaluation")).asset_materialization.metadata
-    for key in ("plot_dice_distribution", "plot_training_curves", "plot_overlay_best", "plot_overlay_worst", "per_case"):
+    meta = (
+        pipeline_run["instance"].get_latest_materialization_event(AssetKey("evaluation")).asset_materialization.metadata
+    )
+    for key in (
+        "plot_dice_distribution",
+        "plot_training_curves",
+        "plot_overlay_best",
+        "plot_overlay_worst",
+        "per_case",
+    ):
         assert key in meta
     out = Path(pipeline_run["root"]) / "outputs" / "pipeline" / "evaluation"
     table = pd.read_csv(out / "per_case.csv")
@@ -117,8 +125,13 @@ def test_phi_audit_of_a_full_run(pipeline_run):
     root = Path(pipeline_run["root"])
     planted = [v for v in pipeline_run["manifest"].planted_phi if len(v) >= 4]
     assert len(planted) > 20
-    targets = _files(root / "outputs") + _files(root / "data" / "dataset") + _files(root / "dagster_home") + _files(root / "mlartifacts") \
+    targets = (
+        _files(root / "outputs")
+        + _files(root / "data" / "dataset")
+        + _files(root / "dagster_home")
+        + _files(root / "mlartifacts")
         + [root / "mlflow.db"]
+    )
     assert len(targets) > 50
     hits = []
     for path in targets:

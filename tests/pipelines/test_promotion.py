@@ -7,7 +7,6 @@ import json
 import shutil
 from pathlib import Path
 
-
 from pipelines.steps.register import decide_promotion
 
 

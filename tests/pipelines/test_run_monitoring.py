@@ -13,8 +13,19 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.recovery import (ALIVE, BOOT_TAG, DEAD, PID_TAG, PIDNS_TAG, START_TAG, UNKNOWN, Machine,
-                                process_tags, process_verdict, recover_dead_runs)
+from pipelines.recovery import (
+    ALIVE,
+    BOOT_TAG,
+    DEAD,
+    PID_TAG,
+    PIDNS_TAG,
+    START_TAG,
+    UNKNOWN,
+    Machine,
+    process_tags,
+    process_verdict,
+    recover_dead_runs,
+)
 
 PROJECT = Path(__file__).resolve().parents[2]
 CHILD = ("import sys; from dagster import DagsterInstance; from pipelines.demo import run_pipeline; "

@@ -280,12 +280,11 @@ def test_k8s_executor_submits_a_job_manifest_for_our_step(kube_api, deid_key, ne
     """No cluster here: the run goes as far as the Job manifest that dagster-k8s submits for our first step."""
     if _missing("dagster_k8s"):
         _unavailable("dagster-k8s not installed (pip install -e '.[scale]')")
+    from medcore.data.synthetic import write_synthetic_studies
     from pipelines.executors import K8S_IMAGE_ENV, K8S_KUBECONFIG_ENV, K8S_NAMESPACE_ENV, K8S_SECRETS_ENV
     from pipelines.params import load_params
-    from pipelines.steps.layout import Layout
-
-    from medcore.data.synthetic import write_synthetic_studies
     from pipelines.steps.ingest import deidentifier, list_studies
+    from pipelines.steps.layout import Layout
 
     kubeconfig, requests = kube_api
     params_file = new_project(tmp_path / "project")  # its own output tree: nothing may be written to it

@@ -30,7 +30,6 @@ def _tick(instance, settings, cursor):
 
 def test_sensor_adds_partition_once_copy_finished(tmp_path, deid_key, new_project):
     from medcore.data.synthetic import write_synthetic_studies
-
     from pipelines.resources import PipelineSettings
 
     source = write_synthetic_studies(tmp_path / "source", n_patients=1, seed=3, shape=(16, 16, 6))

@@ -76,11 +76,24 @@ def test_webserver_graphql_launch_and_asset_graph_in_chromium(pipeline_run, tmp_
             time.sleep(1)
         assert status == "SUCCESS", status
         profile = tmp_path / "chromium-profile"
-        dom = subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                              "--disable-component-update", "--disable-sync", f"--user-data-dir={profile}",
-                              "--virtual-time-budget=20000", "--dump-dom",
-                              f"http://127.0.0.1:{port}/assets?view=lineage"],
-                             capture_output=True, text=True, timeout=120).stdout
+        dom = subprocess.run(
+            [
+                CHROMIUM,
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                f"--user-data-dir={profile}",
+                "--virtual-time-budget=20000",
+                "--dump-dom",
+                f"http://127.0.0.1:{port}/assets?view=lineage",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        ).stdout
         missing = [a for a in ASSETS if a not in dom]
         assert not missing, f"asset graph page lacks {missing}"
     finally:

@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+from transform_cases import labelled
 
 from medcore.io import Image
 from medcore.transforms import (
@@ -24,12 +25,16 @@ from medcore.transforms import (
     from_config,
     make_rng,
 )
-from transform_cases import labelled
 
-NEEDS_ARGS = {"Keyed": lambda c: c(Flip()), "Compose": lambda c: c([Flip(), RandFlip()]),
-              "OneOf": lambda c: c([Flip()]), "RandomOrder": lambda c: c([Flip()]),
-              "Resample": lambda c: c(matrix=[[1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]], out_shape=[2, 2, 2]),
-              "CropPad": lambda c: c((1, 1, 1), (0, 0, 0)), "SpatialCrop": lambda c: c((0, 0, 0), (2, 2, 2))}
+NEEDS_ARGS = {
+    "Keyed": lambda c: c(Flip()),
+    "Compose": lambda c: c([Flip(), RandFlip()]),
+    "OneOf": lambda c: c([Flip()]),
+    "RandomOrder": lambda c: c([Flip()]),
+    "Resample": lambda c: c(matrix=[[1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]], out_shape=[2, 2, 2]),
+    "CropPad": lambda c: c((1, 1, 1), (0, 0, 0)),
+    "SpatialCrop": lambda c: c((0, 0, 0), (2, 2, 2)),
+}
 
 
 @pytest.mark.parametrize("name", sorted(REGISTRY))

@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from transform_cases import labelled, oblique_affine
 
 from medcore.io import Image
 from medcore.transforms import (
@@ -25,7 +26,6 @@ from medcore.transforms import (
     invert,
     make_rng,
 )
-from transform_cases import labelled, oblique_affine
 
 COEF = np.array([0.7, -1.3, 2.1])
 

@@ -60,7 +60,10 @@ def test_activations_asdiscrete():
     assert arg.tolist() == [[[0.0, 1.0]]]
     onehot = AsDiscrete(argmax=True, to_onehot=2)(img).data
     assert onehot.tolist() == [[[1.0, 0.0]], [[0.0, 1.0]]]
-    assert AsDiscrete(threshold=0.5)(Image(torch.sigmoid(logits))).data.tolist() == [[[1.0, 0.0]], [[1.0, 1.0]]]  # 0.5 >= 0.5
+    assert AsDiscrete(threshold=0.5)(Image(torch.sigmoid(logits))).data.tolist() == [
+        [[1.0, 0.0]],
+        [[1.0, 1.0]],
+    ]  # 0.5 >= 0.5
 
 
 def test_connected_component_cleanup():

@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from transform_cases import labelled, volume
 
 from medcore.io import Image
 from medcore.transforms import (
@@ -27,7 +28,6 @@ from medcore.transforms import (
     SpatialPad,
     Zoom,
 )
-from transform_cases import labelled, volume
 
 monai = pytest.importorskip("monai")
 mt = pytest.importorskip("monai.transforms")
@@ -121,22 +121,37 @@ def test_rotate_zoom_affine():
     img3 = volume()
     _check(Rotate((0.2, -0.3, 0.4))(img3),
            mt.Rotate((0.2, -0.3, 0.4), padding_mode="zeros", align_corners=True)(_meta(img3)), False, 1e-2, 1e-6)
-    ours = Affine(rotate=(0.1, 0.2, 0.3), shear=(0.1, 0, 0.05, 0, 0, -0.1), scale=(1.1, 0.9, 1.2), translate=(2, -1, 0.5))(img3)
-    theirs = mt.Affine(rotate_params=(0.1, 0.2, 0.3), shear_params=(0.1, 0, 0.05, 0, 0, -0.1), scale_params=(1.1, 0.9, 1.2),
-                       translate_params=(2, -1, 0.5), padding_mode="zeros", image_only=True)(_meta(img3))
+    ours = Affine(
+        rotate=(0.1, 0.2, 0.3), shear=(0.1, 0, 0.05, 0, 0, -0.1), scale=(1.1, 0.9, 1.2), translate=(2, -1, 0.5)
+    )(img3)
+    theirs = mt.Affine(
+        rotate_params=(0.1, 0.2, 0.3),
+        shear_params=(0.1, 0, 0.05, 0, 0, -0.1),
+        scale_params=(1.1, 0.9, 1.2),
+        translate_params=(2, -1, 0.5),
+        padding_mode="zeros",
+        image_only=True,
+    )(_meta(img3))
     _check(ours, theirs, False, 1e-2, 1e-5)
 
 
 def test_intensity(img):
     m = _meta(img)
-    _check(ScaleIntensityRange(10, 80, 0, 1, clip=True)(img), mt.ScaleIntensityRange(10, 80, 0, 1, clip=True)(m), False, 1e-6)
+    _check(
+        ScaleIntensityRange(10, 80, 0, 1, clip=True)(img),
+        mt.ScaleIntensityRange(10, 80, 0, 1, clip=True)(m),
+        False,
+        1e-6,
+    )
     _check(ScaleIntensityRange(5, 95, 0, 1, clip=True, percentiles=True)(img),
            mt.ScaleIntensityRangePercentiles(5, 95, 0, 1, clip=True)(m), False, 1e-5)
     _check(NormalizeIntensity()(img), mt.NormalizeIntensity()(m), False, 1e-5)
     lab = labelled()["label"].replace(data=labelled()["label"].data.float())
     _check(NormalizeIntensity(nonzero=True)(lab), mt.NormalizeIntensity(nonzero=True)(_meta(lab)), False, 1e-5)
     two = Image(torch.cat([img.data, img.data * 3 + 7]), img.affine)
-    _check(NormalizeIntensity(channel_wise=True)(two), mt.NormalizeIntensity(channel_wise=True)(_meta(two)), False, 1e-5)
+    _check(
+        NormalizeIntensity(channel_wise=True)(two), mt.NormalizeIntensity(channel_wise=True)(_meta(two)), False, 1e-5
+    )
     _check(AdjustContrast(1.7)(img), mt.AdjustContrast(1.7)(m), False, 1e-4)
     clipped = Clip(20, 60)(img)
     assert torch.equal(clipped.data, img.data.clamp(20, 60)) and clipped.data.min() >= 20

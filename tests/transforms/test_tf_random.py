@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import torch
+from transform_cases import labelled
 
 from medcore.io import Image
 from medcore.transforms import (
@@ -36,7 +37,6 @@ from medcore.transforms import (
     make_rng,
     replay,
 )
-from transform_cases import labelled
 
 
 def chain() -> Compose:
@@ -129,10 +129,18 @@ def test_label_indices_cached_and_serialisable():
 
 def test_oneof_randomorder_elastic_deterministic():
     d = labelled()
-    t = Compose([OneOf([Keyed(RandFlip(prob=1.0)), Keyed(RandRotate90(prob=1.0))], weights=[1, 3]),
-                 RandomOrder([Keyed(RandShiftIntensity(0.5, prob=1.0), keys="image"),
-                              Keyed(RandScaleIntensity(0.5, prob=1.0), keys="image")]),
-                 Keyed(RandElastic(prob=1.0, sigma_range=(2, 3), magnitude_range=(1, 2)), mode=("bilinear", "nearest"))])
+    t = Compose(
+        [
+            OneOf([Keyed(RandFlip(prob=1.0)), Keyed(RandRotate90(prob=1.0))], weights=[1, 3]),
+            RandomOrder(
+                [
+                    Keyed(RandShiftIntensity(0.5, prob=1.0), keys="image"),
+                    Keyed(RandScaleIntensity(0.5, prob=1.0), keys="image"),
+                ]
+            ),
+            Keyed(RandElastic(prob=1.0, sigma_range=(2, 3), magnitude_range=(1, 2)), mode=("bilinear", "nearest")),
+        ]
+    )
     a, b = t(d, make_rng(4)), t(d, make_rng(4))
     assert torch.equal(a["image"].data, b["image"].data) and torch.equal(a["label"].data, b["label"].data)
     assert torch.equal(replay(d["image"], a["image"].ops).data, a["image"].data)

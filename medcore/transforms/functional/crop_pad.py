@@ -25,7 +25,9 @@ def crop_pad(data: torch.Tensor, before: Sequence[int], after: Sequence[int], mo
         n = x.shape[k + 1]
         lo, hi = max(-before[k], 0), n - max(-after[k], 0)
         if hi <= lo:
-            raise ValueError(f"crop_pad: cropping {-before[k]}+{-after[k]} voxels leaves nothing of axis {k} (size {n})")
+            raise ValueError(
+                f"crop_pad: cropping {-before[k]}+{-after[k]} voxels leaves nothing of axis {k} (size {n})"
+            )
         slices.append(slice(lo, hi))
     x = x[tuple(slices)]
     pads = []
@@ -36,7 +38,9 @@ def crop_pad(data: torch.Tensor, before: Sequence[int], after: Sequence[int], mo
             if not x.is_floating_point() or x.dtype in (torch.float32, torch.float64, torch.float16, torch.bfloat16):
                 out_shape = [x.shape[0]] + [x.shape[k + 1] + max(before[k], 0) + max(after[k], 0) for k in range(d)]
                 out = torch.full(out_shape, value, dtype=x.dtype, device=x.device)
-                region = [slice(None)] + [slice(max(before[k], 0), max(before[k], 0) + x.shape[k + 1]) for k in range(d)]
+                region = [slice(None)] + [
+                    slice(max(before[k], 0), max(before[k], 0) + x.shape[k + 1]) for k in range(d)
+                ]
                 out[tuple(region)] = x
                 return out
         x = F.pad(x[None].float() if not x.is_floating_point() else x[None], pads, mode=mode)[0].to(data.dtype)

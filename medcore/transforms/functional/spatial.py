@@ -99,7 +99,9 @@ def orientation_map(affine: torch.Tensor, shape: Sequence[int], axcodes: str) ->
 
     d = len(shape)
     if len(axcodes) != d:
-        raise ValueError(f"Orientation: axcodes {axcodes!r} has {len(axcodes)} letters but the image has {d} spatial axes")
+        raise ValueError(
+            f"Orientation: axcodes {axcodes!r} has {len(axcodes)} letters but the image has {d} spatial axes"
+        )
     src = nio.io_orientation(spatial_affine(affine, d))
     labels = (("L", "R"), ("P", "A"), ("I", "S"))[:d]
     dst = nio.axcodes2ornt(tuple(axcodes.upper()), labels=labels)
@@ -115,7 +117,9 @@ def orientation_map(affine: torch.Tensor, shape: Sequence[int], axcodes: str) ->
     return m, tuple(out)
 
 
-def spacing_map(affine: torch.Tensor, shape: Sequence[int], pixdim: Sequence[float | None]) -> tuple[np.ndarray, tuple[int, ...]]:
+def spacing_map(
+    affine: torch.Tensor, shape: Sequence[int], pixdim: Sequence[float | None]
+) -> tuple[np.ndarray, tuple[int, ...]]:
     """Voxel map onto a grid with voxel size ``pixdim`` (mm), same axis directions, shear removed.
 
     The output grid starts at the input corner that is lowest along every output axis (so for a
@@ -127,7 +131,12 @@ def spacing_map(affine: torch.Tensor, shape: Sequence[int], pixdim: Sequence[flo
     a = np.asarray(affine, dtype=np.float64)
     rzs = a[:3, :d]
     old = np.linalg.norm(rzs, axis=0)
-    target = np.array([old[i] if (p is None or p <= 0) else float(p) for i, p in enumerate(list(pixdim) + [None] * (d - len(pixdim)))][:d])
+    target = np.array(
+        [
+            old[i] if (p is None or p <= 0) else float(p)
+            for i, p in enumerate(list(pixdim) + [None] * (d - len(pixdim)))
+        ][:d]
+    )
     zs = np.linalg.cholesky(rzs.T @ rzs).T
     rot = rzs @ np.linalg.inv(zs)
     new_rzs = rot @ np.diag(np.sign(np.diag(zs)) * target)
@@ -381,7 +390,9 @@ def resample(data: torch.Tensor, m: np.ndarray, out_shape: Sequence[int], mode: 
     return _grid_resample(data, m, out_shape, mode, padding_mode)
 
 
-def _grid_resample(data: torch.Tensor, m: np.ndarray, out_shape: tuple[int, ...], mode: str, padding_mode: str) -> torch.Tensor:
+def _grid_resample(
+    data: torch.Tensor, m: np.ndarray, out_shape: tuple[int, ...], mode: str, padding_mode: str
+) -> torch.Tensor:
     d = data.ndim - 1
     if d not in (2, 3):
         raise ValueError(f"resample: rotations/shears need 2 or 3 spatial axes, got {d}")

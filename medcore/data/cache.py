@@ -37,7 +37,7 @@ import torch.distributed as dist
 from tqdm.auto import tqdm
 
 from medcore.data.dataset import Dataset, ItemError, Transform
-from medcore.data.persistent import _own_tensor, map_sample_file, sample_to_bytes
+from medcore.data.persistent import own_tensor, map_sample_file, sample_to_bytes
 from medcore.io import Image
 from medcore.transforms.crop_pad import LabelIndices
 from medcore.utils.atomic import atomic_write_bytes, atomic_write_text
@@ -117,9 +117,9 @@ def compact(sample: Any) -> Any:
     """The sample with every tensor owning exactly its bytes (a crop view would otherwise keep
     the whole uncropped volume alive in the cache)."""
     if isinstance(sample, Image):
-        return Image(_own_tensor(sample.data), sample.affine, sample.meta, sample.ops)
+        return Image(own_tensor(sample.data), sample.affine, sample.meta, sample.ops)
     if isinstance(sample, torch.Tensor):
-        return _own_tensor(sample)
+        return own_tensor(sample)
     if isinstance(sample, dict):
         return {k: compact(v) for k, v in sample.items()}
     if isinstance(sample, list):

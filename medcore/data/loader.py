@@ -16,7 +16,7 @@ import hashlib
 import random
 import struct
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -108,7 +108,7 @@ class EpochLoader(DataLoader):
     """A ``DataLoader`` with ``set_epoch`` (propagated to its sampler and dataset)."""
 
     def set_epoch(self, epoch: int) -> None:
-        self.sampler.set_epoch(epoch)
+        cast(Any, self.sampler).set_epoch(epoch)
         if hasattr(self.dataset, "set_epoch"):
             self.dataset.set_epoch(epoch)
 

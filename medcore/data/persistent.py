@@ -27,7 +27,7 @@ import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import safetensors.torch
@@ -63,7 +63,7 @@ def to_json(v: Any) -> str:
     return json.dumps(v, sort_keys=True, separators=(",", ":"), default=_json_default)
 
 
-def _own_tensor(t: torch.Tensor) -> torch.Tensor:
+def own_tensor(t: torch.Tensor) -> torch.Tensor:
     """A contiguous CPU tensor owning exactly its bytes (views of larger storages are copied)."""
     t = t.detach().cpu().contiguous()
     if t.untyped_storage().nbytes() != t.nbytes or t.storage_offset() != 0:
@@ -78,8 +78,8 @@ def encode_sample(sample: Any) -> tuple[dict[str, torch.Tensor], Any]:
 
     def enc(v: Any, path: str) -> Any:
         if isinstance(v, Image):
-            tensors[f"{path}.data"] = _own_tensor(v.data)
-            tensors[f"{path}.affine"] = _own_tensor(v.affine)
+            tensors[f"{path}.data"] = own_tensor(v.data)
+            tensors[f"{path}.affine"] = own_tensor(v.affine)
             try:
                 meta, ops = json.loads(to_json(v.meta)), json.loads(to_json(v.ops))
             except (TypeError, ValueError) as exc:
@@ -89,13 +89,13 @@ def encode_sample(sample: Any) -> tuple[dict[str, torch.Tensor], Any]:
         if isinstance(v, LabelIndices):
             parts = v.to_tensors()
             for name, t in parts.items():
-                tensors[f"{path}.{name}"] = _own_tensor(t)
+                tensors[f"{path}.{name}"] = own_tensor(t)
             return {"t": "label_indices", "p": path, "names": sorted(parts)}
         if isinstance(v, torch.Tensor):
-            tensors[path] = _own_tensor(v)
+            tensors[path] = own_tensor(v)
             return {"t": "tensor", "p": path}
         if isinstance(v, np.ndarray):
-            tensors[path] = _own_tensor(torch.from_numpy(np.ascontiguousarray(v)))
+            tensors[path] = own_tensor(torch.from_numpy(np.ascontiguousarray(v)))
             return {"t": "ndarray", "p": path}
         if isinstance(v, dict):
             if not all(isinstance(k, str) for k in v):
@@ -143,7 +143,7 @@ def _checksum(layout_json: str, tensors: dict[str, torch.Tensor]) -> str:
         t = tensors[name]
         h.update(f"\0{name}\0{t.dtype}\0{tuple(t.shape)}\0".encode())
         if t.numel():
-            h.update(memoryview(t.contiguous().reshape(-1).view(torch.uint8).numpy()))
+            h.update(cast(Any, t.contiguous().reshape(-1).view(torch.uint8).numpy()))
     return h.hexdigest()
 
 
@@ -206,7 +206,7 @@ def map_sample_file(path: str | os.PathLike, key: str | None = None, verify: boo
     size = os.path.getsize(path)
     try:
         buf = torch.from_file(os.fspath(path), shared=False, size=size, dtype=torch.uint8)
-        header, start = read_header(memoryview(buf.numpy()))
+        header, start = read_header(memoryview(cast(Any, buf.numpy())))
         meta = header.pop("__metadata__")
         tensors = {}
         for name, info in header.items():
@@ -292,7 +292,7 @@ def transform_config(transform: Transform | None) -> Any:
     if not hasattr(transform, "config"):
         raise TypeError(f"{type(transform).__name__} has no config(); a cached prefix must describe its parameters "
                         f"so that changing one invalidates the cache")
-    return transform.config()
+    return cast(Any, transform).config()
 
 
 def item_key(item: Any, image_keys: Sequence[str] | None, prefix_config: Any, index: HashIndex) -> str:
@@ -378,6 +378,7 @@ class PersistentDataset(Dataset):
             return self._mapped[index]
         key = self.keys[index]
         path = self.entry_path(index)
+        assert key is not None and path is not None  # unhashable items were refused by key_errors above
         try:
             sample = self._read(index)
             self.stats["hits"] += 1
@@ -398,6 +399,7 @@ class PersistentDataset(Dataset):
     def _read(self, index: int) -> Any:
         """The verified entry of item ``index``: read into memory, or mapped once per process (``mmap``)."""
         path, key = self.entry_path(index), self.keys[index]
+        assert key is not None and path is not None
         if not self.mmap:
             return sample_from_bytes(path.read_bytes(), key)
         sample, _ = map_sample_file(path, key, verify=True)

@@ -31,7 +31,7 @@ import nibabel as nib
 import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, PYDICOM_IMPLEMENTATION_UID, generate_uid
+from pydicom.uid import UID, CTImageStorage, ExplicitVRLittleEndian, PYDICOM_IMPLEMENTATION_UID, generate_uid
 
 from medcore.dicom.geometry import affine_ras, slice_normal
 from medcore.utils.atomic import atomic_path, atomic_write_text
@@ -502,7 +502,7 @@ def _write_series(root: Path, folder: str, template: Dataset, geometry: _Geometr
         sop = _uid(seed, tag, "sop", k)
         sop_uids.append(sop)
         template.SOPInstanceUID = sop
-        meta.MediaStorageSOPInstanceUID = sop
+        meta.MediaStorageSOPInstanceUID = UID(sop)
         template.InstanceNumber = instance
         template.ImagePositionPatient = [f"{v:.6f}" for v in ipp]
         template.SliceLocation = f"{float(ipp @ normal):.6f}"
@@ -523,9 +523,9 @@ def new_dicom_dataset(sop_class_uid: str, *, sop_instance_uid: str | None = None
     is generated unless ``sop_instance_uid`` is given.
     """
     meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = sop_class_uid
-    meta.MediaStorageSOPInstanceUID = sop_instance_uid or generate_uid()
-    meta.TransferSyntaxUID = transfer_syntax
+    meta.MediaStorageSOPClassUID = UID(sop_class_uid)
+    meta.MediaStorageSOPInstanceUID = UID(sop_instance_uid or generate_uid())
+    meta.TransferSyntaxUID = UID(transfer_syntax)
     ds = Dataset()
     ds.file_meta = meta
     ds.SOPClassUID = sop_class_uid

@@ -19,6 +19,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -53,6 +54,7 @@ def blend_weights(roi_size: Sequence[int], mode: str = "constant", sigma_scale: 
         x = torch.arange(-(n - 1) / 2.0, (n - 1) / 2.0 + 1, dtype=torch.float32, device=device)
         g = torch.exp(x ** 2 / (-2 * (n * s) ** 2))
         w = g if w is None else w.unsqueeze(-1) * g[(None,) * axis]
+    assert w is not None
     floor = max(float(w.min()), 1e-3)
     return w.clamp_(min=floor).to(dtype)
 
@@ -156,7 +158,8 @@ def sliding_window_inference(inputs: torch.Tensor, roi_size: Sequence[int | None
     for first in tqdm(steps, desc="sliding window", unit="batch", leave=False) if progress else steps:
         chunk = jobs[first:first + sw_batch_size]
         for j, (b, s) in enumerate(chunk):
-            buffer[j].copy_(inputs[(b, slice(None), *(slice(v, v + r) for v, r in zip(s, roi)))])
+            window: tuple[Any, ...] = (b, slice(None), *[slice(v, v + r) for v, r in zip(s, roi)])
+            buffer[j].copy_(inputs[window])
         pred = predictor(buffer[: len(chunk)])
         if not isinstance(pred, torch.Tensor) or pred.ndim != d + 2 or tuple(pred.shape[2:]) != roi \
                 or pred.shape[0] != len(chunk):
@@ -168,12 +171,12 @@ def sliding_window_inference(inputs: torch.Tensor, roi_size: Sequence[int | None
         pred = pred.to(dtype=inputs.dtype)
         if _same_device(pred.device, device):
             for j, (b, s) in enumerate(chunk):
-                region = (b, slice(None), *(slice(v, v + r) for v, r in zip(s, roi)))
+                region: tuple[Any, ...] = (b, slice(None), *[slice(v, v + r) for v, r in zip(s, roi)])
                 out[region].addcmul_(pred[j], weights_out)
         else:  # weight on the window device, then one transfer per window
             pred = pred * weights_sw
             for j, (b, s) in enumerate(chunk):
-                region = (b, slice(None), *(slice(v, v + r) for v, r in zip(s, roi)))
+                region = (b, slice(None), *[slice(v, v + r) for v, r in zip(s, roi)])
                 out[region] += pred[j].to(device)
     assert out is not None
     _normalise_in_place(out, starts, roi, weights_out)

@@ -59,7 +59,7 @@ class DeepSupervisionLoss(nn.Module):
         if len(input) == 0:
             raise ValueError("deep supervision: no outputs given")
         weights = scale_weights(len(input), self.weights, self.normalize)
-        total = 0
+        total = torch.zeros((), dtype=input[0].dtype, device=input[0].device)
         for w, output in zip(weights, input):
             total = total + w * self.loss(output, resize_target(target, output.shape[2:], self.interp_mode))
         return total

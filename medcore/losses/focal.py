@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -93,7 +94,7 @@ class FocalLoss(nn.Module):
             w = torch.as_tensor(self.weight, dtype=loss.dtype, device=loss.device)
             if w.ndim and input.shape[1] == 1:
                 raise ValueError("focal loss: per-class weight needs more than one output channel")
-            w = class_weights(self.weight, input.shape[1], loss) if w.ndim else w
+            w = cast(torch.Tensor, class_weights(self.weight, input.shape[1], loss)) if w.ndim else w
             if bool((w < 0).any()):
                 raise ValueError(f"focal loss: class weights must be >= 0, got {self.weight}")
             loss = loss * (w.reshape(1, -1, *([1] * (loss.ndim - 2))) if w.ndim else w)

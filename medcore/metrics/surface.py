@@ -29,7 +29,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -64,7 +64,7 @@ def mask_surface(mask: np.ndarray) -> np.ndarray:
         lo[axis], hi[axis] = slice(None, -1), slice(1, None)
         interior[tuple(hi)] &= mask[tuple(lo)]
         interior[tuple(lo)] &= mask[tuple(hi)]
-        edge = [slice(None)] * mask.ndim
+        edge: list[slice | int] = [slice(None)] * mask.ndim
         edge[axis] = 0
         interior[tuple(edge)] = False
         edge[axis] = -1
@@ -150,7 +150,7 @@ def surface_distances(pred: Any, ref: Any, spacing: Sequence[float] | float | No
     return SurfaceDistances(_nearest(sp, sr, shared, spacing_arr), _nearest(sr, sp, shared, spacing_arr))
 
 
-def _spacing(spacing: Sequence[float] | float | None, ndim: int) -> np.ndarray:
+def _spacing(spacing: Sequence[float] | np.ndarray | float | None, ndim: int) -> np.ndarray:
     if spacing is None:
         return np.ones(ndim)
     s = np.asarray(spacing, dtype=np.float64).reshape(-1)
@@ -161,7 +161,7 @@ def _spacing(spacing: Sequence[float] | float | None, ndim: int) -> np.ndarray:
     return s
 
 
-def _per_case_spacing(spacing: Any, batch: int, ndim: int) -> list[np.ndarray]:
+def _per_case_spacing(spacing: Any, batch: int, ndim: int) -> list[Any]:
     """One spacing for all cases, or a list with one spacing per case."""
     if spacing is not None and isinstance(spacing, (list, tuple)) and len(spacing) == batch and \
             all(isinstance(s, (list, tuple, np.ndarray, torch.Tensor)) for s in spacing):
@@ -180,7 +180,7 @@ def surface_metrics(pred: Any, ref: Any, spacing: Any = None, percentile: float 
     p, r = check_pair(pred, ref)
     batch, classes, ndim = p.shape[0], p.shape[1], p.ndim - 2
     tol = np.broadcast_to(np.asarray(tolerance, dtype=np.float64), (classes,)) if np.ndim(tolerance) else \
-        np.full(classes, float(tolerance))
+        np.full(classes, float(cast(float, tolerance)))
     spacings = _per_case_spacing(spacing, batch, ndim)
     out = {k: torch.empty(batch, classes, dtype=torch.float64)
            for k in ("hausdorff", "hausdorff_percentile", "assd", "surface_dice")}

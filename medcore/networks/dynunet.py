@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -55,6 +56,7 @@ class DoubleConv(nn.Module):
         super().__init__()
         self.first = ConvNormAct(spatial_dims, in_channels, out_channels, kernel_size, stride, norm, act, dropout,
                                  bias=False)
+        self.shortcut: nn.Module | None
         if residual:
             conv = conv_type(spatial_dims)
             self.second = nn.Sequential(
@@ -104,7 +106,7 @@ class DynUNet(nn.Module):
         if deep_supervision and not 1 <= deep_supr_num <= levels - 2:
             raise ValueError(f"dynunet: deep_supr_num must be in [1, {levels - 2}] for {levels} levels, "
                              f"got {deep_supr_num}")
-        block = dict(spatial_dims=spatial_dims, norm=norm, act=act, dropout=dropout, residual=res_block)
+        block: dict[str, Any] = dict(spatial_dims=spatial_dims, norm=norm, act=act, dropout=dropout, residual=res_block)
         self.encoder = nn.ModuleList(
             DoubleConv(in_channels=in_channels if i == 0 else filters[i - 1], out_channels=filters[i],
                        kernel_size=kernel_size[i], stride=strides[i], **block) for i in range(levels))

@@ -16,7 +16,7 @@ from torch import nn
 
 _NETWORKS: dict[str, type[nn.Module]] = {}
 
-T = TypeVar("T", bound=type)
+T = TypeVar("T", bound=type[nn.Module])
 
 
 def to_jsonable(value: Any) -> Any:
@@ -34,20 +34,21 @@ def record_config(name: str) -> Callable[[T], T]:
     """Class decorator: after ``__init__`` the instance holds ``.config`` = {"name": name, **all arguments}."""
 
     def decorate(cls: T) -> T:
-        init = cls.__init__
+        klass: Any = cls  # the wrapped __init__ is set on the class, which mypy cannot follow
+        init = klass.__init__
         signature = inspect.signature(init)
 
         @functools.wraps(init)
-        def __init__(self, *args: Any, **kwargs: Any) -> None:
+        def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
             init(self, *args, **kwargs)
-            if type(self) is cls:
+            if type(self) is klass:
                 bound = signature.bind(self, *args, **kwargs)
                 bound.apply_defaults()
                 arguments = dict(bound.arguments)
                 arguments.pop("self")
                 self.config = {"name": name, **to_jsonable(arguments)}
 
-        cls.__init__ = __init__
+        klass.__init__ = __init__
         return cls
 
     return decorate
@@ -85,7 +86,7 @@ def build_from_registry(config: dict, registry: dict[str, type], kind: str) -> A
         raise ValueError(f"{kind} config for {name!r} is not JSON-serialisable ({error}); use plain "
                          "numbers, strings, lists and dicts") from error
     kwargs = {k: v for k, v in config.items() if k != "name"}
-    cls = registry[name]
+    cls: Any = registry[name]
     params = inspect.signature(cls.__init__).parameters
     if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
         unknown = sorted(set(kwargs) - set(params))

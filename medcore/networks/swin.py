@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -64,7 +65,8 @@ class WindowAttention(nn.Module):
         bw, n, c = x.shape
         q, k, v = self.qkv(x).reshape(bw, n, 3, self.num_heads, c // self.num_heads).permute(2, 0, 3, 1, 4)
         scores = (q * self.scale) @ k.transpose(-2, -1)
-        scores = scores + self.bias_table[self.bias_index].permute(2, 0, 1).to(scores.dtype)
+        bias_index = cast(torch.Tensor, self.bias_index)  # a registered buffer
+        scores = scores + self.bias_table[bias_index].permute(2, 0, 1).to(scores.dtype)
         blocked = (~allowed).repeat(bw // allowed.shape[0], 1, 1)[:, None]
         attn = scores.masked_fill(blocked, torch.finfo(scores.dtype).min).softmax(-1)
         return self.proj((attn @ v).transpose(1, 2).reshape(bw, n, c))
@@ -102,6 +104,7 @@ def window_mask(sizes: Sequence[int], padded: Sequence[int], window: Sequence[in
         valid = ok if valid is None else valid & ok
         region = ((pos >= p - w).long() + (pos >= p - sh).long()) if sh else torch.zeros_like(pos)
         label = region[index] if label is None else label * 3 + region[index]
+    assert label is not None and valid is not None
     n = math.prod(window)
     lab = label.reshape(-1, n)
     ok = valid.reshape(-1, n)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -42,7 +43,7 @@ class SwinUNETR(nn.Module):
         self.encoder = SwinEncoder(spatial_dims, in_channels, feature_size, 2, depths, num_heads, window, mlp_ratio,
                                    qkv_bias, dropout, normalize)
         f = feature_size
-        unit = dict(norm=norm, act=act, bias=False)
+        unit: dict[str, Any] = dict(norm=norm, act=act, bias=False)
         self.skip0 = ResidualUnit(spatial_dims, in_channels, f, **unit)
         self.skip1 = ResidualUnit(spatial_dims, f, f, **unit)
         self.skip2 = ResidualUnit(spatial_dims, 2 * f, 2 * f, **unit)

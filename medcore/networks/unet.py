@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -26,6 +27,7 @@ class ResidualUnit(nn.Module):
             ConvNormAct(spatial_dims, in_channels if i == 0 else out_channels, out_channels, kernel_size,
                         stride if i == 0 else 1, norm, act, dropout, bias)
             for i in range(n)])
+        self.shortcut: nn.Module | None
         if num_convs == 0:
             self.shortcut = None
         elif in_channels == out_channels and stride == 1:
@@ -58,8 +60,15 @@ class UNet(nn.Module):
         if len(channels) < 2 or len(strides) != len(channels) - 1:
             raise ValueError(f"unet needs at least 2 channels and len(strides) == len(channels) - 1; "
                              f"got channels={channels}, strides={strides}")
-        unit = dict(spatial_dims=spatial_dims, num_convs=num_res_units, kernel_size=kernel_size, norm=norm,
-                    act=act, dropout=dropout, bias=bias)
+        unit: dict[str, Any] = dict(
+            spatial_dims=spatial_dims,
+            num_convs=num_res_units,
+            kernel_size=kernel_size,
+            norm=norm,
+            act=act,
+            dropout=dropout,
+            bias=bias,
+        )
         self.stem = ResidualUnit(in_channels=in_channels, out_channels=channels[0], **unit)
         self.down = nn.ModuleList(ResidualUnit(in_channels=channels[i], out_channels=channels[i + 1],
                                                stride=strides[i], **unit) for i in range(len(strides)))

@@ -2,28 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import TypeVar
-
 from torch import nn
 
-from medcore.networks.registry import build_from_registry, record_config
+from medcore.networks.registry import build_from_registry, registrar
 
 _LOSSES: dict[str, type[nn.Module]] = {}
 
-T = TypeVar("T", bound=type)
-
-
-def register_loss(name: str) -> Callable[[T], T]:
-    """Class decorator: register ``cls`` under ``name``; instances get ``.config`` that rebuilds them."""
-
-    def decorate(cls: T) -> T:
-        if name in _LOSSES:
-            raise ValueError(f"loss name {name!r} is already registered to {_LOSSES[name].__name__}")
-        _LOSSES[name] = record_config(name)(cls)
-        return cls
-
-    return decorate
+#: Class decorator: register a loss under a name; instances get ``.config`` that rebuilds them.
+register_loss = registrar(_LOSSES, "loss")
 
 
 def loss_names() -> list[str]:

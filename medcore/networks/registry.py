@@ -54,16 +54,23 @@ def record_config(name: str) -> Callable[[T], T]:
     return decorate
 
 
-def register_network(name: str) -> Callable[[T], T]:
-    """Class decorator: register ``cls`` under ``name`` and record its config on construction."""
+def registrar(registry: dict[str, type[nn.Module]], kind: str) -> Callable[[str], Callable[[T], T]]:
+    """``register(name)``: a class decorator that records the config and adds the class to ``registry``."""
 
-    def decorate(cls: T) -> T:
-        if name in _NETWORKS:
-            raise ValueError(f"network name {name!r} is already registered to {_NETWORKS[name].__name__}")
-        _NETWORKS[name] = record_config(name)(cls)
-        return cls
+    def register(name: str) -> Callable[[T], T]:
+        def decorate(cls: T) -> T:
+            if name in registry:
+                raise ValueError(f"{kind} name {name!r} is already registered to {registry[name].__name__}")
+            registry[name] = record_config(name)(cls)
+            return cls
 
-    return decorate
+        return decorate
+
+    return register
+
+
+#: Class decorator: register a network under a name and record its config on construction.
+register_network = registrar(_NETWORKS, "network")
 
 
 def network_names() -> list[str]:

@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 DVC_VENV ?= .venv-dvc
 DVC := $(DVC_VENV)/bin/dvc
 
-.PHONY: demo test install dvc-tool bench clean
+.PHONY: demo test install dvc-tool bench-tools clean
 
 install: $(VENV)/.installed
 
@@ -25,6 +25,18 @@ $(DVC_VENV)/.installed:
 	test -x $(DVC_VENV)/bin/python || $(PYTHON) -m venv $(DVC_VENV)
 	$(DVC_VENV)/bin/python -m pip install --quiet --upgrade pip
 	$(DVC_VENV)/bin/python -m pip install --quiet 'dvc>=3.50,<4'
+	touch $@
+
+# nnU-Net v2, the benchmarks' racer, in its own environment: its timm needs torchvision, whose compiled ops
+# do not load beside the CPU torch, and MONAI must keep importing in .venv (benchmarks/nnunet_race.py).
+NNUNET_VENV ?= .venv-nnunet
+bench-tools: $(NNUNET_VENV)/.installed
+
+$(NNUNET_VENV)/.installed:
+	test -x $(NNUNET_VENV)/bin/python || $(PYTHON) -m venv $(NNUNET_VENV)
+	$(NNUNET_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(NNUNET_VENV)/bin/python -m pip install --quiet torch==2.13.0 torchvision==0.28.0
+	$(NNUNET_VENV)/bin/python -m pip install --quiet 'nnunetv2==2.8.1'
 	touch $@
 
 demo: install dvc-tool

@@ -1,4 +1,4 @@
-"""DICOM header and pixel reading: medcore.dicom.frames against pydicom and SimpleITK.
+"""DICOM header and pixel reading: medcore.dicom.reader and decode against pydicom and SimpleITK.
 
     .venv/bin/python -m benchmarks.dicom_frames            # 2000 CT slices of 512x512 (4 series)
     .venv/bin/python -m benchmarks.dicom_frames --quick    # 400 slices
@@ -83,7 +83,7 @@ def bench_headers(files: list[Path], repeats: int) -> dict:
     import pydicom
     import SimpleITK as sitk
 
-    from medcore.dicom.frames import read_frames
+    from medcore.dicom.reader import read_frames
 
     def ours():
         for p in files:
@@ -110,7 +110,8 @@ def bench_pixels(series: list[list[Path]], repeats: int) -> tuple[dict, bool]:
     import pydicom
     import SimpleITK as sitk
 
-    from medcore.dicom.frames import load_pixels, read_frames, to_real_values
+    from medcore.dicom.decode import load_pixels, to_real_values
+    from medcore.dicom.reader import read_frames
 
     results = {}
 
@@ -149,7 +150,8 @@ def bench_pixels(series: list[list[Path]], repeats: int) -> tuple[dict, bool]:
 def bench_compressed(repeats: int) -> dict | None:
     import pydicom
 
-    from medcore.dicom.frames import load_pixels, read_frames
+    from medcore.dicom.decode import load_pixels
+    from medcore.dicom.reader import read_frames
 
     root = Path(os.environ.get("MEDCORE_TEST_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data"))
     files = sorted((root / "dicom" / "dcm_qa_ts" / "In").glob("*.dcm"))

@@ -2,7 +2,7 @@
 
 Public entry points: :func:`convert_tree` (a tree to NIfTI + sidecars + quarantine table),
 :func:`load_series` (one series into memory), :func:`scan_tree` (header index),
-:func:`group_frames`, :func:`plan_stack`, the frame reader of :mod:`medcore.dicom.frames`,
+:func:`group_frames`, :func:`plan_stack`, the frame reader of :mod:`medcore.dicom.reader`,
 de-identification (:class:`Deidentifier`) and DICOM SEG
 (:func:`write_seg`, :func:`read_seg`, :func:`seg_on_image_grid`).
 Submodules are imported lazily so ``import medcore.dicom`` stays cheap.
@@ -27,13 +27,13 @@ _EXPORTS = {
     "resample_stack": "medcore.dicom.resample",
     "write_nifti": "medcore.dicom.nifti",
     "Quarantine": "medcore.dicom.quarantine",
-    "Frame": "medcore.dicom.frames",
-    "read_frames": "medcore.dicom.frames",
-    "load_pixels": "medcore.dicom.frames",
-    "to_real_values": "medcore.dicom.frames",
-    "NotDicomError": "medcore.dicom.frames",
-    "UnsupportedDicomError": "medcore.dicom.frames",
-    "DecodeError": "medcore.dicom.frames",
+    "Frame": "medcore.dicom.frame",
+    "read_frames": "medcore.dicom.reader",
+    "load_pixels": "medcore.dicom.decode",
+    "to_real_values": "medcore.dicom.decode",
+    "NotDicomError": "medcore.dicom.frame",
+    "UnsupportedDicomError": "medcore.dicom.frame",
+    "DecodeError": "medcore.dicom.frame",
     "Deidentifier": "medcore.dicom.deid",
     "DeidentificationError": "medcore.dicom.deid",
     "load_or_create_key": "medcore.dicom.deid",

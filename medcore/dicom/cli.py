@@ -46,5 +46,5 @@ def run(args: argparse.Namespace) -> int:
     if args.show_paths and len(report.quarantine):
         print("quarantined files (local paths, shown on this terminal only):")
         for row in report.quarantine.itertuples():
-            print(f"  {row.file_id}  {row.code:<22} {report.local_paths.get(row.file_id, '?')}")
+            print(f"  {row.file_id}  {row.code:<22} {report.local_paths.get(str(row.file_id), '?')}")
     return 0

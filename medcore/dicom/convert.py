@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import struct
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -26,15 +27,19 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pydicom
 
-from medcore.dicom.frames import DecodeError, Frame, load_pixels, to_real_values
+from medcore.dicom.decode import load_pixels, to_real_values
+from medcore.dicom.deid import Deidentifier, load_or_create_key
+from medcore.dicom.frame import DecodeError, Frame
 from medcore.dicom.group import StackGroup, group_frames, image_component, temporal_key
 from medcore.dicom.nifti import GZIP_LEVEL, write_nifti, write_sidecar
 from medcore.dicom.quarantine import Quarantine
 from medcore.dicom.resample import cast_like, resample_stack
-from medcore.dicom.scan import SEGMENTATION_CODE, ScanResult, scan_tree
+from medcore.dicom.scan import SEGMENTATION_CODE, ScanResult, deidentified_index, read_file_and_patient, scan_tree
+from medcore.dicom.scan import assemble as assemble_scan
 from medcore.dicom.validate import GeometryError, StackPlan, output_affine, plan_stack
-from medcore.utils.atomic import atomic_write_text
+from medcore.utils.atomic import atomic_path, atomic_write_text
 
 SERIES_INDEX = "series_index.parquet"
 QUARANTINE_TABLE = "quarantine.parquet"
@@ -171,8 +176,6 @@ _PHILIPS_SCALE_SLOPE = 0x2005100E
 
 def _private_float(ds, deep: bool) -> float | None:
     """Philips private scale slope (2005,100E) in ``ds`` (or, if ``deep``, in nested sequences)."""
-    import struct
-
     if _PHILIPS_SCALE_SLOPE in ds:
         value = ds[_PHILIPS_SCALE_SLOPE].value
         if isinstance(value, (bytes, bytearray)):
@@ -199,8 +202,6 @@ def philips_scale_slopes(frames: Sequence[Frame]) -> np.ndarray | None:
     With it, Philips MR values become floating-point values ``(PV*RS + RI) / (RS*SS)``
     ("precise" scaling, comparable across series), as dcm2niix does by default.
     """
-    import pydicom
-
     first = frames[0]
     if first.modality != "MR" or "philips" not in str((first.header or {}).get("Manufacturer", "")).lower():
         return None
@@ -360,7 +361,7 @@ def convert_stack(task: StackTask) -> dict:
         return result
     sidecar = dict(task.sidecar)
     sidecar.update(_bids_sidecar(first))
-    sidecar["ImageOrientationPatientDICOM"] = [round(float(x), 8) for x in first.iop]
+    sidecar["ImageOrientationPatientDICOM"] = [round(float(x), 8) for x in first.iop or ()]
     sidecar["SliceSpacingMm"] = round(float(plan.step), 6)
     sidecar.update(geo.pop("scaling", {}))
     sidecar["GeometryResampled"] = bool(geo["resampled"])
@@ -428,8 +429,6 @@ def _suffix(group: StackGroup, sibling_number: int) -> str:
 
 
 def _default_deid(in_dir: Path, out_dir: Path):
-    from medcore.dicom.deid import Deidentifier, load_or_create_key
-
     return Deidentifier(load_or_create_key(forbidden_roots=[in_dir, out_dir]))
 
 
@@ -499,9 +498,6 @@ def convert_tree(in_dir: str | os.PathLike, out_dir: str | os.PathLike, *, deid=
     de-identified) into ``out_dir``. ``deid`` defaults to a :class:`Deidentifier` with the key
     from :func:`medcore.dicom.deid.load_or_create_key` (never stored in either tree).
     """
-    from medcore.dicom.scan import deidentified_index
-    from medcore.utils.atomic import atomic_path
-
     in_dir, out_dir = Path(in_dir), Path(out_dir)
     if not in_dir.is_dir():
         raise NotADirectoryError(f"{in_dir}: input folder does not exist or is not a folder")
@@ -509,8 +505,9 @@ def convert_tree(in_dir: str | os.PathLike, out_dir: str | os.PathLike, *, deid=
     workers = _default_workers() if workers is None else max(1, int(workers))
     scan = scan_tree(in_dir, workers=workers, progress=progress, exclude=[out_dir])
     quarantine = Quarantine(deid=deid, root=in_dir)
-    for row in scan.skipped.itertuples():
-        quarantine.add(scan.files[row.file], row.code, row.message)
+    skipped = scan.skipped
+    for file, code, message in zip(skipped["file"].tolist(), skipped["code"].tolist(), skipped["message"].tolist()):
+        quarantine.add(scan.files[file], code, message)
 
     groups = group_frames(scan.index)
     converted: set[str] = set()
@@ -610,7 +607,9 @@ def load_series(source: str | os.PathLike | Sequence[str | os.PathLike]) -> tupl
     else:
         scan = _scan_files([Path(p) for p in source])
     if scan.index.empty:
-        reasons = "; ".join(f"{scan.files[r.file].name}: {r.message}" for r in scan.skipped.itertuples())
+        skipped = scan.skipped
+        reasons = "; ".join(f"{scan.files[f].name}: {m}" for f, m in zip(skipped["file"].tolist(),
+                                                                          skipped["message"].tolist()))
         raise ValueError(f"{source}: no DICOM image found ({reasons or 'no files'})")
     groups = [g for g in group_frames(scan.index) if not g.localizer] or group_frames(scan.index)
     if len(groups) != 1:
@@ -636,6 +635,4 @@ def load_series(source: str | os.PathLike | Sequence[str | os.PathLike]) -> tupl
 
 
 def _scan_files(paths: list[Path]) -> ScanResult:
-    from medcore.dicom.scan import assemble, read_file_and_patient
-
-    return assemble(paths[0].parent if paths else Path("."), paths, [read_file_and_patient(p) for p in paths])
+    return assemble_scan(paths[0].parent if paths else Path("."), paths, [read_file_and_patient(p) for p in paths])

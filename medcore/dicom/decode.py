@@ -1,4 +1,4 @@
-"""Pixel decoding for :class:`~medcore.dicom.frames.Frame` lists, and rescaling to real values.
+"""Pixel loading for :class:`~medcore.dicom.frame.Frame` lists, and rescaling to real values.
 
 Native (uncompressed) little and big endian data is read with ``np.fromfile`` at the offset found
 while reading the header: no DICOM parsing and no extra copy. Everything else (deflate, RLE, JPEG
@@ -11,10 +11,14 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
+import pydicom
+from pydicom.pixels import get_decoder
+from pydicom.uid import UID
 
-from medcore.dicom.frames import DecodeError, Frame
+from medcore.dicom.frame import DecodeError, Frame
 
 #: Plugin preference per transfer syntax; names are pydicom 3 decoder plugin names.
 _PREFERRED = ("pylibjpeg", "pyjpegls", "gdcm", "pydicom", "pillow")
@@ -37,8 +41,6 @@ def stored_dtype(frame: Frame) -> np.dtype:
 
 def allowed_plugins(tsuid: str) -> list[str]:
     """pydicom decoder plugins usable for ``tsuid`` here, best first (GPL back ends excluded)."""
-    from pydicom.pixels import get_decoder
-
     try:
         decoder = get_decoder(tsuid)
     except NotImplementedError:
@@ -50,8 +52,6 @@ def allowed_plugins(tsuid: str) -> list[str]:
 
 
 def _syntax_name(tsuid: str) -> str:
-    from pydicom.uid import UID
-
     try:
         return f"{UID(tsuid).name} ({tsuid})"
     except Exception:  # pragma: no cover
@@ -98,8 +98,6 @@ def _native(frame: Frame, n_stored: int, shape: tuple[int, ...]) -> np.ndarray:
 
 def _via_pydicom(frame: Frame, indices: list[int], n_stored: int) -> np.ndarray:
     """Decode the stored frames ``indices`` of a file through pydicom's plugins."""
-    import pydicom
-
     try:
         ds = pydicom.dcmread(frame.path, force=True)
     except Exception as exc:
@@ -117,16 +115,15 @@ def _via_pydicom(frame: Frame, indices: list[int], n_stored: int) -> np.ndarray:
                 "pylibjpeg-openjpeg, pylibjpeg-rle or pyjpegls, or re-export the study uncompressed",
                 "no_decoder",
             )
-    from pydicom.pixels import get_decoder
-
     errors = []
+    options: dict[str, Any] = {"as_rgb": True}
     for plugin in plugins:
         try:
             decoder = get_decoder(tsuid)
             if len(indices) == n_stored:
-                arr, _ = decoder.as_array(ds, decoding_plugin=plugin, as_rgb=True)
+                arr, _ = decoder.as_array(ds, decoding_plugin=plugin, **options)
                 return arr if n_stored > 1 else arr[None]
-            parts = [decoder.as_array(ds, index=i, decoding_plugin=plugin, as_rgb=True)[0] for i in indices]
+            parts = [decoder.as_array(ds, index=i, decoding_plugin=plugin, **options)[0] for i in indices]
             return np.stack(parts)
         except Exception as exc:  # try the next plugin, report all failures
             errors.append(f"{plugin or 'native'}: {exc}")
@@ -138,6 +135,7 @@ def _via_pydicom(frame: Frame, indices: list[int], n_stored: int) -> np.ndarray:
 
 def _file_frames(frame: Frame, wanted: list[int]) -> tuple[np.ndarray, list[int]]:
     """Decoded stored frames of one file and, for each wanted Frame index, its row in the array."""
+    stored_shape: tuple[int, ...]
     if frame.is_mosaic:
         kr, kc = frame.mosaic_tiles_per_col or frame.mosaic_tiles_per_row, frame.mosaic_tiles_per_row
         n_stored, stored_shape = 1, (frame.rows * kr, frame.cols * kc)
@@ -196,8 +194,12 @@ def _read_into(frame: Frame, wanted: list[int], out: np.ndarray, positions: list
         raise DecodeError(frame.path, f"cannot read pixel data ({exc.strerror or exc})") from exc
 
 
-def load_frame_pixels(frames: Sequence[Frame]) -> np.ndarray:
-    """Stored values of ``frames`` in order, each file read and decoded once."""
+def load_pixels(frames: Sequence[Frame]) -> np.ndarray:
+    """Stored values of ``frames`` as ``(n, rows, cols)`` (or ``(n, rows, cols, 3)`` for RGB).
+
+    BitsStored is honoured (high bits masked, signed data sign-extended); no rescaling.
+    Each file is read and decoded once. Raises :class:`DecodeError` naming the file.
+    """
     if not frames:
         raise ValueError("load_pixels needs at least one frame")
     first = frames[0]
@@ -238,7 +240,7 @@ def load_frame_pixels(frames: Sequence[Frame]) -> np.ndarray:
     return out
 
 
-def rescale(pixels: np.ndarray, frames: Sequence[Frame]) -> np.ndarray:
+def to_real_values(pixels: np.ndarray, frames: Sequence[Frame]) -> np.ndarray:
     """Real values ``stored * slope + intercept`` per frame (first axis of ``pixels``).
 
     The result keeps an integer dtype when every slope is 1, every intercept is integral and the

@@ -29,6 +29,7 @@ import stat
 import tempfile
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset, FileMetaDataset
@@ -652,7 +653,7 @@ def _is_multi(value: object) -> bool:
     return isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue"
 
 
-def _map_values(value: object, func) -> object:
+def _map_values(value: Any, func) -> object:
     if value is None or value == "":
         return value
     if _is_multi(value):

@@ -10,45 +10,45 @@ the DICOM row direction. DICOM world space is LPS; the affines returned here are
 from __future__ import annotations
 
 import numpy as np
+from numpy.typing import ArrayLike, NDArray
 
-LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+FloatArray = NDArray[np.float64]
+
+LPS_TO_RAS: FloatArray = np.diag([-1.0, -1.0, 1.0, 1.0])
 
 #: Two orientations whose direction cosines differ by less than this are the same orientation.
 ORIENTATION_TOLERANCE = 1e-3
 
 
-def as_iop(iop) -> np.ndarray:
+def as_iop(iop: ArrayLike) -> FloatArray:
     """IOP as a ``(2, 3)`` array of unit vectors (row direction, column direction)."""
     arr = np.asarray(iop, dtype=np.float64).reshape(2, 3)
-    norms = np.linalg.norm(arr, axis=1, keepdims=True)
+    norms: FloatArray = np.linalg.norm(arr, axis=1, keepdims=True)
     if np.any(norms < 1e-6):
         raise ValueError(f"ImageOrientationPatient {list(np.ravel(iop))} has a zero direction")
-    return arr / norms
+    out: FloatArray = arr / norms
+    return out
 
 
-def slice_normal(iop) -> np.ndarray:
+def slice_normal(iop: ArrayLike) -> FloatArray:
     """Unit normal of the image plane: row direction x column direction (right-handed)."""
     rc = as_iop(iop)
-    n = np.cross(rc[0], rc[1])
-    return n / np.linalg.norm(n)
+    n: FloatArray = np.cross(rc[0], rc[1])
+    return n / float(np.linalg.norm(n))
 
 
-def same_orientation(iop_a, iop_b, tol: float = ORIENTATION_TOLERANCE) -> bool:
-    """True when two IOPs describe the same plane orientation within ``tol``."""
-    return bool(np.max(np.abs(as_iop(iop_a) - as_iop(iop_b))) < tol)
-
-
-def slice_positions(ipps, normal) -> np.ndarray:
+def slice_positions(ipps: ArrayLike, normal: ArrayLike) -> FloatArray:
     """Signed distance of each IPP along ``normal`` (mm); shape ``(n,)``."""
-    return np.asarray(ipps, dtype=np.float64).reshape(-1, 3) @ np.asarray(normal, dtype=np.float64)
+    out: FloatArray = np.asarray(ipps, dtype=np.float64).reshape(-1, 3) @ np.asarray(normal, dtype=np.float64)
+    return out
 
 
-def sort_order(ipps, iop) -> np.ndarray:
+def sort_order(ipps: ArrayLike, iop: ArrayLike) -> NDArray[np.intp]:
     """Indices that sort slices by position along the slice normal (stable)."""
     return np.argsort(slice_positions(ipps, slice_normal(iop)), kind="stable")
 
 
-def in_plane_offsets(ipps, iop, pixel_spacing) -> np.ndarray:
+def in_plane_offsets(ipps: ArrayLike, iop: ArrayLike, pixel_spacing: ArrayLike) -> FloatArray:
     """Offset of each IPP from the first, in pixels along (column, row) axes; shape ``(n, 2)``.
 
     Zero for a straight stack; a steady drift means gantry tilt (a sheared stack).
@@ -60,21 +60,21 @@ def in_plane_offsets(ipps, iop, pixel_spacing) -> np.ndarray:
     return np.stack([d @ rc[0] / ps[1], d @ rc[1] / ps[0]], axis=1)
 
 
-def tilt_degrees(ipps, iop) -> float:
+def tilt_degrees(ipps: ArrayLike, iop: ArrayLike) -> float:
     """Angle (degrees) between the slice-stacking direction and the slice normal.
 
     0 for a straight stack, the gantry tilt angle for a tilted CT. Needs two distinct positions.
     """
     d = np.asarray(ipps, dtype=np.float64).reshape(-1, 3)
     step = d[-1] - d[0]
-    length = np.linalg.norm(step)
+    length = float(np.linalg.norm(step))
     if length < 1e-6:
         return 0.0
     cos = abs(float(step @ slice_normal(iop))) / length
     return float(np.degrees(np.arccos(min(1.0, cos))))
 
 
-def affine_lps(iop, ipp0, pixel_spacing, slice_step) -> np.ndarray:
+def affine_lps(iop: ArrayLike, ipp0: ArrayLike, pixel_spacing: ArrayLike, slice_step: float) -> FloatArray:
     """Voxel ``(col, row, slice)`` -> LPS mm for a straight stack starting at ``ipp0``."""
     rc = as_iop(iop)
     ps = np.asarray(pixel_spacing, dtype=np.float64)
@@ -86,11 +86,12 @@ def affine_lps(iop, ipp0, pixel_spacing, slice_step) -> np.ndarray:
     return a
 
 
-def affine_ras(iop, ipp0, pixel_spacing, slice_step) -> np.ndarray:
+def affine_ras(iop: ArrayLike, ipp0: ArrayLike, pixel_spacing: ArrayLike, slice_step: float) -> FloatArray:
     """Voxel ``(col, row, slice)`` -> RAS mm (NIfTI convention) for a straight stack."""
-    return LPS_TO_RAS @ affine_lps(iop, ipp0, pixel_spacing, slice_step)
+    out: FloatArray = LPS_TO_RAS @ affine_lps(iop, ipp0, pixel_spacing, slice_step)
+    return out
 
 
-def slice_thickness_default(pixel_spacing) -> float:
+def slice_thickness_default(pixel_spacing: ArrayLike) -> float:
     """Step used for single-slice volumes: the larger in-plane spacing (a neutral choice)."""
-    return float(max(np.asarray(pixel_spacing, dtype=np.float64)))
+    return float(np.max(np.asarray(pixel_spacing, dtype=np.float64)))

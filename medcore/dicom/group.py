@@ -13,6 +13,7 @@ returns :class:`StackGroup` objects holding row labels into it.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -33,7 +34,7 @@ class StackGroup:
 
     series_uid: str
     rows: tuple[int, ...]
-    split: tuple[tuple[str, object], ...]  # (reason, value) pairs that separated it from siblings
+    split: tuple[tuple[str, Any], ...]  # (reason, value) pairs that separated it from siblings
     localizer: bool = False
 
 
@@ -61,7 +62,7 @@ _TEMPORAL_FIELDS = ("temporal_position", "acquisition_number", "trigger_time", "
 def temporal_key(item) -> tuple:
     """Sort key ordering repeated positions into volumes (missing values sort first).
 
-    ``item`` is a :class:`~medcore.dicom.frames.Frame` or a mapping with the same field names.
+    ``item`` is a :class:`~medcore.dicom.frame.Frame` or a mapping with the same field names.
     """
     get = item.get if isinstance(item, dict) else (lambda name: getattr(item, name, None))
 

@@ -13,6 +13,9 @@ import struct
 
 import numpy as np
 
+from medcore.dicom.frame import Frame, UnsupportedDicomError, with_changes
+from medcore.dicom.values import as_float, as_floats
+
 _CSA_IMAGE_HEADER = 0x00291010
 _N_MOSAIC = 0x0019100A
 _CSA_NAMES = frozenset({"NumberOfImagesInMosaic", "SliceNormalVector"})
@@ -127,11 +130,9 @@ def tile_positions(ipp, iop, pixel_spacing, mosaic_shape, tile_shape, n_tiles, s
     return first[None, :] + steps * np.asarray(normal, float)[None, :]
 
 
-def expand(ds, base: dict):
-    """One :class:`~medcore.dicom.frames.Frame` per mosaic tile with its own position."""
-    from medcore.dicom.frames import Frame, UnsupportedDicomError, with_changes
-
-    n = number_of_tiles(ds)
+def expand(ds, base: dict) -> list[Frame]:
+    """One :class:`~medcore.dicom.frame.Frame` per mosaic tile with its own position."""
+    n = number_of_tiles(ds) or 0
     k = math.ceil(math.sqrt(n))
     R, C = base["rows"], base["cols"]
     if R % k or C % k:
@@ -183,9 +184,8 @@ def _uih_tile_shape(ds) -> tuple[int, int] | None:
     return None
 
 
-def expand_uih(ds, base: dict):
+def expand_uih(ds, base: dict) -> list[Frame]:
     """One Frame per UIH grid tile; each tile's position comes from its own sequence item."""
-    from medcore.dicom.frames import Frame, UnsupportedDicomError, as_float, as_floats, with_changes
 
     items = list(ds[_UIH_GRID_SEQUENCE].value)
     shape = _uih_tile_shape(ds)

@@ -9,18 +9,16 @@ from __future__ import annotations
 
 import numpy as np
 
-from medcore.dicom.frames import (
+from medcore.dicom.frame import Frame, UnsupportedDicomError, with_changes
+from medcore.dicom.values import (
     HEADER_KEYWORDS,
-    Frame,
-    UnsupportedDicomError,
-    _image_type,
-    _is_localizer,
-    _json_value,
-    _time_only,
     as_float,
     as_floats,
     as_int,
-    with_changes,
+    image_type,
+    is_localizer,
+    json_value,
+    time_only,
 )
 
 PLANE_POSITION = 0x00209113
@@ -76,7 +74,7 @@ def _shared_header(shared) -> dict:
             continue
         for kw in HEADER_KEYWORDS:
             if kw in item and kw not in out:
-                value = _json_value(item.get(kw))
+                value = json_value(item.get(kw))
                 if value is not None:
                     out[kw] = value
     return out
@@ -116,7 +114,7 @@ def _frame_fields(per, shared, base: dict) -> dict:
         acq = as_int(item.get("FrameAcquisitionNumber"))
         if acq is not None:
             f["acquisition_number"] = acq
-        when = _time_only(item.get("FrameAcquisitionDateTime"))
+        when = time_only(item.get("FrameAcquisitionDateTime"))
         if when:
             f["acquisition_time"] = when
         div = item.get("DimensionIndexValues")
@@ -143,8 +141,8 @@ def _frame_fields(per, shared, base: dict) -> dict:
     for tag in FRAME_TYPE_SEQUENCES:
         item = _macro(per, shared, tag)
         if item is not None and "FrameType" in item:
-            f["image_type"] = _image_type(item.get("FrameType"))
-            f["is_localizer"] = _is_localizer(f["image_type"])
+            f["image_type"] = image_type(item.get("FrameType"))
+            f["is_localizer"] = is_localizer(f["image_type"])
             break
     philips = _macro(per, None, PHILIPS_PER_FRAME)
     if philips is not None:
@@ -203,7 +201,7 @@ def _classic(ds, fields: dict, n: int) -> list[Frame]:
         if step:
             offsets = [i * step for i in range(n)]
     out = []
-    if offsets is not None and len(offsets) == n:
+    if offsets is not None and len(offsets) == n and iop is not None and ipp is not None:
         normal = np.cross(np.asarray(iop[:3]), np.asarray(iop[3:]))
         normal /= np.linalg.norm(normal)
         for i in range(n):

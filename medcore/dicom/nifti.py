@@ -90,7 +90,7 @@ def write_nifti(stack: np.ndarray, affine: np.ndarray, path: str | os.PathLike, 
     data = _as_nifti_layout(stack, rgb)
     hdr = nifti_header(data.shape, data.dtype, affine, repetition_time)
     head = hdr.binaryblock + b"\x00" * (_VOX_OFFSET - len(hdr.binaryblock))
-    body = memoryview(np.ascontiguousarray(data.T)).cast("B")
+    body = np.ascontiguousarray(data.T).data.cast("B")
     with atomic_write(path, "wb") as fh:
         if path.name.endswith(".gz"):
             with _gzip_writer(fh, gzip_level) as gz:

@@ -12,6 +12,8 @@ from __future__ import annotations
 import struct
 from pathlib import Path
 
+from pydicom.datadict import dictionary_VR, tag_for_keyword
+
 _EXPLICIT_LONG = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"UC", b"UN", b"UR", b"UT", b"SV", b"UV"}
 _VALID_VR = {
     b"AE", b"AS", b"AT", b"CS", b"DA", b"DS", b"DT", b"FL", b"FD", b"IS", b"LO", b"LT", b"PN",
@@ -97,19 +99,19 @@ class RawHeader:
         self.transfer_syntax_uid = tsuid
 
     def __contains__(self, key) -> bool:
-        return _tag(key) in self._elements
+        return tag(key) in self._elements
 
     def __getitem__(self, key) -> RawElement:
-        return self._elements[_tag(key)]
+        return self._elements[tag(key)]
 
     def get(self, key, default=None):
         """Keyword -> value (like pydicom); integer tag -> element."""
-        tag = _KEYWORD_TAGS.get(key)  # the hot path: a known keyword
-        if tag is None:
+        number = _KEYWORD_TAGS.get(key)  # the hot path: a known keyword
+        if number is None:
             if isinstance(key, int):
                 return self._elements.get(key, default)
-            tag = _tag(key)
-        elem = self._elements.get(tag)
+            number = tag(key)
+        elem = self._elements.get(number)
         if elem is None:
             return default
         return elem._value if elem._done else elem.value
@@ -117,20 +119,23 @@ class RawHeader:
     def __iter__(self):
         return iter(self._elements.values())
 
+    def subset(self, tags: frozenset[int]) -> RawHeader:
+        """A header holding only the elements of ``tags`` that this one has."""
+        return RawHeader({t: e for t, e in self._elements.items() if t in tags}, self.transfer_syntax_uid)
+
 
 _KEYWORD_TAGS: dict[str, int] = {}
 
 
-def _tag(key) -> int:
+def tag(key: int | str) -> int:
+    """The integer tag of a keyword (-1 when unknown); integers are returned as they are."""
     if isinstance(key, int):
         return key
-    tag = _KEYWORD_TAGS.get(key)
-    if tag is None:
-        from pydicom.datadict import tag_for_keyword
-
-        tag = tag_for_keyword(key) or -1
-        _KEYWORD_TAGS[key] = tag
-    return tag
+    number = _KEYWORD_TAGS.get(key)
+    if number is None:
+        number = tag_for_keyword(key) or -1
+        _KEYWORD_TAGS[key] = number
+    return number
 
 
 _VR_CACHE: dict[int, str] = {}
@@ -139,8 +144,6 @@ _VR_CACHE: dict[int, str] = {}
 def _dictionary_vr(tag: int) -> str:
     vr = _VR_CACHE.get(tag)
     if vr is None:
-        from pydicom.datadict import dictionary_VR
-
         try:
             vr = dictionary_VR(tag)
         except KeyError:

@@ -1,7 +1,7 @@
 """Scan a folder tree of any size into a frame index, reading DICOM headers only.
 
 :func:`scan_tree` lists every regular file, reads each header once (in a process pool for
-big trees) and returns a :class:`ScanResult`: the :class:`~medcore.dicom.frames.Frame` objects, a
+big trees) and returns a :class:`ScanResult`: the :class:`~medcore.dicom.frame.Frame` objects, a
 pandas index with one row per frame, and the files that are not usable DICOM images with a
 reason code. The in-memory result holds local paths and the raw PatientID of each image file (taken
 from the same single header read, to derive the subject pseudonym; never saved);
@@ -18,8 +18,13 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import pandas as pd
+import pydicom
 
-from medcore.dicom.frames import DicomFrameError, Frame, read_frames_and_patient
+from medcore.dicom import rawheader
+from medcore.dicom.frame import DicomFrameError, Frame
+from medcore.dicom.quarantine import file_id
+from medcore.dicom.reader import read_frames_and_patient
+from medcore.dicom.seg import SEGMENTATION_STORAGE
 
 #: Trees with fewer files than this are scanned in-process (a pool costs more than it saves).
 POOL_MIN_FILES = 400
@@ -72,10 +77,6 @@ _PATIENT_ID_TAG = frozenset({0x00100020})
 
 def read_patient_id(path: Path) -> str:
     """PatientID (kept in memory only, to derive the subject pseudonym)."""
-    import pydicom
-
-    from medcore.dicom import rawheader
-
     try:
         parsed = rawheader.parse(path, _PATIENT_ID_TAG, frozenset())
         if parsed is not None:
@@ -98,21 +99,11 @@ _SEGMENTATION_MESSAGE = ("DICOM SEG (segmentation object): not converted to an i
 
 def is_segmentation(path: Path) -> bool:
     """True when ``path`` is a DICOM Segmentation Storage instance (header read only; never raises)."""
-    import pydicom
-
-    from medcore.dicom.seg import SEGMENTATION_STORAGE
-
     try:
         ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["SOPClassUID"])
         return str(ds.get("SOPClassUID", "")) == SEGMENTATION_STORAGE
     except Exception:
         return False
-
-
-def read_file(path: Path) -> tuple[list[Frame] | None, str | None, str]:
-    """``(frames, error_code, error_message)`` for one file; never raises."""
-    frames, _, code, message = read_file_and_patient(path)
-    return frames, code, message
 
 
 def read_file_and_patient(path: Path) -> tuple[list[Frame] | None, str, str | None, str]:
@@ -204,8 +195,6 @@ _SAFE_COLUMNS = ("frame_index", "sop_class_uid", "series_number", "modality", "i
 
 def deidentified_index(scan: ScanResult, deid) -> pd.DataFrame:
     """The frame index with PHI removed: keyed file ids, remapped UIDs, subject pseudonyms."""
-    from medcore.dicom.quarantine import file_id
-
     idx = scan.index
     out = pd.DataFrame(index=idx.index)
     ids: dict[int, str] = {}

@@ -13,14 +13,9 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from medcore.data.synthetic import new_dicom_dataset
 from medcore.dicom import decode
-from medcore.dicom.frames import (
-    DecodeError,
-    NotDicomError,
-    UnsupportedDicomError,
-    load_pixels,
-    read_frames,
-    to_real_values,
-)
+from medcore.dicom.decode import load_pixels, to_real_values
+from medcore.dicom.frame import DecodeError, NotDicomError, UnsupportedDicomError
+from medcore.dicom.reader import read_frames
 
 #: dcm_qa_ts: 9 files, 7 distinct syntaxes (two JPEG lossless and two JPEG-LS encodings).
 TS_NAMES = {

@@ -15,18 +15,13 @@ from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate_uid
 
-import medcore.dicom.frames as frames_module
+import medcore.dicom.reader as reader_module
 from medcore.data.synthetic import new_dicom_dataset
 from medcore.dicom import mosaic
-from medcore.dicom.frames import (
-    HEADER_KEYWORDS,
-    Frame,
-    NotDicomError,
-    UnsupportedDicomError,
-    load_pixels,
-    read_frames,
-    to_real_values,
-)
+from medcore.dicom.decode import load_pixels, to_real_values
+from medcore.dicom.frame import Frame, NotDicomError, UnsupportedDicomError
+from medcore.dicom.reader import read_frames
+from medcore.dicom.values import HEADER_KEYWORDS, LazyHeader
 
 SKIP_SUFFIXES = (".nii", ".gz", ".json", ".bval", ".bvec", ".txt", ".pdf")
 
@@ -134,9 +129,9 @@ def test_fast_header_equals_pydicom_header(shared_data, monkeypatch):
 
     checked = 0
     for path in files:
-        monkeypatch.setattr(frames_module, "USE_FAST_HEADER", True)
+        monkeypatch.setattr(reader_module, "USE_FAST_HEADER", True)
         fast = outcome(path)
-        monkeypatch.setattr(frames_module, "USE_FAST_HEADER", False)
+        monkeypatch.setattr(reader_module, "USE_FAST_HEADER", False)
         slow = outcome(path)
         assert fast == slow, path
         if isinstance(fast, list):
@@ -209,9 +204,9 @@ def test_lazy_header_equals_eager_header_and_pickles_to_a_dict(tmp_path, monkeyp
 
     path = _save(_image(_dataset()), tmp_path / "a.dcm")
     (frame,) = read_frames(path)
-    assert isinstance(frame.header, frames_module.LazyHeader)  # the fast reader was used
+    assert isinstance(frame.header, LazyHeader)  # the fast reader was used
     assert 0x00100020 not in frame.header._source  # no PatientID kept for later
-    monkeypatch.setattr(frames_module, "USE_FAST_HEADER", False)
+    monkeypatch.setattr(reader_module, "USE_FAST_HEADER", False)
     (eager,) = read_frames(path)
     assert type(eager.header) is dict and eager.header["Manufacturer"] == "ACME"
     copy = pickle.loads(pickle.dumps(frame))  # what a scan worker sends back
@@ -376,7 +371,7 @@ def test_frame_contract_fields():
 
 
 def test_read_frames_and_patient_keeps_phi_off_frames(tmp_path):
-    from medcore.dicom.frames import read_frames_and_patient
+    from medcore.dicom.reader import read_frames_and_patient
 
     path = _save(_image(_dataset()), tmp_path / "p.dcm")
     frames, patient = read_frames_and_patient(path)

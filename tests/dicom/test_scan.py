@@ -32,7 +32,7 @@ def test_scan_lists_frames_and_skips_with_reasons(tmp_path):
 
 def test_scan_reads_each_file_once(tmp_path, monkeypatch):
     _tree(tmp_path)
-    import medcore.dicom.frames as frames_mod
+    import medcore.dicom.reader as reader_mod
     import medcore.dicom.scan as scan_mod
 
     opened: list[str] = []
@@ -44,7 +44,7 @@ def test_scan_reads_each_file_once(tmp_path, monkeypatch):
     def no_second_read(path):
         raise AssertionError(f"{path} read again for its PatientID")
 
-    monkeypatch.setattr(frames_mod, "open", counting_open, raising=False)
+    monkeypatch.setattr(reader_mod, "open", counting_open, raising=False)
     monkeypatch.setattr(scan_mod, "read_patient_id", no_second_read)
     scan = scan_tree(tmp_path, workers=1)
     assert sorted(opened) == sorted(str(p) for p in scan.files)  # every file once, none twice

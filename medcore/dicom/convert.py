@@ -42,6 +42,8 @@ from medcore.dicom.validate import GeometryError, StackPlan, output_affine, plan
 from medcore.utils.atomic import atomic_path, atomic_write_text
 
 SERIES_INDEX = "series_index.parquet"
+#: Name suffix of a stack when one series holds copies in several SOP class families.
+SOP_FAMILY_SUFFIX = {"classic": "_classic", "enhanced": "_enhanced", "legacy_enhanced": "_legacy-enhanced"}
 QUARANTINE_TABLE = "quarantine.parquet"
 SCAN_INDEX = "scan_index.parquet"
 
@@ -168,7 +170,19 @@ def plan_for(frames: Sequence[Frame], temporal: Sequence[tuple]) -> StackPlan:
     return plan_stack(arr([f.iop for f in frames], 6), arr([f.ipp for f in frames], 3),
                       arr([f.pixel_spacing for f in frames], 2),
                       [(f.sop_instance_uid, f.frame_index) for f in frames], list(temporal),
-                      slice_thickness=thickness)
+                      slice_thickness=thickness, acquisition_keys=[acquisition_key(f) for f in frames])
+
+
+def acquisition_key(frame: Frame) -> tuple:
+    """The values that make two frames at one position different acquisitions (else copies).
+
+    GE numbers the volumes of single-slice EPI by InstanceNumber alone (no temporal position,
+    one acquisition time), so for GE the instance number is its vendor index of the volume.
+    """
+    ge = str((frame.header or {}).get("Manufacturer", "")).upper().startswith("GE ")
+    return (frame.temporal_position, frame.acquisition_number, frame.acquisition_time, frame.trigger_time,
+            frame.diffusion_bvalue, frame.diffusion_gradient, frame.echo_number, frame.echo_time,
+            frame.dimension_index, frame.instance_number if ge else None)
 
 
 _PHILIPS_SCALE_SLOPE = 0x2005100E
@@ -223,17 +237,27 @@ def philips_scale_slopes(frames: Sequence[Frame]) -> np.ndarray | None:
 
 
 def check_duplicates(frames: Sequence[Frame], plan: StackPlan) -> None:
-    """Dropped copies must hold the same pixels as the frame kept; else ``conflicting_duplicates``."""
+    """Dropped copies must hold the same pixels as the frame used in their place.
+
+    Else ``conflicting_duplicates`` (copies sharing a SOPInstanceUID) or ``indistinct_repeats``
+    (frames at one position that no acquisition value tells apart).
+    """
     if not plan.dropped:
         return
-    kept = {(f.sop_instance_uid, f.frame_index): f for i, f in enumerate(frames) if i not in set(plan.dropped)}
-    copies = [frames[i] for i in plan.dropped]
-    originals = [kept[(f.sop_instance_uid, f.frame_index)] for f in copies]
-    a, b = load_pixels(copies), load_pixels(originals)
-    if a.shape != b.shape or not np.array_equal(a, b):
+    a = load_pixels([frames[i] for i in plan.dropped])
+    b = load_pixels([frames[i] for i in plan.originals])
+    differ = [k for k in range(len(plan.dropped)) if not np.array_equal(a[k], b[k])]
+    n_identical = len(plan.dropped) - plan.n_repeats
+    if any(k < n_identical for k in differ):
         raise GeometryError("conflicting_duplicates",
                             "files share a SOPInstanceUID but hold different pixel data; which copy is right "
                             "cannot be decided - remove the wrong export and convert again")
+    if differ:
+        raise GeometryError("indistinct_repeats",
+                            f"{len(differ)} frames repeat a slice position with different pixels, but no "
+                            "acquisition value (temporal position, acquisition number or time, trigger time, "
+                            "b-value, gradient, echo, dimension index) tells them apart as volumes; which copy "
+                            "is right cannot be decided - remove the extra export and convert again")
 
 
 def assemble(frames: Sequence[Frame], plan: StackPlan) -> tuple[np.ndarray, np.ndarray, dict]:
@@ -316,6 +340,11 @@ def diffusion_tables(frames: Sequence[Frame], plan: StackPlan) -> tuple[str, lis
     return bval, gradients
 
 
+_COPY_MESSAGE = "exact duplicate of another input file (same SOPInstanceUID and frame); the copy was not used"
+_REPEAT_MESSAGE = ("pixel-identical copy of another input frame at the same slice position with the same "
+                   "acquisition values (an acquisition exported twice); the copy was not used")
+
+
 def convert_stack(task: StackTask) -> dict:
     """Plan, decode, resample and write one stack. Never raises: returns a status dict."""
     if task.refuse is not None:
@@ -346,7 +375,10 @@ def convert_stack(task: StackTask) -> dict:
         return {"status": "refused", "code": "internal_error", "message": "retry limit", "bad_files": bad_files}
 
     used = sorted({str(frames[i].path) for i in plan.order.ravel()})
-    dropped = sorted({str(frames[i].path) for i in plan.dropped} - set(used))
+    n_identical = len(plan.dropped) - plan.n_repeats
+    dropped = {str(frames[i].path): _COPY_MESSAGE if k < n_identical else _REPEAT_MESSAGE
+               for k, i in enumerate(plan.dropped)}
+    dropped = {path: dropped[path] for path in sorted(set(dropped) - set(used))}
     vol = stack if plan.n_volumes > 1 else stack[0]
     first = frames[int(plan.order[0, 0])]
     rgb = first.samples_per_pixel > 1
@@ -369,6 +401,9 @@ def convert_stack(task: StackTask) -> dict:
         sidecar["GeometryResampling"] = geo
     if plan.dropped:
         sidecar["DroppedDuplicateFrames"] = len(plan.dropped)
+        sidecar["DroppedDuplicateFramesReason"] = (
+            "pixel-identical copies of frames (same SOPInstanceUID and frame, or same slice position with "
+            "the same acquisition values) were written once")
     sidecar["SourceFileCount"] = len(used)
     if plan.n_volumes > 1:
         sidecar["NumberOfVolumes"] = plan.n_volumes
@@ -402,6 +437,7 @@ def _short_hash(text: str) -> str:
 def _suffix(group: StackGroup, sibling_number: int) -> str:
     parts = []
     other = False
+    family = ""
     for reason, value in group.split:
         if reason == "echo":
             number = value[0] if value and value[0] is not None and not pd.isna(value[0]) else sibling_number
@@ -415,13 +451,15 @@ def _suffix(group: StackGroup, sibling_number: int) -> str:
         elif reason == "derived":
             if value:
                 parts.append("_derived")
+        elif reason == "sop_family":
+            family = SOP_FAMILY_SUFFIX[value]
         elif reason == "series_number":
             continue  # already in the name
         else:
             other = True
     if other:
         parts.append(f"_stack-{sibling_number}")
-    return "".join(parts)
+    return "".join(parts) + family
 
 
 # ---------------------------------------------------------------------------------------------
@@ -527,9 +565,8 @@ def convert_tree(in_dir: str | os.PathLike, out_dir: str | os.PathLike, *, deid=
             pending[path] = (code, message, stem)
         if result["status"] == "written":
             converted.update(result["used_files"])
-            for path in result["dropped_files"]:
-                pending.setdefault(path, ("duplicate_file", "exact duplicate of another input file (same "
-                                          "SOPInstanceUID and frame); the copy was not used", stem))
+            for path, message in result["dropped_files"].items():
+                pending.setdefault(path, ("duplicate_file", message, stem))
             nii = Path(result["nifti"])
             records.append(SeriesRecord(
                 series_id=stem, subject=task.sidecar["Subject"], session=task.sidecar["Session"],

@@ -1,6 +1,8 @@
 """Group scanned frames into stacks the way a careful reader would, not by SeriesInstanceUID alone.
 
-Within one SeriesInstanceUID, frames are split on: SeriesNumber, orientation, image size, pixel spacing,
+Within one SeriesInstanceUID, frames are split on: SOP class family (classic, enhanced, legacy converted
+enhanced: a scanner may export one acquisition twice, and the copies must never merge), SeriesNumber,
+orientation, image size, pixel spacing,
 samples per pixel, echo (number and time), image component (magnitude / phase / real /
 imaginary / field map), ORIGINAL versus DERIVED, and localizer versus main stack.
 If positions then repeat, the frames are a 4D
@@ -19,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from medcore.dicom.geometry import slice_normal
+from medcore.dicom.values import sop_family
 
 #: IOPs whose direction cosines differ by at most this are the same orientation.
 _IOP_TOLERANCE = 1e-3
@@ -95,6 +98,7 @@ class _Canonical:
 
 def _split_key(row, canon: dict[str, _Canonical]) -> tuple:
     return (
+        ("sop_family", sop_family(str(row["sop_class_uid"] or ""))),
         ("series_number", _scalar(row["series_number"])),
         ("orientation", canon["iop"](row["iop"])),
         ("size", (int(row["rows"]), int(row["cols"]))),
@@ -151,7 +155,7 @@ def _split_temporal(records: dict[int, dict], labels: list[int]) -> list[tuple[l
     return [([i for i, tv in zip(labels, tvals) if tv == t], t) for t in sorted(distinct, key=str)]
 
 
-_COLUMNS = ("series_uid", "series_number", "iop", "rows", "cols", "pixel_spacing", "samples_per_pixel",
+_COLUMNS = ("series_uid", "sop_class_uid", "series_number", "iop", "rows", "cols", "pixel_spacing", "samples_per_pixel",
             "echo_number", "echo_time", "image_type", "is_localizer", "ipp", "temporal_position",
             "acquisition_number")
 

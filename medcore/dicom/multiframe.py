@@ -18,6 +18,7 @@ from medcore.dicom.values import (
     image_type,
     is_localizer,
     json_value,
+    non_finite,
     time_only,
 )
 
@@ -80,15 +81,25 @@ def _shared_header(shared) -> dict:
     return out
 
 
+def _geometry(item, keyword: str, n: int, base: dict) -> tuple[float, ...] | None:
+    """IPP or IOP of a functional group item; values that are not finite numbers are damage."""
+    value = item.get(keyword)
+    if non_finite(value):
+        raise UnsupportedDicomError(
+            base["path"], f"a frame's {keyword} holds values that are not finite numbers: the file is damaged; "
+            "re-export or re-copy it", "corrupt_identity")
+    return as_floats(value, n)
+
+
 def _frame_fields(per, shared, base: dict) -> dict:
     """Frame fields that the functional groups of one frame override."""
     f: dict = {}
     item = _macro(per, shared, PLANE_POSITION)
     if item is not None:
-        f["ipp"] = as_floats(item.get("ImagePositionPatient"), 3)
+        f["ipp"] = _geometry(item, "ImagePositionPatient", 3, base)
     item = _macro(per, shared, PLANE_ORIENTATION)
     if item is not None:
-        f["iop"] = as_floats(item.get("ImageOrientationPatient"), 6)
+        f["iop"] = _geometry(item, "ImageOrientationPatient", 6, base)
     item = _macro(per, shared, PIXEL_MEASURES)
     if item is not None:
         f["pixel_spacing"] = as_floats(item.get("PixelSpacing"), 2) or base["pixel_spacing"]

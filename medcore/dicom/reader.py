@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import struct
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import pydicom
 from pydicom.datadict import tag_for_keyword
@@ -34,9 +34,11 @@ from medcore.dicom.values import (
     image_type,
     is_localizer,
     is_siemens,
+    non_finite,
     private_number,
     private_numbers,
     time_only,
+    uid_problem,
 )
 
 # --------------------------------------------------------------------------------------------
@@ -269,6 +271,7 @@ def _frames_and_header(path: Path, ds):
             _, tsuid2, pixel, size = _read_header(path)
             tsuid = tsuid or tsuid2
     _check_image(ds, path, pixel, size)
+    check_identity(ds, path)
     base = base_fields(ds, path, tsuid)
     tag, offset, length = pixel
     if tag != 0x7FE00010 or length == 0xFFFFFFFF or tsuid in _NOT_NATIVE:
@@ -326,6 +329,29 @@ def _check_image(ds, path: Path, pixel, size: int) -> None:
             )
         if length == 0xFFFFFFFF and offset + 8 > size:
             raise UnsupportedDicomError(path, "is truncated inside its compressed PixelData", "truncated")
+
+
+_IDENTITY_UIDS = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")
+_IDENTITY_GEOMETRY = ("ImagePositionPatient", "ImageOrientationPatient")
+
+
+def check_identity(ds: Any, path: Path) -> None:
+    """Raise ``corrupt_identity`` when a UID breaks the UI rules or IPP/IOP is not finite numbers.
+
+    Such a file is damaged (overwritten bytes, a broken exporter); read as it is, it would become
+    a series of its own beside the series it came from.
+    """
+    for keyword in _IDENTITY_UIDS:
+        problem = uid_problem(as_text(ds.get(keyword)))
+        if problem is not None:
+            raise UnsupportedDicomError(
+                path, f"{keyword} {problem}, so it is not a valid DICOM UID: the file is damaged; "
+                "re-export or re-copy it", "corrupt_identity")
+    for keyword in _IDENTITY_GEOMETRY:
+        if non_finite(ds.get(keyword)):
+            raise UnsupportedDicomError(
+                path, f"{keyword} holds values that are not finite numbers: the file is damaged; "
+                "re-export or re-copy it", "corrupt_identity")
 
 
 def _sop_name(uid: str) -> str:

@@ -11,8 +11,13 @@ Decisions (a volume with a wrong affine is the worst possible output):
 * ``missing_geometry``: no IOP/IPP/PixelSpacing: refuse, nothing trustworthy can be written.
 * exact duplicates (same SOPInstanceUID and frame): the later copies are dropped (the converter
   then checks that their pixels are identical, else refuses ``conflicting_duplicates``).
-* repeated positions: every position the same number of times -> 4D, ordered by temporal
-  keys; otherwise ``inconsistent_repeats``.
+* repeated positions are volumes only when an acquisition value tells them apart (temporal
+  position, acquisition number or time, trigger time, b-value and gradient, echo, vendor
+  dimension index: the ``acquisition_keys``). Frames at one position with equal acquisition keys
+  are copies: the later ones are dropped (the converter then checks that their pixels are
+  identical, else refuses ``indistinct_repeats``).
+* then every position the same number of times -> 4D, ordered by temporal keys; otherwise
+  ``inconsistent_repeats``.
 * ``missing_slices``: a gap that is a whole multiple (>= 2) of the usual step, or more than
   2.5 times it: refuse, because filling a hole would invent anatomy.
 * irregular spacing (other uneven gaps) and gantry tilt (slice origins drifting in-plane):
@@ -53,7 +58,8 @@ class StackPlan:
     """How to assemble one series: ``order[v, s]`` indexes the input frames."""
 
     order: np.ndarray
-    dropped: tuple[int, ...]
+    dropped: tuple[int, ...]  # copies not used ...
+    originals: tuple[int, ...]  # ... and, for each, the frame used in its place
     positions: np.ndarray  # distances along the normal of the sorted slice positions (mm)
     in_plane_offsets: np.ndarray  # (n_slices, 2) pixel offsets (col, row) from the first slice
     step: float  # output slice step (mm)
@@ -61,6 +67,8 @@ class StackPlan:
     resample: bool
     irregular: bool
     issues: tuple[str, ...] = field(default=())
+    #: How many of ``dropped`` are repeats told apart by no acquisition value (the rest share identity).
+    n_repeats: int = 0
 
     @property
     def n_volumes(self) -> int:
@@ -125,11 +133,14 @@ def _classify_gaps(positions: np.ndarray) -> tuple[float, bool]:
 
 def plan_stack(iops: np.ndarray, ipps: np.ndarray, pixel_spacings: np.ndarray,
                identity_keys: Sequence[tuple], temporal_keys: Sequence[tuple],
-               slice_thickness: float | None = None) -> StackPlan:
+               slice_thickness: float | None = None,
+               acquisition_keys: Sequence[tuple] | None = None) -> StackPlan:
     """Plan how to assemble frames into a volume; raise :class:`GeometryError` if unsafe.
 
     ``identity_keys[i]`` identifies the stored frame (SOPInstanceUID, frame index): equal keys
     are exact duplicates. ``temporal_keys[i]`` orders repeated positions into volumes.
+    ``acquisition_keys[i]`` holds the values that may tell repeated positions apart (default:
+    the temporal keys); frames at one position with equal keys are copies of one another.
     """
     n = len(identity_keys)
     if n == 0:
@@ -150,16 +161,31 @@ def plan_stack(iops: np.ndarray, ipps: np.ndarray, pixel_spacings: np.ndarray,
     seen: dict[tuple, int] = {}
     keep: list[int] = []
     dropped: list[int] = []
+    originals: list[int] = []
     for i, key in enumerate(identity_keys):
         if key in seen:
             dropped.append(i)
+            originals.append(seen[key])
         else:
             seen[key] = i
             keep.append(i)
-    kept = np.asarray(keep)
+    n_identical = len(dropped)
 
     iop = iops[0]
     normal = geometry.slice_normal(iop)
+    acquisition = temporal_keys if acquisition_keys is None else acquisition_keys
+    labels, _ = _cluster_positions(geometry.slice_positions(ipps[np.asarray(keep)], normal))
+    first_of: dict[tuple, int] = {}
+    unique: list[int] = []
+    for i, label in sorted(zip(keep, labels.tolist()), key=lambda t: (temporal_keys[t[0]], t[0])):
+        key = (label, acquisition[i])
+        if key in first_of:
+            dropped.append(i)
+            originals.append(first_of[key])
+        else:
+            first_of[key] = i
+            unique.append(i)
+    kept = np.asarray(sorted(unique))
     d = geometry.slice_positions(ipps[kept], normal)
     labels, centres = _cluster_positions(d)
     n_pos = len(centres)
@@ -201,7 +227,9 @@ def plan_stack(iops: np.ndarray, ipps: np.ndarray, pixel_spacings: np.ndarray,
     if tilted:
         issues.append("gantry_tilt")
     tilt = geometry.tilt_degrees(ipps[first], iop) if n_pos > 1 else 0.0
-    return StackPlan(order=order, dropped=tuple(int(i) for i in dropped), positions=positions,
+    return StackPlan(order=order, dropped=tuple(int(i) for i in dropped),
+                     originals=tuple(int(i) for i in originals), n_repeats=len(dropped) - n_identical,
+                     positions=positions,
                      in_plane_offsets=geometry.in_plane_offsets(ipps[first], iop, spacing[0]),
                      step=step, tilt_deg=tilt, resample=irregular or tilted, irregular=irregular,
                      issues=tuple(issues))

@@ -217,3 +217,66 @@ def private_numbers(elem: Any) -> Any:
             return tuple(np.frombuffer(value, "<f8").tolist())
         return None
     return value
+
+
+#: Enhanced image storage SOP classes (functional groups describe every frame).
+ENHANCED_SOP_CLASSES = frozenset({
+    "1.2.840.10008.5.1.4.1.1.2.1",  # Enhanced CT
+    "1.2.840.10008.5.1.4.1.1.4.1",  # Enhanced MR
+    "1.2.840.10008.5.1.4.1.1.4.3",  # Enhanced MR Color
+    "1.2.840.10008.5.1.4.1.1.130",  # Enhanced PET
+    "1.2.840.10008.5.1.4.1.1.6.2",  # Enhanced US Volume
+    "1.2.840.10008.5.1.4.1.1.12.1.1",  # Enhanced XA
+    "1.2.840.10008.5.1.4.1.1.12.2.1",  # Enhanced XRF
+})
+#: Legacy Converted Enhanced CT, MR and PET: classic images repackaged as one multi-frame object.
+LEGACY_ENHANCED_SOP_CLASSES = frozenset({
+    "1.2.840.10008.5.1.4.1.1.2.2", "1.2.840.10008.5.1.4.1.1.4.4", "1.2.840.10008.5.1.4.1.1.128.1",
+})
+
+
+def sop_family(sop_class_uid: str) -> str:
+    """``"enhanced"``, ``"legacy_enhanced"`` or ``"classic"``: how a SOP class stores an acquisition.
+
+    A scanner may export one acquisition in several families under one SeriesInstanceUID; the
+    copies are never merged.
+    """
+    if sop_class_uid in ENHANCED_SOP_CLASSES:
+        return "enhanced"
+    if sop_class_uid in LEGACY_ENHANCED_SOP_CLASSES:
+        return "legacy_enhanced"
+    return "classic"
+
+
+def uid_problem(text: str) -> str | None:
+    """Why ``text`` breaks the DICOM UI value rules (PS3.5 9.1), or None when it is a valid UID.
+
+    At most 64 characters; components of digits separated by single dots; no component starts
+    with 0 unless it is 0. An empty value is not judged here (absent is not corrupt).
+    """
+    if not text:
+        return None
+    if len(text) > 64:
+        return f"is {len(text)} characters long (at most 64)"
+    for part in text.split("."):
+        if not part:
+            return "has an empty component"
+        if not (part.isascii() and part.isdigit()):
+            return "holds characters other than digits and dots"
+        if len(part) > 1 and part[0] == "0":
+            return "has a component with a leading zero"
+    return None
+
+
+def non_finite(value: Any) -> bool:
+    """True when a present numeric value (or any item of it) is not a finite number."""
+    if value is None or value == "":
+        return False
+    items = value if _is_multi(value) else [value]
+    for item in items:
+        try:
+            if not np.isfinite(float(item)):
+                return True
+        except (TypeError, ValueError):
+            return True
+    return False

@@ -83,8 +83,20 @@ def test_uneven_repeats_refused():
     iops, ipps, sp = _stack(3)
     iops, ipps, sp = np.vstack([iops, iops[:1]]), np.vstack([ipps, ipps[:1]]), np.vstack([sp, sp[:1]])
     with pytest.raises(GeometryError) as err:
-        _plan(iops, ipps, sp)
+        _plan(iops, ipps, sp, temporal=[(1,), (1,), (1,), (2,)])  # a second acquisition of one slice
     assert err.value.code == "inconsistent_repeats"
+
+
+def test_repeats_without_acquisition_values_are_copies():
+    iops, ipps, sp = _stack(3)
+    iops, ipps, sp = np.vstack([iops, iops]), np.vstack([ipps, ipps]), np.vstack([sp, sp])
+    temporal = [(i,) for i in range(6)]  # instance numbers differ ...
+    plan = _plan(iops, ipps, sp, temporal=temporal, acquisition_keys=[(None,)] * 6)  # ... nothing else does
+    assert plan.n_volumes == 1 and plan.n_slices == 3
+    assert sorted(plan.dropped) == [3, 4, 5] and plan.n_repeats == 3
+    assert {d: o for d, o in zip(plan.dropped, plan.originals)} == {3: 0, 4: 1, 5: 2}
+    told_apart = _plan(iops, ipps, sp, temporal=temporal, acquisition_keys=[(t // 3,) for t in range(6)])
+    assert told_apart.n_volumes == 2 and not told_apart.dropped
 
 
 @pytest.mark.parametrize("positions", [[0, 5, 10, 20], [0, 1.25, 2.5, 205.0]])

@@ -11,8 +11,8 @@ SAG = (0.0, 1.0, 0.0, 0.0, 0.0, -1.0)
 
 
 def _row(z, **kw):
-    row = dict(series_uid="1.2.3", series_number=1, iop=AX, rows=8, cols=8, pixel_spacing=(1.0, 1.0),
-               samples_per_pixel=1,
+    row = dict(series_uid="1.2.3", sop_class_uid="1.2.840.10008.5.1.4.1.1.4", series_number=1, iop=AX,
+               rows=8, cols=8, pixel_spacing=(1.0, 1.0), samples_per_pixel=1,
                echo_number=None, echo_time=None, image_type=("ORIGINAL", "PRIMARY", "AXIAL"),
                is_localizer=False, ipp=(0.0, 0.0, float(z)), temporal_position=None, acquisition_number=None,
                trigger_time=None, acquisition_time=None, instance_number=1, frame_index=0)

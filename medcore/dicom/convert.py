@@ -31,6 +31,7 @@ import pydicom
 
 from medcore.dicom.decode import load_pixels, to_real_values
 from medcore.dicom.deid import Deidentifier, load_or_create_key
+from medcore.dicom.diffusion import diffusion_tables
 from medcore.dicom.frame import DecodeError, Frame
 from medcore.dicom.group import StackGroup, group_frames, image_component, temporal_key
 from medcore.dicom.nifti import GZIP_LEVEL, write_nifti, write_sidecar
@@ -322,24 +323,6 @@ def _bids_sidecar(frame: Frame) -> dict:
     return out
 
 
-def diffusion_tables(frames: Sequence[Frame], plan: StackPlan) -> tuple[str, list] | None:
-    """``.bval`` text and the per-volume gradients as stored, for a 4D diffusion series, else None.
-
-    One b-value per volume (from its first frame). No ``.bvec`` is written: the gradient's frame
-    of reference differs by vendor (patient LPS for the standard attribute, image space for some
-    private ones) and a wrong bvec is a silent error, so the raw vectors go to the sidecar.
-    """
-    if plan.n_volumes < 2:
-        return None
-    firsts = [frames[int(i)] for i in plan.order[:, 0]]
-    if any(f.diffusion_bvalue is None for f in firsts):
-        return None
-    bval = " ".join(f"{f.diffusion_bvalue:g}" for f in firsts) + "\n"
-    gradients = [None if f.diffusion_gradient is None else [round(float(x), 6) for x in f.diffusion_gradient]
-                 for f in firsts]
-    return bval, gradients
-
-
 _COPY_MESSAGE = "exact duplicate of another input file (same SOPInstanceUID and frame); the copy was not used"
 _REPEAT_MESSAGE = ("pixel-identical copy of another input frame at the same slice position with the same "
                    "acquisition values (an acquisition exported twice); the copy was not used")
@@ -414,10 +397,13 @@ def convert_stack(task: StackTask) -> dict:
         write_nifti(stack if plan.n_volumes > 1 else stack[0], affine, nii, rgb=rgb,
                     repetition_time=float(tr) / 1000.0 if tr and plan.n_volumes > 1 else None,
                     gzip_level=task.gzip_level)
-        tables = diffusion_tables(frames, plan)
+        tables = diffusion_tables([[frames[int(i)] for i in row] for row in plan.order])
         if tables is not None:
-            sidecar["DiffusionGradientsAsStored"] = tables[1]
-            atomic_write_text(task.out_stem.with_name(task.out_stem.name + ".bval"), tables[0])
+            atomic_write_text(task.out_stem.with_name(task.out_stem.name + ".bval"), tables.bval_text())
+            if tables.bvecs is not None:
+                atomic_write_text(task.out_stem.with_name(task.out_stem.name + ".bvec"), tables.bvec_text())
+            else:
+                sidecar["BvecNotWrittenReason"] = tables.reason
         write_sidecar(sidecar, task.out_stem.with_name(task.out_stem.name + ".json"))
     except Exception as exc:
         return {"status": "refused", "code": "write_failed", "message": f"{type(exc).__name__}: {exc}",

@@ -105,6 +105,8 @@ class Frame:
     pixel_offset: int = field(default=-1, compare=False)
     #: Big endian native pixel data (transfer syntax 1.2.840.10008.1.2.2).
     big_endian: bool = False
+    #: ``diffusion_gradient`` is given in the image frame (row, column, normal), not in patient LPS.
+    gradient_in_image_frame: bool = False
 
     @property
     def shape(self) -> tuple[int, ...]:

@@ -14,7 +14,7 @@ import struct
 import numpy as np
 
 from medcore.dicom.frame import Frame, UnsupportedDicomError, with_changes
-from medcore.dicom.values import as_float, as_floats
+from medcore.dicom.values import as_floats
 
 _CSA_IMAGE_HEADER = 0x00291010
 _N_MOSAIC = 0x0019100A
@@ -159,8 +159,6 @@ def expand(ds, base: dict) -> list[Frame]:
 
 _UIH_GRID_SEQUENCE = 0x00651051
 _UIH_TILE_SIZE = 0x00651004
-_UIH_BVALUE = 0x00651009
-_UIH_GRADIENT = 0x00651037
 
 
 def is_uih_grid(ds) -> bool:
@@ -201,10 +199,6 @@ def expand_uih(ds, base: dict) -> list[Frame]:
             base["path"], f"UIH grid lists {len(items)} tiles but {kr}x{kc} fit in the image", "bad_mosaic"
         )
     fields = dict(base, rows=r, cols=c, is_mosaic=True, mosaic_tiles_per_row=kc, mosaic_tiles_per_col=kr)
-    if fields["diffusion_bvalue"] is None and _UIH_BVALUE in ds:
-        fields["diffusion_bvalue"] = as_float(ds[_UIH_BVALUE].value)
-    if fields["diffusion_gradient"] is None and _UIH_GRADIENT in ds:
-        fields["diffusion_gradient"] = as_floats(ds[_UIH_GRADIENT].value, 3)
     proto = Frame(**fields)
     return [
         with_changes(proto, frame_index=i, ipp=as_floats(item.get("ImagePositionPatient"), 3))

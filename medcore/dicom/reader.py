@@ -33,8 +33,8 @@ from medcore.dicom.values import (
     as_text,
     image_type,
     is_localizer,
-    is_siemens,
     non_finite,
+    private_float,
     private_number,
     private_numbers,
     time_only,
@@ -77,6 +77,7 @@ _PRIVATE_TAGS = (
     0x00190010, 0x00290010,  # private creators
     0x00100020,  # PatientID: only for read_frames_and_patient, never stored on a Frame
     0x00650010, 0x00651004, 0x00651009, 0x00651037, 0x00651051,  # UIH grid, b-value, gradient
+    0x20010010, 0x20011003, 0x20050010, 0x200510B0, 0x200510B1, 0x200510B2,  # Philips b-value, gradient
 )
 
 
@@ -192,12 +193,7 @@ def base_fields(ds, path: Path, tsuid: str) -> dict:
     spacing = as_floats(ds.get("PixelSpacing"), 2) or as_floats(ds.get("ImagerPixelSpacing"), 2)
     slope = as_float(ds.get("RescaleSlope"))
     intercept = as_float(ds.get("RescaleIntercept"))
-    gradient = as_floats(ds.get("DiffusionGradientOrientation"), 3)
-    bvalue = as_float(ds.get("DiffusionBValue"))
-    if bvalue is None and 0x0019100C in ds and is_siemens(ds):
-        bvalue = as_float(private_number(ds[0x0019100C]))
-    if gradient is None and 0x0019100E in ds and is_siemens(ds):
-        gradient = as_floats(private_numbers(ds[0x0019100E]), 3)
+    bvalue, gradient, in_image_frame = diffusion(ds)
     return dict(
         path=path,
         frame_index=0,
@@ -236,7 +232,45 @@ def base_fields(ds, path: Path, tsuid: str) -> dict:
         header=LazyHeader(ds) if isinstance(ds, rawheader.RawHeader) else acquisition_header(ds),
         planar_configuration=as_int(ds.get("PlanarConfiguration")) or 0,
         big_endian=tsuid == "1.2.840.10008.1.2.2",
+        gradient_in_image_frame=in_image_frame,
     )
+
+
+_SIEMENS_DIFFUSION = frozenset({"B_value", "DiffusionGradientDirection"})
+
+
+def diffusion(ds: Any) -> tuple[float | None, tuple[float, ...] | None, bool]:
+    """``(b-value, gradient, gradient_in_image_frame)`` from the standard or a vendor's attributes.
+
+    Standard (0018,9087/9089), Siemens (0019,100C/100E, else the CSA image header), Philips
+    classic (2001,1003; 2005,10B0-B2): patient LPS. United Imaging (0065,1009/1037): image frame.
+    """
+    bvalue = as_float(ds.get("DiffusionBValue"))
+    gradient = as_floats(ds.get("DiffusionGradientOrientation"), 3)
+    vendor = as_text(ds.get("Manufacturer")).upper()
+    if "SIEMENS" in vendor:
+        if bvalue is None and 0x0019100C in ds:
+            bvalue = as_float(private_number(ds[0x0019100C]))
+        if gradient is None and 0x0019100E in ds:
+            gradient = as_floats(private_numbers(ds[0x0019100E]), 3)
+        if (bvalue is None or gradient is None) and 0x00291010 in ds:
+            try:
+                csa = mosaic.parse_csa(ds[0x00291010].value, _SIEMENS_DIFFUSION)
+            except (ValueError, struct.error):
+                csa = {}
+            bvalue = bvalue if bvalue is not None else as_float(csa.get("B_value"))
+            gradient = gradient or as_floats(csa.get("DiffusionGradientDirection"), 3)
+    elif "PHILIPS" in vendor:
+        if bvalue is None and 0x20011003 in ds:
+            bvalue = private_float(ds[0x20011003])
+        if gradient is None and all(t in ds for t in (0x200510B0, 0x200510B1, 0x200510B2)):
+            gradient = as_floats([private_float(ds[t]) for t in (0x200510B0, 0x200510B1, 0x200510B2)], 3)
+    elif vendor.startswith("UIH") or "UNITED IMAGING" in vendor:
+        if bvalue is None and 0x00651009 in ds:
+            bvalue = private_float(ds[0x00651009])
+        if gradient is None and 0x00651037 in ds:
+            return bvalue, as_floats(private_numbers(ds[0x00651037]), 3), True
+    return bvalue, gradient, False
 
 
 def read_frames(path, ds=None) -> list[Frame]:

@@ -184,11 +184,6 @@ def time_only(value: Any) -> str | None:
     return text.split("+")[0].split("-")[0] or None
 
 
-def is_siemens(ds: Any) -> bool:
-    """True when the Manufacturer names Siemens."""
-    return "SIEMENS" in as_text(ds.get("Manufacturer")).upper()
-
-
 def private_number(elem: Any) -> Any:
     """Value of a private numeric element that may be stored as raw bytes (UN)."""
     value = elem.value
@@ -207,6 +202,16 @@ def private_number(elem: Any) -> Any:
         except ValueError:
             return None
     return value
+
+
+def private_float(elem: Any) -> float | None:
+    """A private FL/FD element, also when stored as raw bytes (implicit VR, unknown to the dictionary)."""
+    value = elem.value
+    if isinstance(value, bytes):
+        if len(value) in (4, 8):
+            return float(struct.unpack("<f" if len(value) == 4 else "<d", value)[0])
+        return None
+    return as_float(value)
 
 
 def private_numbers(elem: Any) -> Any:

@@ -24,6 +24,7 @@ from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -39,6 +40,7 @@ from medcore.dicom.quarantine import Quarantine
 from medcore.dicom.resample import cast_like, resample_stack
 from medcore.dicom.scan import SEGMENTATION_CODE, ScanResult, deidentified_index, read_file_and_patient, scan_tree
 from medcore.dicom.scan import assemble as assemble_scan
+from medcore.dicom.timing import timing_fields
 from medcore.dicom.validate import GeometryError, StackPlan, output_affine, plan_stack
 from medcore.utils.atomic import atomic_path, atomic_write_text
 
@@ -323,6 +325,21 @@ def _bids_sidecar(frame: Frame) -> dict:
     return out
 
 
+def _timing(frames: Sequence[Frame], plan: StackPlan, resampled: bool) -> dict:
+    """BIDS timing fields of an MR stack, with ``BidsFieldsNotWritten`` giving the reason for each absent one."""
+    volumes = [[frames[int(i)] for i in row] for row in plan.order[:2]]
+    if volumes[0][0].modality != "MR":
+        return {}
+    datasets: list[Any] = []
+    for volume in volumes:
+        try:
+            datasets.append(pydicom.dcmread(volume[0].path, stop_before_pixels=True, force=True))
+        except Exception:  # the header was read once already; without it only header-free fields remain
+            datasets.append(None)
+    fields, reasons = timing_fields(volumes, datasets, resampled)
+    return {**fields, "BidsFieldsNotWritten": reasons} if reasons else fields
+
+
 _COPY_MESSAGE = "exact duplicate of another input file (same SOPInstanceUID and frame); the copy was not used"
 _REPEAT_MESSAGE = ("pixel-identical copy of another input frame at the same slice position with the same "
                    "acquisition values (an acquisition exported twice); the copy was not used")
@@ -390,6 +407,7 @@ def convert_stack(task: StackTask) -> dict:
     sidecar["SourceFileCount"] = len(used)
     if plan.n_volumes > 1:
         sidecar["NumberOfVolumes"] = plan.n_volumes
+    sidecar.update(_timing(frames, plan, bool(geo["resampled"])))
     tr = (first.header or {}).get("RepetitionTime")
     suffix = ".nii.gz" if task.compress else ".nii"
     nii = task.out_stem.with_name(task.out_stem.name + suffix)

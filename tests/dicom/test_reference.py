@@ -319,3 +319,62 @@ def test_hard_cases_never_give_a_wrong_affine(shared_data, tmp_path, case):
     if case == "dcm_qa_ct/In/GE":
         (rec,) = report.series
         assert rec.resampled and {"gantry_tilt", "irregular_spacing"} <= set(rec.issues)
+
+
+TIMING_FIELDS = ("RepetitionTime", "EchoTime", "SliceTiming", "PhaseEncodingDirection", "TotalReadoutTime")
+TIMING_TOL_S = 1e-3
+
+
+def _pe_world(direction: str, affine: np.ndarray) -> np.ndarray:
+    column = affine[:3, "ijk".index(direction[0])]
+    return (-1.0 if direction.endswith("-") else 1.0) * column / np.linalg.norm(column)
+
+
+def _timing_result(field: str, ref_value, ours: dict, ref_img, our_img) -> tuple[bool, str]:
+    """(agrees or absent with a reason, what was found)."""
+    if field not in ours:
+        why = ours.get("BidsFieldsNotWritten", {}).get(field)
+        return why is not None, f"absent: {why}" if why else "absent without a reason"
+    value = ours[field]
+    if field == "PhaseEncodingDirection":
+        ok = float(_pe_world(value, our_img.affine) @ _pe_world(ref_value, ref_img.affine)) > 0.99
+        return ok, f"{value} (ref {ref_value}, same world direction: {ok})"
+    if field == "SliceTiming":
+        perm, flips = _grid_map(ref_img.affine, ref_img.shape, our_img.affine, our_img.shape)
+        if perm[2] != 2 or len(value) != len(ref_value):
+            return False, f"slice axes differ ({perm}) or counts ({len(value)} vs {len(ref_value)})"
+        mapped = value[::-1] if flips[2] else value
+        err = float(np.max(np.abs(np.asarray(mapped) - np.asarray(ref_value))))
+        return err <= TIMING_TOL_S, f"{len(value)} slices, max error {err * 1000:.3f} ms"
+    err = abs(float(value) - float(ref_value))
+    return err <= TIMING_TOL_S, f"{value} (ref {ref_value}, error {err * 1000:.3f} ms)"
+
+
+def test_bids_timing_fields_match_refs(shared_data, tmp_path):
+    """Every timing field of every Ref JSON with an image: ours within 1 ms, or absent with a stated reason."""
+    lines, failures = [], []
+    counts = {f: {"agree": 0, "absent": 0} for f in TIMING_FIELDS}
+    for name in DCM_QA:
+        root = shared_data / "dicom" / name
+        report = _convert(root / "In", tmp_path / name)
+        for ref, number, _echo in _refs_by_series(root / "Ref"):
+            meta = json.loads(ref.with_suffix(".json").read_text())
+            cands = [tmp_path / name / r.nifti for r in report.series if r.series_number == number]
+            ours_nii = next((c for c in cands if compare(ref, c) is None), None)
+            if ours_nii is None:
+                failures.append(f"{name}/{ref.name}: no matching output")
+                continue
+            ours = json.loads(ours_nii.with_suffix(".json").read_text())
+            ref_img, our_img = nib.load(str(ref)), nib.load(str(ours_nii))
+            for field in TIMING_FIELDS:
+                if field not in meta:
+                    continue
+                ok, found = _timing_result(field, meta[field], ours, ref_img, our_img)
+                counts[field]["absent" if field not in ours else "agree"] += ok
+                lines.append(f"{name}/{ref.name} {field}: {'ok' if ok else 'FAIL'} {found}")
+                if not ok:
+                    failures.append(lines[-1])
+    print("\n" + "\n".join(lines) + f"\ncounts: {counts}")
+    assert not failures, "\n".join(failures)
+    assert counts["SliceTiming"]["agree"] >= 25 and counts["PhaseEncodingDirection"]["agree"] >= 25
+    assert counts["TotalReadoutTime"]["agree"] >= 25 and counts["RepetitionTime"]["agree"] >= 35

@@ -170,19 +170,19 @@ def plan_for(frames: Sequence[Frame], temporal: Sequence[tuple]) -> StackPlan:
         return out
 
     thickness = frames[0].spacing_between_slices or frames[0].slice_thickness
+    ge = str((frames[0].header or {}).get("Manufacturer", "")).upper().startswith("GE ")
     return plan_stack(arr([f.iop for f in frames], 6), arr([f.ipp for f in frames], 3),
                       arr([f.pixel_spacing for f in frames], 2),
                       [(f.sop_instance_uid, f.frame_index) for f in frames], list(temporal),
-                      slice_thickness=thickness, acquisition_keys=[acquisition_key(f) for f in frames])
+                      slice_thickness=thickness, acquisition_keys=[acquisition_key(f, ge) for f in frames])
 
 
-def acquisition_key(frame: Frame) -> tuple:
+def acquisition_key(frame: Frame, ge: bool) -> tuple:
     """The values that make two frames at one position different acquisitions (else copies).
 
     GE numbers the volumes of single-slice EPI by InstanceNumber alone (no temporal position,
-    one acquisition time), so for GE the instance number is its vendor index of the volume.
+    one acquisition time), so for GE (``ge``) the instance number is its vendor index of the volume.
     """
-    ge = str((frame.header or {}).get("Manufacturer", "")).upper().startswith("GE ")
     return (frame.temporal_position, frame.acquisition_number, frame.acquisition_time, frame.trigger_time,
             frame.diffusion_bvalue, frame.diffusion_gradient, frame.echo_number, frame.echo_time,
             frame.dimension_index, frame.instance_number if ge else None)
@@ -272,7 +272,7 @@ def assemble(frames: Sequence[Frame], plan: StackPlan) -> tuple[np.ndarray, np.n
     ordered = [frames[i] for i in plan.order.ravel()]
     pixels = load_pixels(ordered)
     rgb = ordered[0].samples_per_pixel > 1
-    values = pixels if rgb else to_real_values(pixels, ordered)
+    values = pixels if rgb else to_real_values(pixels, ordered, in_place=True)
     scaling: dict = {}
     if not rgb:
         ss = philips_scale_slopes(ordered)

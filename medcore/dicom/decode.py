@@ -240,11 +240,13 @@ def load_pixels(frames: Sequence[Frame]) -> np.ndarray:
     return out
 
 
-def to_real_values(pixels: np.ndarray, frames: Sequence[Frame]) -> np.ndarray:
+def to_real_values(pixels: np.ndarray, frames: Sequence[Frame], *, in_place: bool = False) -> np.ndarray:
     """Real values ``stored * slope + intercept`` per frame (first axis of ``pixels``).
 
     The result keeps an integer dtype when every slope is 1, every intercept is integral and the
-    result fits in the stored type or int16/int32; otherwise float32.
+    result fits in the stored type or int16/int32; otherwise float32. ``in_place=True`` lets an
+    integer result that fits the stored type overwrite ``pixels`` (a fresh buffer of 500 CT slices
+    costs more to allocate than to fill).
     """
     n = pixels.shape[0]
     if len(frames) != n:
@@ -261,7 +263,7 @@ def to_real_values(pixels: np.ndarray, frames: Sequence[Frame]) -> np.ndarray:
         for dt in (pixels.dtype, np.dtype(np.int16), np.dtype(np.int32), np.dtype(np.int64)):
             info = np.iinfo(dt)
             if info.min <= lo and hi <= info.max:
-                out = pixels.astype(dt, copy=True)
+                out = pixels if in_place and dt == pixels.dtype else pixels.astype(dt, copy=True)
                 out += dt.type(icpt)
                 return out
     out = pixels.astype(np.float32)

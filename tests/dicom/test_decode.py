@@ -211,6 +211,20 @@ def test_rescale_keeps_int16_for_hounsfield(tmp_path):
     np.testing.assert_array_equal(real[0], [[-1024, 0], [976, 3071]])
 
 
+def test_rescale_in_place_only_when_the_stored_type_holds_the_result(tmp_path):
+    signed = np.array([[0, 1024], [2000, 3000]], dtype=np.int16)
+    frames = read_frames(write_image(tmp_path / "s.dcm", signed, slope=1.0, intercept=-1024.0, signed=True))
+    pixels = load_pixels(frames)
+    real = to_real_values(pixels, frames, in_place=True)
+    assert real is pixels and real.dtype == np.int16  # no second 256 MB buffer for a CT series
+    np.testing.assert_array_equal(real[0], [[-1024, 0], [976, 1976]])
+    unsigned = np.array([[0, 1024]], dtype=np.uint16)
+    frames = read_frames(write_image(tmp_path / "u.dcm", unsigned, slope=1.0, intercept=-1024.0))
+    pixels = load_pixels(frames)
+    real = to_real_values(pixels, frames, in_place=True)  # negative results do not fit uint16
+    assert real is not pixels and real.dtype == np.int16 and pixels[0, 0, 1] == 1024
+
+
 def test_rescale_float32_when_slope_varies(tmp_path):
     raw = np.array([[10, 20]], dtype=np.uint16)
     f1 = read_frames(write_image(tmp_path / "a.dcm", raw, slope=2.0, intercept=0.0))

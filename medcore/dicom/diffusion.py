@@ -79,6 +79,8 @@ def diffusion_tables(volumes: Sequence[Sequence[Frame]]) -> DiffusionTables | No
     """
     if len(volumes) < 2 or any(f.diffusion_bvalue is None for vol in volumes for f in vol):
         return None
+    if all(f.diffusion_bvalue == 0 for vol in volumes for f in vol):
+        return None  # every b-value 0: not a diffusion series (GE writes b=0 on its fMRI too)
     bvals = []
     for v, vol in enumerate(volumes):
         values = {float(f.diffusion_bvalue or 0.0) for f in vol}

@@ -11,6 +11,7 @@ Colour data (RGB, YBR_*) decode to RGB whatever ``photometric`` says; PALETTE CO
 
 from __future__ import annotations
 
+import math
 import os
 import struct
 from pathlib import Path
@@ -78,6 +79,7 @@ _PRIVATE_TAGS = (
     0x00100020,  # PatientID: only for read_frames_and_patient, never stored on a Frame
     0x00650010, 0x00651004, 0x00651009, 0x00651037, 0x00651051,  # UIH grid, b-value, gradient
     0x20010010, 0x20011003, 0x20050010, 0x200510B0, 0x200510B1, 0x200510B2,  # Philips b-value, gradient
+    0x00430010, 0x00431039, 0x001910BB, 0x001910BC, 0x001910BD,  # GE b-value, gradient
 )
 
 
@@ -237,13 +239,40 @@ def base_fields(ds, path: Path, tsuid: str) -> dict:
 
 
 _SIEMENS_DIFFUSION = frozenset({"B_value", "DiffusionGradientDirection"})
+_GE_GRADIENT = (0x001910BB, 0x001910BC, 0x001910BD)
+#: GE gradient (0019,10BB-10BD) -> image frame (row, column, normal) components, as (index, sign) per
+#: component, keyed by the phase-encoding direction and the patient axis the slice normal is closest
+#: to (0 sagittal, 1 coronal, 2 axial). This is dcm2niix's GE transform (after dicm2nii), read in the
+#: image frame; tests check it against dcm2niix for every key.
+_GE_FRAME = {
+    ("COL", 2): ((0, -1), (1, -1), (2, 1)), ("COL", 0): ((0, 1), (1, 1), (2, -1)),
+    ("COL", 1): ((0, -1), (1, 1), (2, 1)), ("ROW", 2): ((1, -1), (0, 1), (2, 1)),
+    ("ROW", 0): ((1, 1), (0, -1), (2, -1)), ("ROW", 1): ((1, 1), (0, 1), (2, 1)),
+}
+
+
+def ge_image_frame(raw: tuple[float, ...], bvalue: float | None, iop: tuple[float, ...],
+                   phase: str) -> tuple[float | None, tuple[float, ...] | None]:
+    """(b-value, image-frame gradient) of a GE diffusion frame.
+
+    A gradient shorter than unit length (0.03-0.97) scales the b-value by its squared length,
+    rounded to 5 s/mm2, as GE means it and dcm2niix reads it.
+    """
+    length = math.sqrt(sum(v * v for v in raw))
+    if bvalue is not None and 0.03 < length < 0.97:
+        scaled = bvalue * length * length
+        bvalue = 5.0 if 0 < scaled < 5 else float(int((scaled + 2.5) / 5) * 5)
+    normal = (iop[1] * iop[5] - iop[2] * iop[4], iop[2] * iop[3] - iop[0] * iop[5], iop[0] * iop[4] - iop[1] * iop[3])
+    dominant = max(range(3), key=lambda i: abs(normal[i]))
+    return bvalue, tuple(sign * raw[index] for index, sign in _GE_FRAME[(phase, dominant)])
 
 
 def diffusion(ds: Any) -> tuple[float | None, tuple[float, ...] | None, bool]:
     """``(b-value, gradient, gradient_in_image_frame)`` from the standard or a vendor's attributes.
 
     Standard (0018,9087/9089), Siemens (0019,100C/100E, else the CSA image header), Philips
-    classic (2001,1003; 2005,10B0-B2): patient LPS. United Imaging (0065,1009/1037): image frame.
+    classic (2001,1003; 2005,10B0-B2): patient LPS. United Imaging (0065,1009/1037) and GE
+    (0043,1039; 0019,10BB-10BD, see :func:`ge_image_frame`): image frame.
     """
     bvalue = as_float(ds.get("DiffusionBValue"))
     gradient = as_floats(ds.get("DiffusionGradientOrientation"), 3)
@@ -265,6 +294,17 @@ def diffusion(ds: Any) -> tuple[float | None, tuple[float, ...] | None, bool]:
             bvalue = private_float(ds[0x20011003])
         if gradient is None and all(t in ds for t in (0x200510B0, 0x200510B1, 0x200510B2)):
             gradient = as_floats([private_float(ds[t]) for t in (0x200510B0, 0x200510B1, 0x200510B2)], 3)
+    elif vendor.startswith("GE"):
+        if bvalue is None and 0x00431039 in ds:
+            number = as_float(private_number(ds[0x00431039]))
+            bvalue = None if number is None else float(int(number) % 1_000_000_000)  # GE's 1e9 bias
+        if gradient is None and all(t in ds for t in _GE_GRADIENT):
+            raw = as_floats([private_number(ds[t]) for t in _GE_GRADIENT], 3)
+            iop = as_floats(ds.get("ImageOrientationPatient"), 6)
+            axis = as_text(ds.get("InPlanePhaseEncodingDirection")).upper()
+            if raw is not None and iop is not None and axis in ("ROW", "COL"):
+                bvalue, gradient = ge_image_frame(raw, bvalue, iop, axis)
+                return bvalue, gradient, gradient is not None
     elif vendor.startswith("UIH") or "UNITED IMAGING" in vendor:
         if bvalue is None and 0x00651009 in ds:
             bvalue = private_float(ds[0x00651009])

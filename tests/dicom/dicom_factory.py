@@ -3,6 +3,7 @@ decoded frames with a reference NIfTI in world space."""
 
 from __future__ import annotations
 
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -118,6 +119,18 @@ def write_series(folder: Path, n: int, *, rows: int = 12, cols: int = 10, step: 
                            **kwargs)
         paths.append(save(ds, Path(folder) / f"{name}{names[k]:04d}.dcm", preamble=preamble))
     return paths
+
+
+def csa_header(entries: dict[str, list[str]]) -> bytes:
+    """A Siemens CSA header (SV10 layout) holding ``{name: [item strings]}``."""
+    out = bytearray(b"SV10\x04\x03\x02\x01" + struct.pack("<2I", len(entries), 77))
+    for name, items in entries.items():
+        out += name.encode().ljust(64, b"\x00") + struct.pack("<i4sii i", 1, b"IS\x00\x00", 6, len(items), 77)
+        for value in items:
+            data = value.encode() + b"\x00"
+            out += struct.pack("<4i", len(data), len(data), 77, len(data))
+            out += data.ljust((len(data) + 3) // 4 * 4, b"\x00")
+    return bytes(out)
 
 
 def sr_dataset(study_uid: str) -> Dataset:

@@ -13,7 +13,7 @@ import nibabel as nib
 import numpy as np
 import pydicom
 import pytest
-from dicom_factory import image_dataset, phantom, save
+from dicom_factory import csa_header, image_dataset, phantom, save
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 from pydicom.uid import generate_uid
@@ -106,6 +106,20 @@ def _vendor_tags(ds: Dataset, vendor: str, b: float, g) -> None:
         ds.add_new(0x0019100C, "IS", str(int(b)))
         if g is not None:
             ds.add_new(0x0019100E, "FD", list(g))
+    elif vendor == "siemens_csa":  # only the CSA image header (0029,1010) carries them
+        ds.Manufacturer = "SIEMENS"
+        ds.private_block(0x0029, "SIEMENS CSA HEADER", create=True)
+        entries = {"B_value": [str(int(b))]}
+        if g is not None:
+            entries["DiffusionGradientDirection"] = [f"{v:.8f}" for v in g]
+        ds.add_new(0x00291010, "OB", csa_header(entries))
+    elif vendor == "ge":  # GE private: (0043,1039) b-value (with GE's 1e9 bias), (0019,10BB-10BD) gradient
+        ds.Manufacturer = "GE MEDICAL SYSTEMS"
+        ds.private_block(0x0019, "GEMS_ACQU_01", create=True)
+        ds.private_block(0x0043, "GEMS_PARM_01", create=True)
+        ds.add_new(0x00431039, "IS", [1_000_000_000 + int(b), 8, 0, 0])
+        for tag, value in zip((0x001910BB, 0x001910BC, 0x001910BD), g or (0.0, 0.0, 0.0)):
+            ds.add_new(tag, "DS", f"{value:.6f}")
     elif vendor == "philips":  # Philips classic private: (2001,1003) b, (2005,10B0-B2) RL AP FH
         ds.Manufacturer = "Philips Medical Systems"
         ds.private_block(0x2001, "Philips Imaging DD 001", create=True)
@@ -120,7 +134,7 @@ def _vendor_tags(ds: Dataset, vendor: str, b: float, g) -> None:
             ds.DiffusionGradientOrientation = list(g)
 
 
-def write_classic_dwi(folder: Path, vendor: str, directions=DIRECTIONS, iop=OBLIQUE) -> None:
+def write_classic_dwi(folder: Path, vendor: str, directions=DIRECTIONS, iop=OBLIQUE, phase: str = "COL") -> None:
     study, series = generate_uid(), generate_uid()
     rc = np.asarray(iop).reshape(2, 3)
     normal = np.cross(rc[0], rc[1])
@@ -136,6 +150,7 @@ def write_classic_dwi(folder: Path, vendor: str, directions=DIRECTIONS, iop=OBLI
             ds.PatientPosition = "HFS"
             ds.AcquisitionTime = f"1200{v:02d}.{k}"
             ds.ScanningSequence, ds.SequenceVariant, ds.MRAcquisitionType = "EP", "SK", "2D"
+            ds.InPlanePhaseEncodingDirection = phase
             _vendor_tags(ds, vendor, 0.0 if g is None else 1000.0, g)
             save(ds, folder / f"IM{n:04d}.dcm")
 
@@ -195,7 +210,7 @@ def _dcm2niix(src: Path, out: Path) -> list[Path]:
     return sorted(out.glob("*.bvec"))
 
 
-@pytest.mark.parametrize("vendor", ["siemens", "philips", "standard", "enhanced"])
+@pytest.mark.parametrize("vendor", ["siemens", "siemens_csa", "philips", "standard", "enhanced"])
 def test_bvec_matches_dcm2niix_on_oblique_vendor_files(tmp_path, vendor):
     src = tmp_path / "in"
     if vendor == "enhanced":
@@ -211,6 +226,23 @@ def test_bvec_matches_dcm2niix_on_oblique_vendor_files(tmp_path, vendor):
     bvec = np.loadtxt(ours.with_suffix(".bvec"))
     assert np.all(bvec[:, 0] == 0)  # b=0: a zero vector
     np.testing.assert_allclose(np.linalg.norm(bvec[:, 1:], axis=0), 1.0, atol=1e-5)
+
+
+PLANES = {"axial": (1, 0, 0, 0, 1, 0), "sagittal": (0, 1, 0, 0, 0, -1), "coronal": (1, 0, 0, 0, 0, -1),
+          "sagittal_flipped": (0, -1, 0, 0, 0, -1), "oblique": OBLIQUE}
+
+
+@pytest.mark.parametrize("phase", ["COL", "ROW"])
+@pytest.mark.parametrize("plane", sorted(PLANES))
+def test_ge_bvec_matches_dcm2niix(tmp_path, plane, phase):
+    """GE gradients are in GE's own frame; every (plane, phase axis) of the transform is checked."""
+    src = tmp_path / "in"
+    write_classic_dwi(src, "ge", iop=PLANES[plane], phase=phase)
+    (ref_bvec,) = _dcm2niix(src, tmp_path / "ref")
+    (rec,) = _convert(src, tmp_path / "ours").series
+    ours = tmp_path / "ours" / rec.nifti
+    np.testing.assert_allclose(np.loadtxt(ours.with_suffix(".bval")), np.loadtxt(ref_bvec.with_suffix(".bval")))
+    assert compare_bvecs(ref_bvec.with_suffix(".nii"), ours) < TOL
 
 
 def test_missing_direction_keeps_volumes_but_writes_no_bvec(tmp_path):

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import struct
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pytest
-from dicom_factory import reference_at_frames, world_mismatch
+from dicom_factory import csa_header, reference_at_frames, world_mismatch
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate_uid
@@ -325,17 +324,6 @@ def test_enhanced_functional_groups(tmp_path):
     np.testing.assert_allclose(real[1, 0, :2], [24 * 2.5 - 2, 25 * 2.5 - 2])
 
 
-def _csa(entries: dict[str, list[str]]) -> bytes:
-    out = bytearray(b"SV10\x04\x03\x02\x01" + struct.pack("<2I", len(entries), 77))
-    for name, items in entries.items():
-        out += name.encode().ljust(64, b"\x00") + struct.pack("<i4sii i", 1, b"IS\x00\x00", 6, len(items), 77)
-        for value in items:
-            data = value.encode() + b"\x00"
-            out += struct.pack("<4i", len(data), len(data), 77, len(data))
-            out += data.ljust((len(data) + 3) // 4 * 4, b"\x00")
-    return bytes(out)
-
-
 def test_synthetic_mosaic_tiles_and_positions(tmp_path):
     k, r, c, n = 2, 3, 4, 3
     ds = _image(_dataset(), rows=k * r, cols=k * c, ipp=(-10.0, -20.0, 5.0))
@@ -343,7 +331,7 @@ def test_synthetic_mosaic_tiles_and_positions(tmp_path):
     ds.Manufacturer = "SIEMENS"
     ds.SpacingBetweenSlices = 4.0
     ds.add_new((0x0029, 0x0010), "LO", "SIEMENS CSA HEADER")
-    ds.add_new((0x0029, 0x1010), "OB", _csa({"NumberOfImagesInMosaic": [str(n)],
+    ds.add_new((0x0029, 0x1010), "OB", csa_header({"NumberOfImagesInMosaic": [str(n)],
                                              "SliceNormalVector": ["0", "0", "-1"]}))
     tiles = np.arange(k * k * r * c, dtype=np.uint16).reshape(k * k, r, c)
     ds.PixelData = tiles.reshape(k, k, r, c).swapaxes(1, 2).reshape(k * r, k * c).tobytes()

@@ -76,3 +76,12 @@ def test_orientation_jitter_across_a_rounding_boundary_stays_one_stack():
     b = (1.0, 0.0, 0.0, 0.0, 0.99949, 0.0316)  # rounds differently at 3 decimals, same plane
     (g,) = _groups([_row(0, iop=a), _row(1, iop=b), _row(2, iop=a)])
     assert len(g.rows) == 3
+
+
+def test_sop_class_families_never_merge():
+    """Classic, enhanced and legacy converted copies of one acquisition are separate stacks."""
+    families = {"1.2.840.10008.5.1.4.1.1.4": "classic", "1.2.840.10008.5.1.4.1.1.4.1": "enhanced",
+                "1.2.840.10008.5.1.4.1.1.4.4": "legacy_enhanced"}
+    groups = _groups([_row(z, sop_class_uid=sop) for sop in families for z in range(3)])
+    assert sorted(dict(g.split)["sop_family"] for g in groups) == sorted(families.values())
+    assert all(len(g.rows) == 3 for g in groups)

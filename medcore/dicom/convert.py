@@ -1,7 +1,9 @@
 """Convert a DICOM tree to NIfTI volumes + JSON sidecars, with a quarantine for everything else.
 
 Flow: :func:`~medcore.dicom.scan.scan_tree` (headers only) -> :func:`~medcore.dicom.group.group_frames`
--> per stack :func:`~medcore.dicom.validate.plan_stack` -> decode -> optional resample -> write.
+-> per stack :func:`~medcore.dicom.validate.plan_stack` -> decode -> optional resample -> write
+(NIfTI, JSON sidecar with the BIDS timing fields of :mod:`~medcore.dicom.timing`, and ``.bval`` /
+``.bvec`` from :mod:`~medcore.dicom.diffusion`).
 Stacks are converted one at a time per worker, so memory follows the largest series, not the
 tree. Output paths are built from pseudonyms only (``sub-*/ses-*/sub-*_ses-*_ser-NNN-<hash>``),
 never from input names. Every input file ends either in a written series or in the quarantine

@@ -18,6 +18,7 @@ from pydicom.uid import generate_uid
 from medcore.data.synthetic import new_dicom_dataset
 from medcore.dicom.convert import convert_tree
 from medcore.dicom.deid import Deidentifier
+from medcore.dicom.values import uid_problem
 
 ENHANCED_MR = "1.2.840.10008.5.1.4.1.1.4.1"
 KEY = Deidentifier(b"d" * 32)
@@ -228,3 +229,13 @@ def test_corrupt_identity_is_quarantined_not_a_new_series(tmp_path, damage):
     assert list(q["code"]) == ["corrupt_identity"]
     assert report.local_paths[q["file_id"][0]] == last
     assert ("SeriesInstanceUID" if damage == "series_uid" else "ImagePositionPatient") in q["message"][0]
+
+
+@pytest.mark.parametrize("uid, problem", [
+    ("1.2.840.10008.5.1.4.1.1.4", None), ("0", None), ("", None),
+    ("1.2.826.512\xff\xff\xff\x7f44", "holds characters other than digits and dots"),
+    ("1.2..3", "has an empty component"), ("1.02.3", "has a component with a leading zero"),
+    ("1." + "2" * 70, "is 72 characters long (at most 64)"),
+])
+def test_uid_rules(uid, problem):
+    assert uid_problem(uid) == problem

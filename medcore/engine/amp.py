@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+from typing import cast
 
 import torch
 
@@ -54,10 +55,10 @@ def use_channels_last(model: torch.nn.Module, device: str, spatial_dims: int = 3
     convolutions; see ``benchmarks/RESULTS.md`` (hippocampus) for the measured step time."""
     if spatial_dims != 3:
         return False
-    model.to(memory_format=torch.channels_last_3d)
+    model.to(memory_format=torch.channels_last_3d)  # type: ignore[call-overload]  # missing from torch's stubs
     return True
 
 
 def maybe_compile(model: torch.nn.Module, enabled: bool) -> torch.nn.Module:
     """``torch.compile(model)`` when asked; the original module keeps the weights (compile shares them)."""
-    return torch.compile(model) if enabled else model
+    return cast(torch.nn.Module, torch.compile(model)) if enabled else model

@@ -10,8 +10,8 @@ one epoch (``samples_per_epoch`` above the dataset size) gets two different augm
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Callable
+from typing import Any, Protocol
 
 import torch
 
@@ -20,10 +20,18 @@ from medcore.transforms import make_rng
 Transform = Callable[[Any, torch.Generator], Any]
 
 
+class Items(Protocol):
+    """What ``EpochDataset`` wraps: anything with a length and integer indexing."""
+
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, index: int) -> Any: ...
+
+
 class EpochDataset(torch.utils.data.Dataset):
     """Wrap ``items`` (any indexable: a list, cached cases) with a random ``transform``."""
 
-    def __init__(self, items: Sequence, transform: Transform | None = None, seed: int = 0) -> None:
+    def __init__(self, items: Items, transform: Transform | None = None, seed: int = 0) -> None:
         self.items, self.transform, self.seed = items, transform, int(seed)
 
     def __len__(self) -> int:

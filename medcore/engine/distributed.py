@@ -66,8 +66,8 @@ def init_distributed(device: str = "auto", timeout_s: float = 600.0) -> DistCont
         return DistContext(0, 1, 0, dev, None)
     backend = choose_backend(dev)
     if not dist.is_initialized():
-        kwargs = {"device_id": torch.device(dev)} if backend == "nccl" else {}
-        dist.init_process_group(backend=backend, timeout=datetime.timedelta(seconds=timeout_s), **kwargs)
+        device_id = torch.device(dev) if backend == "nccl" else None
+        dist.init_process_group(backend=backend, timeout=datetime.timedelta(seconds=timeout_s), device_id=device_id)
     return DistContext(rank, world, local_rank, dev, backend)
 
 

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 import torch
 
-DEFAULTS = {
+DEFAULTS: dict[str, dict[str, Any]] = {
     "adamw": {"lr": 1e-3, "weight_decay": 1e-4, "betas": [0.9, 0.999], "eps": 1e-8},
     "sgd": {"lr": 1e-2, "momentum": 0.99, "nesterov": True, "weight_decay": 3e-5},
 }

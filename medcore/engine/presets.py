@@ -92,7 +92,7 @@ def fingerprint(cases: list[dict], max_intensity_cases: int = 64, seed: int = 0)
     shapes, spacings, readable = [], [], []
     for case in cases:
         try:  # an unreadable case is skipped here and reported by the preprocessing step
-            header = nib.load(case["image"]).header
+            header: Any = nib.load(case["image"]).header
         except Exception:  # nibabel raises many types for damaged files
             continue
         shapes.append([int(v) for v in header.get_data_shape()[:3]])
@@ -105,8 +105,10 @@ def fingerprint(cases: list[dict], max_intensity_cases: int = 64, seed: int = 0)
     samples, labels = [], set()
     for i in sorted(pick.tolist()):
         try:
-            image = np.asarray(nib.load(cases[i]["image"]).dataobj, dtype=np.float32)
-            label = np.rint(np.asarray(nib.load(cases[i]["label"]).dataobj)).astype(np.int64)
+            image_file: Any = nib.load(cases[i]["image"])
+            label_file: Any = nib.load(cases[i]["label"])
+            image = np.asarray(image_file.dataobj, dtype=np.float32)
+            label = np.rint(np.asarray(label_file.dataobj)).astype(np.int64)
         except Exception:  # damaged data: skipped here, reported by the preprocessing step
             continue
         if image.shape != label.shape:

@@ -199,9 +199,12 @@ def prepare_run(config: dict, run_dir: str | Path | None = None, ctx: DistContex
     plan = make_plan(fingerprint(train_cases), config["preset"], ctx.device, overrides)
     pre = preprocessing_configs(plan)
     plan["preprocessing"] = pre
-    if config["cache_dir"] is None and run_dir is None:
+    if config["cache_dir"]:
+        cache_dir = Path(config["cache_dir"])
+    elif run_dir is not None:
+        cache_dir = run_dir / "cache"
+    else:
         raise ValueError("no cache folder: set cache_dir in the config or pass a run folder")
-    cache_dir = Path(config["cache_dir"] or run_dir / "cache")
     dataset = case_dataset(train_cases + val_cases, pre, cache_dir, progress)
     listing = {name: [[c["id"], k] for c, k in zip(part, keys)] for name, part, keys in
                (("train", train_cases, dataset.keys[:len(train_cases)]),

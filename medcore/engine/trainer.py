@@ -12,9 +12,9 @@ import json
 import math
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Sequence, Sized
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -143,7 +143,8 @@ class Trainer:
         self.channels_last = cfg.channels_last and use_channels_last(self.model, self.ctx.device)
         self.optimizer = build_optimizer(cfg.optimizer, self.model.parameters())
         self.scaler = make_scaler(self.precision)
-        self.sampler = ShardedBatchSampler(len(train_data), cfg.batch_size, self.ctx.rank, self.ctx.world_size,
+        n_train = len(cast(Sized, train_data))
+        self.sampler = ShardedBatchSampler(n_train, cfg.batch_size, self.ctx.rank, self.ctx.world_size,
                                            seed=cfg.seed, samples_per_epoch=cfg.samples_per_epoch)
         self.steps_per_epoch = len(self.sampler)
         self.schedule = build_schedule(cfg.schedule, total_steps=cfg.max_epochs * self.steps_per_epoch)

@@ -15,6 +15,7 @@ import torch
 
 from medcore.io.image import Image, as_affine
 from medcore.io.nifti import c_order_copy, is_nifti, load_nifti, save_nifti
+from medcore.io.nrrd import load_nrrd
 
 __all__ = ["Image", "as_affine", "load_image", "save_image", "load_nifti", "save_nifti"]
 
@@ -38,7 +39,7 @@ def _load_dicom_series(folder: Path) -> Image:
     return Image(torch.from_numpy(arr), as_affine(affine), meta, [])
 
 
-def load_image(path: str | os.PathLike) -> Image:
+def load_image(path: str | os.PathLike[str]) -> Image:
     """Load a NIfTI file, an NRRD file or a DICOM series folder into a channel-first ``Image``."""
     path = Path(path)
     if path.is_dir():
@@ -46,14 +47,12 @@ def load_image(path: str | os.PathLike) -> Image:
     if is_nifti(path):
         return load_nifti(path)
     if path.suffix.lower() in (".nrrd", ".nhdr"):
-        from medcore.io.nrrd import load_nrrd
-
         return load_nrrd(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such file or folder")
     raise ValueError(f"{path}: unknown image format; expected .nii, .nii.gz, .nrrd or a DICOM series folder")
 
 
-def save_image(img: Image, path: str | os.PathLike, dtype: torch.dtype | None = None) -> Path:
+def save_image(img: Image, path: str | os.PathLike[str], dtype: torch.dtype | None = None) -> Path:
     """Save ``img`` as NIfTI (the only write format), atomically."""
     return save_nifti(img, path, dtype=dtype)

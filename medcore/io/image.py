@@ -48,8 +48,8 @@ class Image:
 
     data: torch.Tensor
     affine: torch.Tensor = field(default_factory=lambda: torch.eye(4, dtype=torch.float64))
-    meta: dict = field(default_factory=dict)
-    ops: list = field(default_factory=list)
+    meta: dict[str, Any] = field(default_factory=dict)
+    ops: list[dict[str, Any]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if not isinstance(self.data, torch.Tensor):
@@ -90,7 +90,7 @@ class Image:
         changes.setdefault("ops", list(self.ops))
         return dataclasses.replace(self, **changes)
 
-    def with_op(self, op: dict, **changes: Any) -> Image:
+    def with_op(self, op: dict[str, Any], **changes: Any) -> Image:
         """``replace(**changes)`` and append ``op`` to the history."""
         new = self.replace(**changes)
         new.ops.append(op)

@@ -14,9 +14,11 @@ import io
 import os
 import zlib
 from pathlib import Path
+from typing import Any
 
 import nibabel as nib
 import numpy as np
+import numpy.typing as npt
 import torch
 
 from medcore.io.image import Image
@@ -25,12 +27,12 @@ from medcore.utils.atomic import atomic_path
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 
 
-def is_nifti(path: str | os.PathLike) -> bool:
+def is_nifti(path: str | os.PathLike[str]) -> bool:
     name = str(path).lower()
     return name.endswith(NIFTI_SUFFIXES)
 
 
-def c_order_copy(a: np.ndarray, dtype=None) -> np.ndarray:
+def c_order_copy(a: np.ndarray, dtype: npt.DTypeLike | None = None) -> np.ndarray:
     """A C-ordered, writable copy of ``a`` (cast to ``dtype``). NIfTI voxels are stored
     Fortran-ordered; a plain transposing copy of a large volume thrashes the cache, so 3D arrays
     are copied in (32 x Y x 8) tiles - several times faster."""
@@ -61,12 +63,13 @@ def _read(path: Path) -> tuple[np.ndarray, np.ndarray]:
     ONE zlib call and the voxels are a view of that buffer (faster than nibabel's streaming
     reader). Scaling (``scl_slope``/``scl_inter``) is applied as nibabel does."""
     if not str(path).lower().endswith(".gz"):
-        nii = nib.load(str(path))
+        nii: Any = nib.load(str(path))
         return np.asarray(nii.affine), np.asanyarray(nii.dataobj)
     raw = zlib.decompress(path.read_bytes(), 47)  # 47 = gzip/zlib header, largest window
     sizeof_hdr = int.from_bytes(raw[:4], "little")
     hdr_cls = nib.Nifti2Header if sizeof_hdr == 540 or int.from_bytes(raw[:4], "big") == 540 else nib.Nifti1Header
-    header = hdr_cls.from_fileobj(io.BytesIO(raw[: hdr_cls.template_dtype.itemsize]))
+    head = io.BytesIO(raw[: hdr_cls.template_dtype.itemsize])
+    header = hdr_cls.from_fileobj(head)  # type: ignore[no-untyped-call]
     shape = header.get_data_shape()
     dtype = header.get_data_dtype()
     offset = int(header.get_data_offset())
@@ -80,7 +83,7 @@ def _read(path: Path) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(header.get_best_affine()), arr
 
 
-def load_nifti(path: str | os.PathLike) -> Image:
+def load_nifti(path: str | os.PathLike[str]) -> Image:
     """Read a ``.nii``/``.nii.gz`` file into a channel-first :class:`Image`."""
     path = Path(path)
     try:
@@ -101,7 +104,7 @@ def load_nifti(path: str | os.PathLike) -> Image:
     return Image(torch.from_numpy(arr), affine, meta, [])
 
 
-def save_nifti(img: Image, path: str | os.PathLike, dtype: torch.dtype | None = None) -> Path:
+def save_nifti(img: Image, path: str | os.PathLike[str], dtype: torch.dtype | None = None) -> Path:
     """Write ``img`` as NIfTI (qform and sform both set, code 1), atomically. Returns the path.
 
     Channel-first data go back to NIfTI order: one channel -> 3D (or 2D) file, several -> 4D with
@@ -120,10 +123,10 @@ def save_nifti(img: Image, path: str | os.PathLike, dtype: torch.dtype | None = 
     arr = data.cpu().numpy()
     arr = arr[0] if arr.shape[0] == 1 else np.moveaxis(arr, 0, -1)
     affine = img.affine.numpy()
-    nii = nib.Nifti1Image(arr, affine)
-    nii.header.set_qform(affine, code=1)
-    nii.header.set_sform(affine, code=1)
-    nii.header.set_xyzt_units("mm", "sec")
+    nii = nib.Nifti1Image(arr, affine)  # type: ignore[no-untyped-call]
+    nii.header.set_qform(affine, code=1)  # type: ignore[no-untyped-call]
+    nii.header.set_sform(affine, code=1)  # type: ignore[no-untyped-call]
+    nii.header.set_xyzt_units("mm", "sec")  # type: ignore[no-untyped-call]
     with atomic_path(path) as tmp:
         nib.save(nii, str(tmp))
     return path

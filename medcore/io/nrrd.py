@@ -36,7 +36,7 @@ def _vector(text: str) -> list[float] | None:
     return [float(v) for v in text.strip("()").split(",")]
 
 
-def load_nrrd(path: str | os.PathLike) -> Image:
+def load_nrrd(path: str | os.PathLike[str]) -> Image:
     """Read an NRRD file into a channel-first ``Image`` with a RAS affine."""
     path = Path(path)
     raw = path.read_bytes()

@@ -20,42 +20,42 @@ ops it records still replay exactly). Use ``make_rng(seed, epoch, index)`` for r
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import struct
-from typing import Any, ClassVar
+from collections.abc import Iterable, Sequence
+from typing import Any, ClassVar, TypeVar
 
 import torch
 
 from medcore.io.image import Image
+from medcore.transforms.random import make_rng, new_rng
 
-REGISTRY: dict[str, type] = {}
+__all__ = ["REGISTRY", "Keyed", "Transform", "drop_stale_side_entries", "from_config", "jsonable", "make_rng",
+           "new_rng", "register"]
+
+Config = dict[str, Any]
+
+REGISTRY: dict[str, type[Transform]] = {}
 
 
-def register(cls: type) -> type:
+TransformType = TypeVar("TransformType", bound="type[Transform]")
+
+
+def register(cls: TransformType) -> TransformType:
     """Class decorator: make ``cls`` rebuildable by ``from_config``."""
     REGISTRY[cls.__name__] = cls
     return cls
 
 
-def make_rng(seed: int, epoch: int = 0, index: int = 0) -> torch.Generator:
-    """A CPU ``torch.Generator`` seeded from ``(seed, epoch, index)`` by hashing, so streams of
-    neighbouring samples/epochs are independent and do not depend on worker count or order."""
-    digest = hashlib.sha256(struct.pack("<qqq", int(seed), int(epoch), int(index))).digest()
-    g = torch.Generator()
-    g.manual_seed(int.from_bytes(digest[:8], "little") & ((1 << 63) - 1))
-    return g
-
-
 _PLAIN = (int, float, str, bool, type(None))
 
 
-def _jsonable(v: Any) -> Any:
+def jsonable(v: Any) -> Any:
+    """``v`` with tuples as lists, tensors as lists and transforms as their configs (JSON-able)."""
     if type(v) in _PLAIN:
         return v
     if isinstance(v, tuple | list):
-        return [_jsonable(i) for i in v]
+        return [jsonable(i) for i in v]
     if isinstance(v, dict):
-        return {str(k): _jsonable(i) for k, i in v.items()}
+        return {str(k): jsonable(i) for k, i in v.items()}
     if isinstance(v, torch.Tensor):
         return v.tolist()
     if isinstance(v, Transform):
@@ -63,12 +63,17 @@ def _jsonable(v: Any) -> Any:
     return v
 
 
-def from_config(cfg: dict | list) -> Transform:
-    """Rebuild a transform (or ``Compose`` when given a list) from ``config()`` output."""
-    if isinstance(cfg, list):
-        from medcore.transforms.compose import Compose
+def frozen_value(v: Any) -> Any:
+    """``v`` with every list turned into a tuple (recursively): a hashable, immutable field value."""
+    if isinstance(v, list | tuple):
+        return tuple(frozen_value(i) for i in v)
+    return v
 
-        return Compose([from_config(c) for c in cfg])
+
+def from_config(cfg: Config | list[Config]) -> Transform:
+    """Rebuild a transform (a ``Compose`` when given a list) from ``config()`` output."""
+    if isinstance(cfg, list):
+        cfg = {"name": "Compose", "transforms": cfg}
     if not isinstance(cfg, dict) or "name" not in cfg:
         raise ValueError(f"transform config must be a dict with a 'name' field, got {cfg!r}")
     name = cfg["name"]
@@ -79,15 +84,14 @@ def from_config(cfg: dict | list) -> Transform:
     return cls.from_params(params)
 
 
-def new_rng() -> torch.Generator:
-    g = torch.Generator()
-    g.seed()
-    return g
+def transforms_from(items: Iterable[Transform | Config]) -> tuple[Transform, ...]:
+    """Transforms given as instances or as configs, as a tuple of instances."""
+    return tuple(from_config(t) if isinstance(t, dict) else t for t in items)
 
 
 class Transform:
-    """Base class. Subclasses are ``@register``-ed dataclasses and implement ``apply`` (and, when
-    random or data-dependent, ``resolve``)."""
+    """Base class. Subclasses are ``@register``-ed frozen dataclasses and implement ``apply`` (and,
+    when random or data-dependent, ``resolve``). List-valued fields are stored as tuples."""
 
     is_random: ClassVar[bool] = False
     #: affine-type transforms (a voxel map + a resample) that Compose fuses; see ``spatial.py``.
@@ -95,34 +99,40 @@ class Transform:
     #: fields holding nested transforms (rebuilt by ``from_params``).
     nested: ClassVar[tuple[str, ...]] = ()
 
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):  # type: ignore[arg-type]
+            v = getattr(self, f.name)
+            if isinstance(v, list | tuple):
+                object.__setattr__(self, f.name, frozen_value(v))
+
     # --- config ----------------------------------------------------------------------------
-    def params(self) -> dict:
+    def params(self) -> Config:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}  # type: ignore[arg-type]
 
-    def config(self) -> dict:
+    def config(self) -> Config:
         """JSON-able ``{"name": ..., **params}``; ``from_config`` rebuilds an equal transform.
-        Computed once per instance and shared (it lands in every op): treat both the transform
-        and the returned dict as read-only; use ``replace`` for a changed transform."""
-        cached = self.__dict__.get("_config")
+        Computed once per (immutable) instance and shared, since it lands in every op: treat the
+        returned dict as read-only; use ``replace`` for a changed transform."""
+        cached: Config | None = self.__dict__.get("_config")
         if cached is None:
-            cached = {"name": type(self).__name__, **_jsonable(self.params())}
+            cached = {"name": type(self).__name__, **jsonable(self.params())}
             self.__dict__["_config"] = cached
         return cached
 
     @classmethod
-    def from_params(cls, params: dict) -> Transform:
+    def from_params(cls, params: Config) -> Transform:
         params = dict(params)
         for key in cls.nested:
             if key in params:
                 v = params[key]
-                params[key] = [from_config(c) for c in v] if isinstance(v, list) else from_config(v)
+                params[key] = transforms_from(v) if isinstance(v, list) else from_config(v)
         return cls(**params)
 
     def replace(self, **changes: Any) -> Transform:
         return dataclasses.replace(self, **changes)  # type: ignore[type-var]
 
     # --- execution -------------------------------------------------------------------------
-    def resolve(self, ref: Image, rng: torch.Generator | None, sample: dict | None = None):
+    def resolve(self, ref: Image, rng: torch.Generator | None, sample: Sample | None = None) -> Resolved:
         """Return the concrete deterministic transform(s) for this sample (default: ``self``)."""
         return self
 
@@ -135,7 +145,7 @@ class Transform:
         place (Compose decides); default: plain ``apply``."""
         return self.apply(img)
 
-    def op(self, **extra: Any) -> dict:
+    def op(self, **extra: Any) -> Config:
         """The op dict recorded in ``Image.ops``: name, kind, transform config and ``extra``."""
         return {"name": type(self).__name__, "kind": extra.pop("kind", "other"), "transform": self.config(), **extra}
 
@@ -158,8 +168,14 @@ class Transform:
         return concrete.apply(x)
 
 
-def _overrides_for(overrides: dict, keys: tuple[str, ...]) -> dict[str, dict]:
-    per_key: dict[str, dict] = {k: {} for k in keys}
+#: a dict sample: ``Image`` entries plus anything else (ids, cached label indices), passed along.
+Sample = dict[str, Any]
+#: what ``resolve`` returns: the concrete transform, several (one per sample), or None (skip).
+Resolved = Transform | list[Transform] | None
+
+
+def _overrides_for(overrides: Config, keys: tuple[str, ...]) -> dict[str, Config]:
+    per_key: dict[str, Config] = {k: {} for k in keys}
     for param, value in overrides.items():
         if isinstance(value, dict):
             for k, v in value.items():
@@ -176,6 +192,7 @@ def _overrides_for(overrides: dict, keys: tuple[str, ...]) -> dict[str, dict]:
 
 
 @register
+@dataclasses.dataclass(frozen=True, init=False, eq=False)
 class Keyed(Transform):
     """Apply ``transform`` to the ``Image`` entries ``keys`` of a dict with ONE draw per sample.
 
@@ -187,19 +204,22 @@ class Keyed(Transform):
     ``allow_missing``; non-Image entries pass through untouched.
     """
 
+    transform: Transform
+    keys: tuple[str, ...]
+    allow_missing: bool
+    overrides: Config
+
     nested: ClassVar[tuple[str, ...]] = ("transform",)
 
-    def __init__(self, transform: Transform, keys: tuple[str, ...] | list[str] | str = ("image", "label"),
+    def __init__(self, transform: Transform | Config, keys: Sequence[str] | str = ("image", "label"),
                  allow_missing: bool = False, **overrides: Any) -> None:
-        if isinstance(transform, dict):
-            transform = from_config(transform)
         if isinstance(keys, str):
             keys = (keys,)
-        self.transform = transform
-        self.keys = tuple(keys)
-        self.allow_missing = allow_missing
-        self.overrides = dict(overrides.pop("overrides", {}), **overrides)
-        self._per_key = _overrides_for(self.overrides, self.keys)
+        object.__setattr__(self, "transform", from_config(transform) if isinstance(transform, dict) else transform)
+        object.__setattr__(self, "keys", tuple(keys))
+        object.__setattr__(self, "allow_missing", allow_missing)
+        object.__setattr__(self, "overrides", dict(overrides.pop("overrides", {}), **overrides))
+        object.__setattr__(self, "_per_key", _overrides_for(self.overrides, self.keys))
 
     @property
     def is_random(self) -> bool:  # type: ignore[override]
@@ -209,12 +229,8 @@ class Keyed(Transform):
     def fusable(self) -> bool:  # type: ignore[override]
         return self.transform.fusable
 
-    def params(self) -> dict:
-        return {"transform": self.transform, "keys": list(self.keys), "allow_missing": self.allow_missing,
-                "overrides": self.overrides}
-
     @classmethod
-    def from_params(cls, params: dict) -> Keyed:
+    def from_params(cls, params: Config) -> Keyed:
         params = dict(params)
         overrides = params.pop("overrides", {})
         return cls(from_config(params.pop("transform")), **params, **overrides)
@@ -225,7 +241,7 @@ class Keyed(Transform):
         overrides = p.pop("overrides")
         return Keyed(p.pop("transform"), **p, **overrides)
 
-    def present_keys(self, x: dict) -> tuple[str, ...]:
+    def present_keys(self, x: Sample) -> tuple[str, ...]:
         keys = tuple(k for k in self.keys if k in x)
         bad = [k for k in keys if not isinstance(x[k], Image)]
         if bad:
@@ -238,14 +254,14 @@ class Keyed(Transform):
         return keys
 
     def concrete_for(self, concrete: Transform, key: str) -> Transform:
-        over = self._per_key.get(key)
+        over: Config | None = self.__dict__["_per_key"].get(key)
         if not over:
             return concrete
-        names = {f.name for f in dataclasses.fields(concrete)} if dataclasses.is_dataclass(concrete) else set()
+        names = {f.name for f in dataclasses.fields(concrete)} if dataclasses.is_dataclass(concrete) else set[str]()
         usable = {k: v for k, v in over.items() if k in names}
         return concrete.replace(**usable) if usable else concrete
 
-    def resolve_sample(self, x: dict, rng: torch.Generator | None):
+    def resolve_sample(self, x: Sample, rng: torch.Generator | None) -> tuple[Resolved, tuple[str, ...]]:
         keys = self.present_keys(x)
         if not keys:
             return None, keys
@@ -256,7 +272,7 @@ class Keyed(Transform):
     def __call__(self, x: Any, rng: torch.Generator | None = None) -> Any:
         return self.call_frozen(x, rng, None)
 
-    def call_frozen(self, x: Any, rng: torch.Generator | None, frozen: set | None) -> Any:
+    def call_frozen(self, x: Any, rng: torch.Generator | None, frozen: set[int] | None) -> Any:
         """``__call__``; tensors whose storage is not in ``frozen`` may be modified in place."""
         if isinstance(x, list):
             return [self.call_frozen(item, rng, frozen) for item in x]
@@ -268,10 +284,12 @@ class Keyed(Transform):
         if concrete is None:
             return x
         if isinstance(concrete, list):
-            return [self._apply_all(c, x, keys, frozen) for c in concrete]
-        return self._apply_all(concrete, x, keys, frozen)
+            return [self.apply_all(c, x, keys, frozen) for c in concrete]
+        return self.apply_all(concrete, x, keys, frozen)
 
-    def _apply_all(self, concrete: Transform, x: dict, keys: tuple[str, ...], frozen: set | None = None) -> dict:
+    def apply_all(self, concrete: Transform, x: Sample, keys: tuple[str, ...],
+                  frozen: set[int] | None = None) -> Sample:
+        """Apply the concrete transform (with each key's overrides) to the ``keys`` of ``x``."""
         out = dict(x)
         for k in keys:
             t = self.concrete_for(concrete, k)
@@ -290,7 +308,7 @@ class Keyed(Transform):
         return isinstance(other, Keyed) and self.config() == other.config()
 
 
-def drop_stale_side_entries(sample: dict) -> None:
+def drop_stale_side_entries(sample: Sample) -> None:
     """Remove cached label indices (``<key>_indices``) that no longer match their label."""
     for name in [k for k, v in sample.items() if hasattr(v, "valid_for")]:
         label = sample.get(name[: -len("_indices")]) if name.endswith("_indices") else None

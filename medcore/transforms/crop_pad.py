@@ -11,32 +11,40 @@ shape and op count are unchanged, so a cached deterministic prefix ending in
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 
 from medcore.io.image import Image
-from medcore.transforms.base import Transform, register
+from medcore.transforms.base import Resolved, Sample, Transform, register
 from medcore.transforms.functional import crop_pad as fc
 from medcore.transforms.functional.spatial import translation, update_affine
+from medcore.transforms.random import coin, integer
+from medcore.transforms.spatial import Size
 
 
-def _size(v, shape) -> list[int]:
+def _size(v: Size | None, shape: Sequence[int]) -> list[int]:
+    """Sizes per axis; an axis given None, <= 0, or not given at all keeps ``shape``'s."""
     d = len(shape)
-    vals = [v] * d if v is None or np.isscalar(v) else list(v) + [None] * (d - len(v))
+    vals = [v] * d if v is None or isinstance(v, int | np.integer) else list(v) + [None] * (d - len(v))
     return [n if (s is None or int(s) <= 0) else int(s) for s, n in zip(vals[:d], shape, strict=True)]
 
 
+def _ints(v: int | tuple[int, ...], d: int) -> list[int]:
+    return [int(v)] * d if isinstance(v, int | np.integer) else [int(i) for i in v]
+
+
 @register
-@dataclass(eq=True)
+@dataclass(frozen=True)
 class CropPad(Transform):
     """Concrete crop/pad: ``before``/``after`` voxels per spatial side (positive pads with
     ``value``/``mode``, negative crops). Every crop and pad transform resolves to this."""
 
-    before: tuple = ()
-    after: tuple = ()
+    before: tuple[int, ...] = ()
+    after: tuple[int, ...] = ()
     mode: str = "constant"
     value: float = 0.0
 
@@ -47,20 +55,21 @@ class CropPad(Transform):
         return img.with_op(op, data=data, affine=update_affine(img.affine, m))
 
 
-def box_transform(shape, start, end, mode="constant", value=0.0) -> CropPad:
+def box_transform(shape: Sequence[int], start: Sequence[int], end: Sequence[int], mode: str = "constant",
+                  value: float = 0.0) -> CropPad:
     before, after = fc.bounds_to_sides(shape, start, end)
     return CropPad(before=tuple(before), after=tuple(after), mode=mode, value=value)
 
 
 @register
-@dataclass(eq=True)
+@dataclass(frozen=True)
 class SpatialCrop(Transform):
     """Crop the box ``[roi_start, roi_end)`` (voxels; clipped to the grid)."""
 
-    roi_start: tuple = ()
-    roi_end: tuple = ()
+    roi_start: tuple[int, ...] = ()
+    roi_end: tuple[int, ...] = ()
 
-    def resolve(self, ref, rng, sample=None):
+    def resolve(self, ref: Image, rng: torch.Generator | None, sample: Sample | None = None) -> Resolved:
         shape = ref.spatial_shape
         start = [min(max(int(s), 0), n) for s, n in zip(self.roi_start, shape, strict=True)]
         end = [min(max(int(e), s), n) for e, s, n in zip(self.roi_end, start, shape, strict=True)]
@@ -68,51 +77,51 @@ class SpatialCrop(Transform):
 
 
 @register
-@dataclass(eq=True)
+@dataclass(frozen=True)
 class SpatialPad(Transform):
     """Pad to at least ``spatial_size`` (symmetric, odd voxel after; ``-1`` keeps an axis)."""
 
-    spatial_size: object = None
+    spatial_size: Size | None = None
     mode: str = "constant"
     value: float = 0.0
 
-    def resolve(self, ref, rng, sample=None):
+    def resolve(self, ref: Image, rng: torch.Generator | None, sample: Sample | None = None) -> Resolved:
         before, after = fc.symmetric_pad(ref.spatial_shape, _size(self.spatial_size, ref.spatial_shape))
         return CropPad(tuple(before), tuple(after), self.mode, self.value) if any(before + after) else None
 
 
 @register
-@dataclass(eq=True)
+@dataclass(frozen=True)
 class DivisiblePad(Transform):
     """Pad symmetrically so every spatial size is a multiple of ``k``."""
 
-    k: object = 16
+    k: int | tuple[int, ...] = 16
     mode: str = "constant"
     value: float = 0.0
 
-    def resolve(self, ref, rng, sample=None):
+    def resolve(self, ref: Image, rng: torch.Generator | None, sample: Sample | None = None) -> Resolved:
         shape = ref.spatial_shape
-        ks = [int(self.k)] * len(shape) if np.isscalar(self.k) else [int(v) for v in self.k]
+        ks = _ints(self.k, len(shape))
         target = [int(np.ceil(n / k) * k) if k > 0 else n for n, k in zip(shape, ks, strict=True)]
         before, after = fc.symmetric_pad(shape, target)
         return CropPad(tuple(before), tuple(after), self.mode, self.value) if any(before + after) else None
 
 
 @register
-@dataclass(eq=True)
+@dataclass(frozen=True)
 class CenterSpatialCrop(Transform):
     """Crop a centred box of ``roi_size`` (an axis smaller than the box is kept whole)."""
 
-    roi_size: object = None
+    roi_size: Size | None = None
 
-    def resolve(self, ref, rng, sample=None):
+    def resolve(self, ref: Image, rng: torch.Generator | None, sample: Sample | None = None) -> Resolved:
         shape = ref.spatial_shape
         start, end = fc.center_box(shape, _size(self.roi_size, shape))
         return box_transform(shape, start, end)
 
 
 @register
-@dataclass(eq=True)
+@dataclass(frozen=True)
 class CropForeground(Transform):
     """Crop to the bounding box of ``source`` > ``threshold`` (any channel) plus ``margin``.
     ``source`` is a key of the sample (default: the reference image itself). ``k_divisible``
@@ -121,16 +130,16 @@ class CropForeground(Transform):
 
     source: str | None = None
     threshold: float = 0.0
-    margin: object = 0
-    k_divisible: object = 1
+    margin: int | tuple[int, ...] = 0
+    k_divisible: int | tuple[int, ...] = 1
 
-    def resolve(self, ref, rng, sample=None):
+    def resolve(self, ref: Image, rng: torch.Generator | None, sample: Sample | None = None) -> Resolved:
         src = ref if (self.source is None or sample is None) else sample[self.source]
         box = fc.foreground_box(src.data > self.threshold, self.margin)
         if box is None:
             return None
         start, end = box
-        ks = [int(self.k_divisible)] * ref.ndim if np.isscalar(self.k_divisible) else [int(v) for v in self.k_divisible]
+        ks = _ints(self.k_divisible, ref.ndim)
         if any(k > 1 for k in ks):
             for i, k in enumerate(ks):
                 size = end[i] - start[i]
@@ -147,9 +156,9 @@ class LabelIndices:
     for ``shape`` after ``n_ops`` ops. Background voxels are not stored (they are usually most of
     the volume): they are drawn by rejection against ``label_map`` (see ``pick_background``)."""
 
-    shape: tuple
+    shape: tuple[int, ...]
     n_ops: int
-    classes: dict = field(default_factory=dict)
+    classes: dict[int, torch.Tensor] = field(default_factory=dict)
 
     def valid_for(self, label: Image) -> bool:
         return tuple(label.spatial_shape) == tuple(self.shape) and len(label.ops) == self.n_ops
@@ -211,7 +220,7 @@ def compute_label_indices(label: Image) -> LabelIndices:
     return LabelIndices(tuple(label.spatial_shape), len(label.ops), classes)
 
 
-def label_indices(sample: dict | None, label: Image, label_key: str) -> LabelIndices:
+def label_indices(sample: Sample | None, label: Image, label_key: str) -> LabelIndices:
     """Cached indices from the sample's side entry when still valid, else computed now."""
     key = f"{label_key}_indices"
     if sample is not None:
@@ -221,7 +230,7 @@ def label_indices(sample: dict | None, label: Image, label_key: str) -> LabelInd
     return compute_label_indices(label)
 
 
-def pick_background(label: Image, rng, tries: int = 64) -> int | None:
+def pick_background(label: Image, rng: torch.Generator | None, tries: int = 64) -> int | None:
     """A uniformly random background (class 0) voxel: rejection sampling, exact fallback."""
     lm = label_map(label).reshape(-1)
     n = lm.numel()
@@ -230,18 +239,18 @@ def pick_background(label: Image, rng, tries: int = 64) -> int | None:
     if hits.numel():
         return int(hits[0])
     bg = torch.nonzero(lm == 0).flatten()
-    return int(bg[int(torch.randint(0, bg.numel(), (), generator=rng))]) if bg.numel() else None
+    return int(bg[integer(rng, 0, bg.numel())]) if bg.numel() else None
 
 
 @register
-@dataclass(eq=True)
+@dataclass(frozen=True)
 class ForegroundIndices(Transform):
     """Deterministic: store ``LabelIndices`` of ``sample[label_key]`` under
     ``sample[f"{label_key}_indices"]``. Put it last in the cached prefix (dict samples only)."""
 
     label_key: str = "label"
 
-    def __call__(self, x, rng=None):
+    def __call__(self, x: Any, rng: torch.Generator | None = None) -> Any:
         if isinstance(x, list):
             return [self(i, rng) for i in x]
         if not isinstance(x, dict) or self.label_key not in x:
@@ -251,7 +260,7 @@ class ForegroundIndices(Transform):
         return out
 
 
-def _centre_box(shape, centre, roi) -> tuple[list[int], list[int]]:
+def _centre_box(shape: Sequence[int], centre: Sequence[int], roi: Sequence[int]) -> tuple[list[int], list[int]]:
     """Box of size ``roi`` around ``centre``, shifted to lie inside the grid (centred if larger)."""
     start = []
     for n, c, r in zip(shape, centre, roi, strict=True):
@@ -262,31 +271,31 @@ def _centre_box(shape, centre, roi) -> tuple[list[int], list[int]]:
     return start, [s + r for s, r in zip(start, roi, strict=True)]
 
 
-def _pick(indices: torch.Tensor, rng) -> int:
-    return int(indices[int(torch.randint(0, indices.numel(), (), generator=rng))])
+def _pick(indices: torch.Tensor, rng: torch.Generator | None) -> int:
+    return int(indices[integer(rng, 0, indices.numel())])
 
 
-def _unravel(flat: int, shape) -> list[int]:
+def _unravel(flat: int, shape: Sequence[int]) -> list[int]:
     return [int(v) for v in np.unravel_index(flat, tuple(shape))]
 
 
 @register
-@dataclass(eq=True)
+@dataclass(frozen=True)
 class RandSpatialCrop(Transform):
     """Crop ``roi_size`` at a uniformly random position (``random_center=False``: centred)."""
 
-    roi_size: object = None
+    roi_size: Size | None = None
     random_center: bool = True
     num_samples: int = 1
     is_random: ClassVar[bool] = True
 
-    def resolve(self, ref, rng, sample=None):
+    def resolve(self, ref: Image, rng: torch.Generator | None, sample: Sample | None = None) -> Resolved:
         shape = ref.spatial_shape
         roi = _size(self.roi_size, shape)
-        out = []
+        out: list[Transform] = []
         for _ in range(self.num_samples):
             if self.random_center:
-                start = [int(torch.randint(0, max(n - r, 0) + 1, (), generator=rng)) if n >= r else -((r - n) // 2)
+                start = [integer(rng, 0, max(n - r, 0) + 1) if n >= r else -((r - n) // 2)
                          for n, r in zip(shape, roi, strict=True)]
             else:
                 start = [n // 2 - r // 2 for n, r in zip(shape, roi, strict=True)]
@@ -294,7 +303,8 @@ class RandSpatialCrop(Transform):
         return out if self.num_samples > 1 else out[0]
 
 
-def _crop_context(ref, sample, label_key: str, spatial_size):
+def _crop_context(ref: Image, sample: Sample | None, label_key: str,
+                  spatial_size: Size | None) -> tuple[Image, tuple[int, ...], list[int], LabelIndices]:
     """The label that drives a label-guided crop (``sample[label_key]``, else ``ref`` itself), its
     spatial shape, the crop size and its cached class indices."""
     label = sample[label_key] if sample is not None and label_key in sample else ref
@@ -303,27 +313,28 @@ def _crop_context(ref, sample, label_key: str, spatial_size):
 
 
 @register
-@dataclass(eq=True)
+@dataclass(frozen=True)
 class RandCropByPosNegLabel(Transform):
     """``num_samples`` crops of ``spatial_size``, each centred on a foreground voxel of
     ``sample[label_key]`` with probability pos/(pos+neg), else on a background voxel. Returns a
     list when ``num_samples > 1``. Called on a bare Image, the image itself is the label."""
 
-    spatial_size: object = (96, 96, 96)
+    spatial_size: Size | None = (96, 96, 96)
     label_key: str = "label"
     pos: float = 1.0
     neg: float = 1.0
     num_samples: int = 1
     is_random: ClassVar[bool] = True
 
-    def resolve(self, ref, rng, sample=None):
+    def resolve(self, ref: Image, rng: torch.Generator | None, sample: Sample | None = None) -> Resolved:
         label, shape, roi, idx = _crop_context(ref, sample, self.label_key, self.spatial_size)
         fg = idx.foreground()
         has_bg = idx.count(0) > 0
         p_pos = self.pos / (self.pos + self.neg) if (self.pos + self.neg) > 0 else 0.0
-        out = []
+        out: list[Transform] = []
         for _ in range(self.num_samples):
-            use_fg = float(torch.rand((), generator=rng)) < p_pos
+            use_fg = coin(rng, p_pos)
+            flat: int | None
             if (use_fg and fg.numel()) or (fg.numel() and not has_bg):
                 flat = _pick(fg, rng)
             else:
@@ -335,30 +346,30 @@ class RandCropByPosNegLabel(Transform):
 
 
 @register
-@dataclass(eq=True)
+@dataclass(frozen=True)
 class RandCropByLabelClasses(Transform):
     """``num_samples`` crops of ``spatial_size`` centred on a voxel of a class drawn with
     probabilities ``ratios`` (default: equal over ``num_classes``; absent classes are skipped)."""
 
-    spatial_size: object = (96, 96, 96)
+    spatial_size: Size | None = (96, 96, 96)
     label_key: str = "label"
     num_classes: int = 2
-    ratios: object = None
+    ratios: tuple[float, ...] | None = None
     num_samples: int = 1
     is_random: ClassVar[bool] = True
 
-    def resolve(self, ref, rng, sample=None):
+    def resolve(self, ref: Image, rng: torch.Generator | None, sample: Sample | None = None) -> Resolved:
         label, shape, roi, idx = _crop_context(ref, sample, self.label_key, self.spatial_size)
         ratios = [1.0] * self.num_classes if self.ratios is None else [float(r) for r in self.ratios]
         weights = torch.tensor([r if idx.count(c) else 0.0 for c, r in enumerate(ratios)], dtype=torch.float64)
         if weights.sum() <= 0:
             raise ValueError(f"RandCropByLabelClasses: label {self.label_key!r} has none of classes "
                              f"0..{self.num_classes - 1} with a positive ratio; check num_classes/ratios")
-        out = []
+        out: list[Transform] = []
         for _ in range(self.num_samples):
             c = int(torch.multinomial(weights, 1, generator=rng))
             flat = pick_background(label, rng) if c == 0 else _pick(idx.classes[c], rng)
-            centre = _unravel(flat, shape)
+            centre = _unravel(flat, shape) if flat is not None else [n // 2 for n in shape]
             start, end = _centre_box(shape, centre, roi)
             out.append(box_transform(shape, start, end))
         return out if self.num_samples > 1 else out[0]

@@ -1,26 +1,29 @@
 """Inversion and replay of recorded ops.
 
-``invert(img, ops)`` undoes every geometric op (``affine`` and ``crop_pad`` kinds) in ``ops``
+``invert(x, ops)`` undoes every geometric op (``affine`` and ``crop_pad`` kinds) in ``ops``
 (default: ``img.ops``) with ONE resample: the forward voxel maps are multiplied and the product
 is inverted, so a prediction made on the preprocessed grid lands on the original grid with the
-original affine. Intensity and post ops are ignored; a ``deform`` op (elastic) cannot be inverted
+original affine; ``x`` is an ``Image``, a dict (its Images are inverted, each through its own
+ops) or a list of those. Intensity and post ops are ignored; a ``deform`` op (elastic) cannot be inverted
 and raises. ``replay(img, ops)`` re-applies the recorded concrete transforms, reproducing a
 (random) sample exactly from its input.
 """
 
 from __future__ import annotations
 
+from typing import Any, overload
+
 import numpy as np
 
 from medcore.io.image import Image
-from medcore.transforms.base import from_config
+from medcore.transforms.base import Config, from_config
 from medcore.transforms.functional import spatial as fs
 from medcore.transforms.spatial import Resample
 
 GEOMETRIC = ("affine", "crop_pad")
 
 
-def op_map(op: dict, d: int) -> np.ndarray:
+def op_map(op: Config, d: int) -> np.ndarray:
     """The forward voxel map (output -> input) of one recorded geometric op."""
     if op["kind"] == "affine":
         return np.asarray(op["matrix"], dtype=np.float64)
@@ -28,10 +31,31 @@ def op_map(op: dict, d: int) -> np.ndarray:
     return fs.translation([-int(b) for b in before])
 
 
-def invert(img: Image, ops: list[dict] | None = None, mode: str | None = None,
-           padding_mode: str = "zeros") -> Image:
-    """Map ``img`` back through the geometric ``ops`` (default ``img.ops``) onto the grid they
-    started from. ``mode`` defaults to ``nearest`` for integer/bool data, ``bilinear`` otherwise."""
+@overload
+def invert(x: Image, ops: list[Config] | None = None, mode: str | None = None,
+           padding_mode: str = "zeros") -> Image: ...
+
+
+@overload
+def invert(x: Any, ops: list[Config] | None = None, mode: str | None = None, padding_mode: str = "zeros") -> Any: ...
+
+
+def invert(x: Any, ops: list[Config] | None = None, mode: str | None = None, padding_mode: str = "zeros") -> Any:
+    """Map ``x`` (an Image, a dict or a list of those) back through the geometric ``ops`` (default:
+    each Image's own ``ops``) onto the grid they started from. ``mode`` defaults to ``nearest`` for
+    integer/bool data, ``bilinear`` otherwise; other dict entries pass through."""
+    if isinstance(x, list):
+        return [invert(i, ops, mode, padding_mode) for i in x]
+    if isinstance(x, dict):
+        return {k: invert_image(v, ops, mode, padding_mode) if isinstance(v, Image) else v for k, v in x.items()}
+    if not isinstance(x, Image):
+        raise TypeError(f"invert expects an Image, a dict of Images or a list; got {type(x).__name__}")
+    return invert_image(x, ops, mode, padding_mode)
+
+
+def invert_image(img: Image, ops: list[Config] | None = None, mode: str | None = None,
+                 padding_mode: str = "zeros") -> Image:
+    """``invert`` for one ``Image``."""
     ops = img.ops if ops is None else ops
     geo = [o for o in ops if o.get("kind") in GEOMETRIC]
     bad = [o["name"] for o in ops if o.get("kind") == "deform"]
@@ -58,7 +82,7 @@ def invert(img: Image, ops: list[dict] | None = None, mode: str | None = None,
     return img.with_op(op, data=data, affine=fs.update_affine(img.affine, inverse))
 
 
-def replay(img: Image, ops: list[dict]) -> Image:
+def replay(img: Image, ops: list[Config]) -> Image:
     """Re-apply the concrete transforms recorded in ``ops`` to ``img`` (the same input)."""
     for o in ops:
         img = from_config(o["transform"]).apply(img)

@@ -4,6 +4,7 @@ trip is explicit here (and documented), never hidden elsewhere."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -23,14 +24,14 @@ class PostTransform(Transform):
 
 
 @register
-@dataclass(eq=True)
+@dataclass(frozen=True)
 class Activations(PostTransform):
     """``sigmoid`` and/or ``softmax`` over the channel axis."""
 
     sigmoid: bool = False
     softmax: bool = False
 
-    def compute(self, data):
+    def compute(self, data: torch.Tensor) -> torch.Tensor:
         if self.sigmoid and self.softmax:
             raise ValueError("Activations: choose sigmoid or softmax, not both")
         x = data.float() if not data.is_floating_point() else data
@@ -42,7 +43,7 @@ class Activations(PostTransform):
 
 
 @register
-@dataclass(eq=True)
+@dataclass(frozen=True)
 class AsDiscrete(PostTransform):
     """``argmax`` over channels (kept as one channel), then ``to_onehot`` classes, or
     ``threshold`` (values >= threshold -> 1). Output float32 like the network output."""
@@ -51,7 +52,7 @@ class AsDiscrete(PostTransform):
     to_onehot: int | None = None
     threshold: float | None = None
 
-    def compute(self, data):
+    def compute(self, data: torch.Tensor) -> torch.Tensor:
         x = data
         if self.argmax:
             x = x.argmax(0, keepdim=True)
@@ -65,11 +66,16 @@ class AsDiscrete(PostTransform):
         return x.float()
 
 
-def _structure(d: int, connectivity: int | None):
-    return ndimage.generate_binary_structure(d, connectivity or d)
+Mask = np.ndarray
+MaskFn = Callable[[Mask], Mask]
 
 
-def _per_mask(data: torch.Tensor, labels, fn) -> torch.Tensor:
+def _structure(d: int, connectivity: int | None) -> np.ndarray:
+    st: np.ndarray = ndimage.generate_binary_structure(d, connectivity or d)
+    return st
+
+
+def _per_mask(data: torch.Tensor, labels: Sequence[int] | None, fn: MaskFn) -> torch.Tensor:
     """Run ``fn(bool mask) -> bool mask`` on each channel (one-hot) or each label value."""
     arr = data.detach().cpu().numpy()
     out = arr.copy()
@@ -88,26 +94,27 @@ def _per_mask(data: torch.Tensor, labels, fn) -> torch.Tensor:
 
 
 @register
-@dataclass(eq=True)
+@dataclass(frozen=True)
 class KeepLargestConnectedComponent(PostTransform):
     """Keep only the largest connected component of each label (``applied_labels``; all
     nonzero labels by default), or of the union of them when ``independent=False``."""
 
-    applied_labels: tuple | None = None
+    applied_labels: tuple[int, ...] | None = None
     independent: bool = True
     connectivity: int | None = None
 
-    def compute(self, data):
+    def compute(self, data: torch.Tensor) -> torch.Tensor:
         d = data.ndim - 1
         st = _structure(d, self.connectivity)
 
-        def largest(mask):
+        def largest(mask: Mask) -> Mask:
             lab, n = ndimage.label(mask, st)
             if n <= 1:
                 return mask
             sizes = np.bincount(lab.ravel())
             sizes[0] = 0
-            return lab == int(sizes.argmax())
+            keep: Mask = lab == int(sizes.argmax())
+            return keep
 
         if self.independent or data.shape[0] > 1:
             return _per_mask(data, self.applied_labels, largest)
@@ -121,36 +128,37 @@ class KeepLargestConnectedComponent(PostTransform):
 
 
 @register
-@dataclass(eq=True)
+@dataclass(frozen=True)
 class RemoveSmallObjects(PostTransform):
     """Remove connected components smaller than ``min_size`` voxels (per label)."""
 
     min_size: int = 64
     connectivity: int | None = None
 
-    def compute(self, data):
+    def compute(self, data: torch.Tensor) -> torch.Tensor:
         st = _structure(data.ndim - 1, self.connectivity)
 
-        def drop_small(mask):
+        def drop_small(mask: Mask) -> Mask:
             lab, n = ndimage.label(mask, st)
             if n == 0:
                 return mask
             sizes = np.bincount(lab.ravel())
             ok = sizes >= self.min_size
             ok[0] = False
-            return ok[lab]
+            kept: Mask = ok[lab]
+            return kept
 
         return _per_mask(data, None, drop_small)
 
 
 @register
-@dataclass(eq=True)
+@dataclass(frozen=True)
 class FillHoles(PostTransform):
     """Fill enclosed holes of each label (``applied_labels``; all nonzero by default)."""
 
-    applied_labels: tuple | None = None
+    applied_labels: tuple[int, ...] | None = None
     connectivity: int | None = None
 
-    def compute(self, data):
+    def compute(self, data: torch.Tensor) -> torch.Tensor:
         st = _structure(data.ndim - 1, self.connectivity)
         return _per_mask(data, self.applied_labels, lambda m: ndimage.binary_fill_holes(m, st))

@@ -9,40 +9,42 @@ dimension) or ``"nearest"`` (labels); ``padding_mode`` is ``"zeros"`` or ``"bord
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, TypeVar
 
 import numpy as np
 import torch
 
 from medcore.io.image import Image
-from medcore.transforms.base import Transform, register
+from medcore.transforms.base import Resolved, Sample, Transform, register
 from medcore.transforms.functional import spatial as fs
+from medcore.transforms.random import AxisRanges, axis_ranges, coin, integer, seed, uniform
+
+T = TypeVar("T")
+#: a size per spatial axis (one for all, or one per axis); None or <= 0 keeps an axis.
+Size = int | tuple[int | None, ...]
 
 
-def _tuple(v, d: int) -> tuple:
+def per_axis(v: T | Sequence[T | None] | None, d: int) -> tuple[T | None, ...]:
+    """``d`` values from one value for every axis or a sequence (its last value repeats)."""
     if v is None:
         return (None,) * d
-    if np.isscalar(v):
+    if isinstance(v, str) or not isinstance(v, Iterable):
         return (v,) * d
-    v = tuple(v)
-    return v if len(v) >= d else v + (v[-1],) * (d - len(v))
+    vals = tuple(v)
+    return vals if len(vals) >= d else vals + (vals[-1],) * (d - len(vals))
 
 
-def _uniform(rng: torch.Generator, lo: float, hi: float) -> float:
-    return float(lo + (hi - lo) * torch.rand((), generator=rng, dtype=torch.float64))
+def sizes(spatial_size: Size | None, shape: Sequence[int]) -> tuple[int, ...]:
+    """The output size per axis: ``spatial_size`` where set and positive, else ``shape``'s."""
+    return tuple(n if (s is None or s <= 0) else int(s)
+                 for s, n in zip(per_axis(spatial_size, len(shape)), shape, strict=True))
 
 
-def _ranges(r, d: int) -> list[tuple[float, float]]:
-    """A range spec per axis: a number x means (-x, x); a pair means (lo, hi)."""
-    if r is None:
-        return [(0.0, 0.0)] * d
-    if np.isscalar(r):
-        return [(-float(r), float(r))] * d
-    out = []
-    for v in r:
-        out.append((-float(v), float(v)) if np.isscalar(v) else (float(v[0]), float(v[1])))
-    return (out + [out[-1]] * d)[:d] if out else [(0.0, 0.0)] * d
+def floats(v: float | Sequence[float | None] | None, d: int, default: float) -> list[float]:
+    """``per_axis`` with None as ``default``."""
+    return [default if x is None else float(x) for x in per_axis(v, d)]
 
 
 class SpatialTransform(Transform):
@@ -67,17 +69,17 @@ class SpatialTransform(Transform):
 
 
 @register
-@dataclass(eq=True)
+@dataclass(frozen=True)
 class Resample(SpatialTransform):
     """Resample through an explicit voxel map ``matrix`` (output voxel -> input voxel) onto
     ``out_shape``. What fused groups and inversions record and replay."""
 
-    matrix: list = None  # type: ignore[assignment]
-    out_shape: list = None  # type: ignore[assignment]
+    matrix: Sequence[Sequence[float]]
+    out_shape: Sequence[int]
     mode: str = "bilinear"
     padding_mode: str = "zeros"
 
-    def plan(self, shape, affine):
+    def plan(self, shape: tuple[int, ...], affine: torch.Tensor) -> tuple[np.ndarray, tuple[int, ...]]:
         m = np.asarray(self.matrix, dtype=np.float64)
         if m.shape != (len(shape) + 1, len(shape) + 1):
             raise ValueError(f"Resample: matrix {m.shape} does not fit a {len(shape)}D image")
@@ -85,7 +87,7 @@ class Resample(SpatialTransform):
 
 
 @register
-@dataclass(eq=True)
+@dataclass(frozen=True)
 class Orientation(SpatialTransform):
     """Reorder/flip voxel axes so they run along ``axcodes`` ("RAS", "LPS", "RA", ...). Exact."""
 
@@ -93,27 +95,27 @@ class Orientation(SpatialTransform):
     mode: str = "nearest"
     padding_mode: str = "zeros"
 
-    def plan(self, shape, affine):
+    def plan(self, shape: tuple[int, ...], affine: torch.Tensor) -> tuple[np.ndarray, tuple[int, ...]]:
         return fs.orientation_map(affine, shape, self.axcodes)
 
 
 @register
-@dataclass(eq=True)
+@dataclass(frozen=True)
 class Spacing(SpatialTransform):
     """Resample to voxel size ``pixdim`` mm (``None``/``<=0`` keeps an axis), keeping the axis
     directions. Samples beyond the edge repeat the edge (``padding_mode="border"``, as MONAI).
     ``anti_alias`` blurs downsampled axes first (sigma = (factor - 1) / 2 voxels);
     it is off by default to match MONAI and is skipped for ``nearest``."""
 
-    pixdim: tuple = (1.0, 1.0, 1.0)
+    pixdim: float | tuple[float | None, ...] = (1.0, 1.0, 1.0)
     mode: str = "bilinear"
     padding_mode: str = "border"
     anti_alias: bool = False
 
-    def plan(self, shape, affine):
-        return fs.spacing_map(affine, shape, _tuple(self.pixdim, len(shape)))
+    def plan(self, shape: tuple[int, ...], affine: torch.Tensor) -> tuple[np.ndarray, tuple[int, ...]]:
+        return fs.spacing_map(affine, shape, per_axis(self.pixdim, len(shape)))
 
-    def prefilter(self, img, m):
+    def prefilter(self, img: Image, m: np.ndarray) -> torch.Tensor:
         if not self.anti_alias or self.mode == "nearest":
             return img.data
         d = img.ndim
@@ -127,173 +129,170 @@ class Spacing(SpatialTransform):
 
 
 @register
-@dataclass(eq=True)
+@dataclass(frozen=True)
 class Resize(SpatialTransform):
     """Resample to ``spatial_size`` voxels (``-1``/None keeps an axis), voxel edges on edges
     (like ``F.interpolate(align_corners=False)``). Edges are clamped."""
 
-    spatial_size: tuple = (96, 96, 96)
+    spatial_size: Size = (96, 96, 96)
     mode: str = "bilinear"
     padding_mode: str = "border"
 
-    def plan(self, shape, affine):
-        size = tuple(
-            n if (s is None or s <= 0) else int(s)
-            for s, n in zip(_tuple(self.spatial_size, len(shape)), shape, strict=True)
-        )
+    def plan(self, shape: tuple[int, ...], affine: torch.Tensor) -> tuple[np.ndarray, tuple[int, ...]]:
+        size = sizes(self.spatial_size, shape)
         return fs.resize_map(shape, size), size
 
 
 @register
-@dataclass(eq=True)
+@dataclass(frozen=True)
 class Flip(SpatialTransform):
     """Reverse the voxel order along ``axes`` (spatial axis numbers, 0-based). Exact."""
 
-    axes: tuple = (0,)
+    axes: int | tuple[int, ...] = (0,)
     mode: str = "nearest"
     padding_mode: str = "zeros"
 
-    def plan(self, shape, affine):
-        axes = [self.axes] if np.isscalar(self.axes) else list(self.axes)
+    def plan(self, shape: tuple[int, ...], affine: torch.Tensor) -> tuple[np.ndarray, tuple[int, ...]]:
+        axes = [self.axes] if isinstance(self.axes, int) else list(self.axes)
         return fs.flip_map(shape, axes), tuple(shape)
 
 
 @register
-@dataclass(eq=True)
+@dataclass(frozen=True)
 class Rotate90(SpatialTransform):
     """Rotate by ``k`` quarter turns in the plane ``axes`` (as ``torch.rot90``). Exact."""
 
     k: int = 1
-    axes: tuple = (0, 1)
+    axes: tuple[int, int] = (0, 1)
     mode: str = "nearest"
     padding_mode: str = "zeros"
 
-    def plan(self, shape, affine):
+    def plan(self, shape: tuple[int, ...], affine: torch.Tensor) -> tuple[np.ndarray, tuple[int, ...]]:
         return fs.rot90_map(shape, int(self.k), tuple(self.axes))
 
 
 @register
-@dataclass(eq=True)
+@dataclass(frozen=True)
 class Rotate(SpatialTransform):
     """Rotate by ``angle`` radians about the grid centre (2D: one angle; 3D: about axes 0, 1, 2).
     ``keep_size=False`` enlarges the grid to hold the whole rotated input."""
 
-    angle: object = 0.0
+    angle: float | tuple[float, ...] = 0.0
     keep_size: bool = True
     mode: str = "bilinear"
     padding_mode: str = "zeros"
 
-    def plan(self, shape, affine):
+    def plan(self, shape: tuple[int, ...], affine: torch.Tensor) -> tuple[np.ndarray, tuple[int, ...]]:
         r = fs.rotation_matrix(self.angle, len(shape))
         out = tuple(shape) if self.keep_size else fs.bounding_shape(shape, r)
         return fs.centred_affine_map(shape, r, out_shape=out), out
 
 
 @register
-@dataclass(eq=True)
+@dataclass(frozen=True)
 class Zoom(SpatialTransform):
     """Scale the content by ``zoom`` about the grid centre, keeping the grid (>1 zooms in)."""
 
-    zoom: object = 1.0
+    zoom: float | tuple[float, ...] = 1.0
     mode: str = "bilinear"
     padding_mode: str = "zeros"
 
-    def plan(self, shape, affine):
-        return fs.zoom_map(shape, _tuple(self.zoom, len(shape))), tuple(shape)
+    def plan(self, shape: tuple[int, ...], affine: torch.Tensor) -> tuple[np.ndarray, tuple[int, ...]]:
+        return fs.zoom_map(shape, floats(self.zoom, len(shape), 1.0)), tuple(shape)
 
 
 @register
-@dataclass(eq=True)
+@dataclass(frozen=True)
 class Affine(SpatialTransform):
     """Centred affine resample with MONAI's parameter meaning: the sampling grid is scaled by
     ``scale``, shifted by ``translate`` voxels, sheared (``d*(d-1)`` off-diagonal coefficients)
     and rotated by ``rotate`` radians (so ``scale`` > 1 shrinks the content).
     ``spatial_size`` sets the output grid (default: the input's)."""
 
-    rotate: object = None
-    shear: object = None
-    scale: object = None
-    translate: object = None
-    spatial_size: object = None
+    rotate: float | tuple[float, ...] | None = None
+    shear: float | tuple[float, ...] | None = None
+    scale: float | tuple[float, ...] | None = None
+    translate: float | tuple[float, ...] | None = None
+    spatial_size: Size | None = None
     mode: str = "bilinear"
     padding_mode: str = "zeros"
 
-    def plan(self, shape, affine):
+    def plan(self, shape: tuple[int, ...], affine: torch.Tensor) -> tuple[np.ndarray, tuple[int, ...]]:
         d = len(shape)
-        out = tuple(shape) if self.spatial_size is None else tuple(
-            n if (s is None or s <= 0) else int(s) for s, n in zip(_tuple(self.spatial_size, d), shape, strict=True))
-        t = None if self.translate is None else list(_tuple(self.translate, d))
+        out = sizes(self.spatial_size, shape)
+        t = None if self.translate is None else floats(self.translate, d, 0.0)
         return fs.affine_map(shape, self.rotate, self.shear, self.scale, t, out), out
 
 
 # --- random spatial transforms ----------------------------------------------------------------
 @register
-@dataclass(eq=True)
+@dataclass(frozen=True)
 class RandFlip(Transform):
     """With probability ``prob`` flip along ``axes`` (None: all spatial axes; each axis drawn
     independently when ``independent``)."""
 
     prob: float = 0.5
-    axes: object = None
+    axes: int | tuple[int, ...] | None = None
     independent: bool = False
     is_random: ClassVar[bool] = True
     fusable: ClassVar[bool] = True
 
-    def resolve(self, ref, rng, sample=None):
-        axes = (
-            list(range(ref.ndim)) if self.axes is None else ([self.axes] if np.isscalar(self.axes) else list(self.axes))
-        )
-        if self.independent:
-            chosen = [a for a in axes if float(torch.rand((), generator=rng)) < self.prob]
+    def resolve(self, ref: Image, rng: torch.Generator | None, sample: Sample | None = None) -> Resolved:
+        if self.axes is None:
+            axes = list(range(ref.ndim))
         else:
-            chosen = axes if float(torch.rand((), generator=rng)) < self.prob else []
+            axes = [self.axes] if isinstance(self.axes, int) else list(self.axes)
+        if self.independent:
+            chosen = [a for a in axes if coin(rng, self.prob)]
+        else:
+            chosen = axes if coin(rng, self.prob) else []
         return Flip(axes=tuple(chosen)) if chosen else None
 
 
 @register
-@dataclass(eq=True)
+@dataclass(frozen=True)
 class RandRotate90(Transform):
     """With probability ``prob`` rotate by k in 1..``max_k`` quarter turns in plane ``axes``."""
 
     prob: float = 0.5
     max_k: int = 3
-    axes: tuple = (0, 1)
+    axes: tuple[int, int] = (0, 1)
     is_random: ClassVar[bool] = True
     fusable: ClassVar[bool] = True
 
-    def resolve(self, ref, rng, sample=None):
-        apply = float(torch.rand((), generator=rng)) < self.prob
-        k = int(torch.randint(1, self.max_k + 1, (), generator=rng))
-        return Rotate90(k=k, axes=tuple(self.axes)) if apply else None
+    def resolve(self, ref: Image, rng: torch.Generator | None, sample: Sample | None = None) -> Resolved:
+        apply = coin(rng, self.prob)
+        k = integer(rng, 1, self.max_k + 1)
+        return Rotate90(k=k, axes=self.axes) if apply else None
 
 
 @register
-@dataclass(eq=True)
+@dataclass(frozen=True)
 class RandAffine(Transform):
     """With probability ``prob`` apply an ``Affine`` with parameters drawn uniformly:
     ``rotate_range`` (radians), ``shear_range``, ``translate_range`` (voxels) are symmetric ranges
     (x means [-x, x]) or (lo, hi) pairs per axis; ``scale_range`` is added to 1."""
 
     prob: float = 0.1
-    rotate_range: object = None
-    shear_range: object = None
-    translate_range: object = None
-    scale_range: object = None
-    spatial_size: object = None
+    rotate_range: AxisRanges = None
+    shear_range: AxisRanges = None
+    translate_range: AxisRanges = None
+    scale_range: AxisRanges = None
+    spatial_size: Size | None = None
     mode: str = "bilinear"
     padding_mode: str = "zeros"
     is_random: ClassVar[bool] = True
     fusable: ClassVar[bool] = True
 
-    def resolve(self, ref, rng, sample=None):
+    def resolve(self, ref: Image, rng: torch.Generator | None, sample: Sample | None = None) -> Resolved:
         d = ref.ndim
-        apply = float(torch.rand((), generator=rng)) < self.prob
+        apply = coin(rng, self.prob)
         n_rot = 1 if d == 2 else 3
         n_shear = d * (d - 1)
-        rot = [_uniform(rng, *r) for r in _ranges(self.rotate_range, n_rot)]
-        shear = [_uniform(rng, *r) for r in _ranges(self.shear_range, n_shear)]
-        trans = [_uniform(rng, *r) for r in _ranges(self.translate_range, d)]
-        scale = [1.0 + _uniform(rng, *r) for r in _ranges(self.scale_range, d)]
+        rot = tuple(uniform(rng, *r) for r in axis_ranges(self.rotate_range, n_rot))
+        shear = tuple(uniform(rng, *r) for r in axis_ranges(self.shear_range, n_shear))
+        trans = tuple(uniform(rng, *r) for r in axis_ranges(self.translate_range, d))
+        scale = tuple(1.0 + uniform(rng, *r) for r in axis_ranges(self.scale_range, d))
         if not apply:
             return None
         return Affine(rotate=rot, shear=shear, scale=scale, translate=trans, spatial_size=self.spatial_size,
@@ -301,7 +300,7 @@ class RandAffine(Transform):
 
 
 @register
-@dataclass(eq=True)
+@dataclass(frozen=True)
 class Elastic(Transform):
     """Deterministic elastic deformation: a smooth random displacement field generated from
     ``seed`` (uniform noise in [-1, 1] blurred with ``sigma`` voxels, scaled by ``magnitude``
@@ -340,24 +339,24 @@ class Elastic(Transform):
 
 
 @register
-@dataclass(eq=True)
+@dataclass(frozen=True)
 class RandElastic(Transform):
     """With probability ``prob`` apply an ``Elastic`` deformation with ``sigma`` and ``magnitude``
     drawn from ``sigma_range`` and ``magnitude_range`` and a fresh noise seed."""
 
     prob: float = 0.1
-    sigma_range: tuple = (5.0, 7.0)
-    magnitude_range: tuple = (50.0, 150.0)
+    sigma_range: tuple[float, float] = (5.0, 7.0)
+    magnitude_range: tuple[float, float] = (50.0, 150.0)
     mode: str = "bilinear"
     padding_mode: str = "zeros"
     is_random: ClassVar[bool] = True
 
-    def resolve(self, ref, rng, sample=None):
-        apply = float(torch.rand((), generator=rng)) < self.prob
-        sigma = _uniform(rng, *self.sigma_range)
-        mag = _uniform(rng, *self.magnitude_range)
-        seed = int(torch.randint(0, 2**62, (), generator=rng))
+    def resolve(self, ref: Image, rng: torch.Generator | None, sample: Sample | None = None) -> Resolved:
+        apply = coin(rng, self.prob)
+        sigma = uniform(rng, *self.sigma_range)
+        mag = uniform(rng, *self.magnitude_range)
+        noise_seed = seed(rng)
         if not apply:
             return None
-        return Elastic(seed=seed, sigma=sigma, magnitude=mag, mode=self.mode, padding_mode=self.padding_mode)
+        return Elastic(seed=noise_seed, sigma=sigma, magnitude=mag, mode=self.mode, padding_mode=self.padding_mode)
 

@@ -119,7 +119,7 @@ def test_invert_roundtrip_nearest_exact():
     pred = Image(out["label"].data.float(), out["image"].affine)
     back_pred = invert(pred, ops=out["image"].ops, mode="nearest")
     assert torch.equal(back_pred.data.to(torch.uint8), d["label"].data)
-    assert pre.inverse(out)["label"].spatial_shape == d["label"].spatial_shape
+    assert invert(out)["label"].spatial_shape == d["label"].spatial_shape
 
 
 def test_invert_random_affine_restores_grid():

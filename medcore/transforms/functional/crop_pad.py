@@ -81,7 +81,7 @@ def foreground_box(mask: torch.Tensor, margin: Sequence[int] | int = 0) -> tuple
     """Bounding box ``[start, end)`` of the True voxels of a spatial mask (any channel), or None."""
     m = mask.any(dim=0) if mask.ndim > 1 else mask
     d = m.ndim
-    margins = [int(margin)] * d if np.isscalar(margin) else [int(v) for v in margin]
+    margins = [int(margin)] * d if isinstance(margin, int | np.integer) else [int(v) for v in margin]
     start, end = [], []
     for k in range(d):
         other = tuple(i for i in range(d) if i != k)

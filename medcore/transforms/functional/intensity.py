@@ -12,7 +12,7 @@ def as_float(x: torch.Tensor) -> torch.Tensor:
     return x if x.is_floating_point() else x.to(torch.float32)
 
 
-def percentiles(x: torch.Tensor, qs) -> list[float]:
+def percentiles(x: torch.Tensor, qs: Sequence[float]) -> list[float]:
     """Linear-interpolated percentiles ``qs`` (0-100) of all of ``x`` (as ``numpy.percentile``).
     CPU: one ``numpy.partition`` for all of them; other devices: ``kthvalue`` (any size, no sort)."""
     flat = x.reshape(-1)
@@ -88,8 +88,8 @@ def adjust_contrast(x: torch.Tensor, gamma: float, eps: float = 1e-7) -> torch.T
     return ((x - lo) / (rng + eps)).pow(gamma) * rng + lo
 
 
-def bias_field(shape: Sequence[int], coeffs: Sequence[float], degree: int, device=None,
-               dtype=torch.float32) -> torch.Tensor:
+def bias_field(shape: Sequence[int], coeffs: Sequence[float], degree: int, device: torch.device | str | None = None,
+               dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """``exp(sum c_k * monomial_k)`` on coordinates in [-1, 1] (monomials of total degree <= degree,
     in ``monomials(d, degree)`` order)."""
     d = len(shape)

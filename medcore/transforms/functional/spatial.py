@@ -22,9 +22,12 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+import nibabel.orientations as nio
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from medcore.transforms.functional.crop_pad import compact
 
 TOL = 1e-6
 LINEAR = ("bilinear", "linear", "trilinear")
@@ -61,7 +64,8 @@ def translation(offsets: Sequence[float]) -> np.ndarray:
 
 
 def voxel_spacing(affine: torch.Tensor, d: int) -> np.ndarray:
-    return np.linalg.norm(np.asarray(affine, dtype=np.float64)[:3, :d], axis=0)
+    spacing: np.ndarray = np.linalg.norm(np.asarray(affine, dtype=np.float64)[:3, :d], axis=0)
+    return spacing
 
 
 # --- voxel maps for each operation -------------------------------------------------------------
@@ -95,17 +99,15 @@ def rot90_map(shape: Sequence[int], k: int, axes: Sequence[int] = (0, 1)) -> tup
 
 def orientation_map(affine: torch.Tensor, shape: Sequence[int], axcodes: str) -> tuple[np.ndarray, tuple[int, ...]]:
     """Voxel map that reorders/flips voxel axes so they point along ``axcodes`` (e.g. "RAS")."""
-    import nibabel.orientations as nio
-
     d = len(shape)
     if len(axcodes) != d:
         raise ValueError(
             f"Orientation: axcodes {axcodes!r} has {len(axcodes)} letters but the image has {d} spatial axes"
         )
-    src = nio.io_orientation(spatial_affine(affine, d))
+    src = nio.io_orientation(spatial_affine(affine, d))  # type: ignore[no-untyped-call]
     labels = (("L", "R"), ("P", "A"), ("I", "S"))[:d]
-    dst = nio.axcodes2ornt(tuple(axcodes.upper()), labels=labels)
-    tr = nio.ornt_transform(src, dst)
+    dst = nio.axcodes2ornt(tuple(axcodes.upper()), labels=labels)  # type: ignore[no-untyped-call]
+    tr = nio.ornt_transform(src, dst)  # type: ignore[no-untyped-call]
     m = np.zeros((d + 1, d + 1))
     m[d, d] = 1.0
     out = [0] * d
@@ -183,10 +185,10 @@ def resize_map(shape: Sequence[int], size: Sequence[int]) -> np.ndarray:
 def rotation_matrix(angles: Sequence[float] | float, d: int) -> np.ndarray:
     """``d x d`` rotation: 2D one angle; 3D three right-handed angles (radians) about axes 0, 1, 2,
     composed as ``R0 @ R1 @ R2`` (MONAI's convention)."""
+    ang = [float(angles)] if isinstance(angles, int | float | np.number) else [float(v) for v in angles]
     if d == 2:
-        t = float(angles if np.isscalar(angles) else list(angles)[0])
+        t = ang[0]
         return np.array([[math.cos(t), -math.sin(t)], [math.sin(t), math.cos(t)]])
-    ang = [float(angles)] if np.isscalar(angles) else [float(v) for v in angles]
     ang = (ang + [0.0, 0.0, 0.0])[:3]  # a single 3D angle rotates about axis 0
     r = np.eye(3)
     for axis, t in enumerate(ang):
@@ -198,7 +200,7 @@ def rotation_matrix(angles: Sequence[float] | float, d: int) -> np.ndarray:
     return r
 
 
-def centred_affine_map(shape: Sequence[int], matrix: np.ndarray, translate: Sequence[float] | None = None,
+def centred_affine_map(shape: Sequence[int], matrix: np.ndarray, translate: Sequence[float] | np.ndarray | None = None,
                        out_shape: Sequence[int] | None = None) -> np.ndarray:
     """Voxel map ``in - c_in = matrix @ (out - c_out) + translate`` about the grid centres.
 
@@ -216,7 +218,7 @@ def centred_affine_map(shape: Sequence[int], matrix: np.ndarray, translate: Sequ
     return m
 
 
-def shear_matrix(d: int, shear) -> np.ndarray:
+def shear_matrix(d: int, shear: Sequence[float] | float) -> np.ndarray:
     """``d x d`` shear: one elementary shear per off-diagonal coefficient (``d*(d-1)``, row by
     row), each pre-multiplied so the first applies first and the determinant stays 1."""
     sh = np.eye(d)
@@ -229,8 +231,9 @@ def shear_matrix(d: int, shear) -> np.ndarray:
     return sh
 
 
-def affine_map(shape: Sequence[int], rotate=None, shear=None, scale=None, translate=None,
-               out_shape: Sequence[int] | None = None) -> np.ndarray:
+def affine_map(shape: Sequence[int], rotate: Sequence[float] | float | None = None,
+               shear: Sequence[float] | float | None = None, scale: Sequence[float] | float | None = None,
+               translate: Sequence[float] | None = None, out_shape: Sequence[int] | None = None) -> np.ndarray:
     """Voxel map of a centred sampling-grid transform ``R @ Sh @ T @ S`` (MONAI's order): the
     output grid is scaled, translated (voxels), sheared, then rotated into the input."""
     d = len(shape)
@@ -239,8 +242,8 @@ def affine_map(shape: Sequence[int], rotate=None, shear=None, scale=None, transl
         rs = rs @ rotation_matrix(rotate, d)
     if shear is not None:
         rs = rs @ shear_matrix(d, shear)
-    s = np.eye(d) if scale is None else np.diag([float(v) for v in (list(np.atleast_1d(scale)) * d)[:d]]
-                                                if np.size(scale) == 1 else [float(v) for v in list(scale)[:d]])
+    scales = np.atleast_1d(np.asarray(scale, dtype=np.float64)) if scale is not None else np.ones(1)
+    s = np.diag([float(v) for v in (list(scales) * d)[:d]] if scales.size == 1 else [float(v) for v in scales[:d]])
     t = np.zeros(d) if translate is None else np.asarray([float(v) for v in translate], dtype=np.float64)
     return centred_affine_map(shape, rs @ s, rs @ t, out_shape)
 
@@ -316,8 +319,8 @@ def _axis_resample(x: torch.Tensor, dim: int, coords: np.ndarray, mode: str, pad
         b.index_fill_(dim, torch.from_numpy(np.nonzero(~ok1)[0]).to(dev), 0)
     view = [1] * x.ndim
     view[dim] = coords.size
-    w = torch.from_numpy(w1).to(device=dev, dtype=ftype).reshape(view)
-    return torch.lerp(a, b, w, out=a)
+    weight = torch.from_numpy(w1).to(device=dev, dtype=ftype).reshape(view)
+    return torch.lerp(a, b, weight, out=a)
 
 
 def _integer_gather(x: torch.Tensor, a: np.ndarray, b: np.ndarray, perm: list[int],
@@ -346,8 +349,6 @@ def _integer_gather(x: torch.Tensor, a: np.ndarray, b: np.ndarray, perm: list[in
         y = y.permute(0, *[i + 1 for i in inv])
     if reversed_out:
         y = torch.flip(y, reversed_out)
-    from medcore.transforms.functional.crop_pad import compact
-
     return compact(y.contiguous())
 
 
@@ -384,8 +385,6 @@ def resample(data: torch.Tensor, m: np.ndarray, out_shape: Sequence[int], mode: 
             inv[perm[k]] = k
         if inv != list(range(d)):
             x = x.permute(0, *[i + 1 for i in inv])
-        from medcore.transforms.functional.crop_pad import compact
-
         return compact(x)
     return _grid_resample(data, m, out_shape, mode, padding_mode)
 
@@ -421,7 +420,8 @@ def _grid_resample(
     return out
 
 
-def gaussian_kernel1d(sigma: float, truncate: float = 4.0, device=None, dtype=torch.float32) -> torch.Tensor:
+def gaussian_kernel1d(sigma: float, truncate: float = 4.0, device: torch.device | str | None = None,
+                      dtype: torch.dtype = torch.float32) -> torch.Tensor:
     radius = max(int(truncate * sigma + 0.5), 1)
     x = torch.arange(-radius, radius + 1, device=device, dtype=torch.float64)
     k = torch.exp(-0.5 * (x / sigma) ** 2)
@@ -431,7 +431,7 @@ def gaussian_kernel1d(sigma: float, truncate: float = 4.0, device=None, dtype=to
 def gaussian_smooth(data: torch.Tensor, sigma: Sequence[float] | float) -> torch.Tensor:
     """Separable Gaussian blur per channel (sigma in voxels; 0 skips an axis), edges replicated."""
     d = data.ndim - 1
-    sig = [float(sigma)] * d if np.isscalar(sigma) else [float(s) for s in sigma]
+    sig = [float(sigma)] * d if isinstance(sigma, int | float | np.number) else [float(s) for s in sigma]
     x = data if data.is_floating_point() else data.float()
     for axis, s in enumerate(sig):
         if s <= 0:

@@ -35,11 +35,12 @@ from medcore.engine.distributed import DistContext, barrier, choose_device, init
 from medcore.engine.presets import default_data_root, find_msd_cases, fingerprint, make_plan, preset, split_cases
 from medcore.engine.segmentation import (
     CachedCases,
-    PatchAugment,
     SegmentationEvaluator,
+    TrainingSample,
     case_dataset,
     make_synthetic_ct,
     preprocessing_configs,
+    training_transforms,
 )
 from medcore.engine.trainer import Trainer, TrainerConfig
 from medcore.utils.atomic import atomic_write_text
@@ -253,13 +254,15 @@ def loop_settings(config: dict, plan: dict, num_train: int, num_val: int, step_s
                   world_size: int, device: str = "cpu") -> dict:
     """TrainerConfig fields: the plan's optimiser/schedule/batch, config overrides, and a budget-derived length.
 
-    On a GPU, loader workers prepare batches while the GPU steps (a GPU step is faster than the
-    augmentation of its batch on one core); on the CPU they would only take cores from the step."""
+    Augmentation runs in loader workers, which prepare batches while the model steps: on a GPU up to
+    four (a GPU step is faster than the augmentation of its batch on one core); on the CPU one, when
+    the rank has a second core (the augmentation is a few per cent of a CPU step)."""
     cores_per_rank = max(1, (os.cpu_count() or 1) // world_size)
+    workers = max(0, min(4, cores_per_rank - 2)) if device.startswith("cuda") else min(1, cores_per_rank - 1)
     settings: dict[str, Any] = {"batch_size": plan["batch_size"], "optimizer": plan["optimizer"],
                                 "schedule": plan["schedule"], "samples_per_epoch": max(num_train, 100),
                                 "val_every": 1, "checkpoint_every_steps": 50, "max_epochs": 50,
-                                "num_workers": max(0, min(4, cores_per_rank - 2)) if device.startswith("cuda") else 0}
+                                "num_workers": workers}
     budget = config["time_budget_minutes"]
     if budget and step_seconds:
         block, budget_s = settings["batch_size"] * world_size, budget * 60.0
@@ -334,7 +337,7 @@ def run_training(raw_config: dict, run_dir: str | Path, progress: bool = True) -
     settings = json.loads(settings_path.read_text())
     settings.pop("calibrated_step_seconds", None)
     trainer_config = TrainerConfig.from_dict(settings)
-    augment = PatchAugment(plan["patch_size"], plan["foreground_oversample"], **plan.get("augmentation", {}))
+    augment = TrainingSample(training_transforms(plan))
     evaluator = SegmentationEvaluator(val_data, plan, progress) if len(val_data) else None
     trainer = Trainer(model, loss_fn, EpochDataset(train_data, augment, seed=trainer_config.seed), run_dir,
                       trainer_config, evaluator=evaluator, ctx=ctx)

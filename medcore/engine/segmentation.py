@@ -5,7 +5,9 @@
 * The cache is ``medcore.data``'s ``PersistentDataset`` (one content-addressed, checksummed
   safetensors entry per case, shared by runs and the pipeline), built by rank 0 and memory-mapped
   by every rank and loader worker: the OS page cache shares it, nothing is copied per rank.
-* Augmentation draws from the explicit generator the engine passes (seed, epoch, position).
+* Augmentation is a ``Compose`` of ``medcore.transforms`` (:func:`training_transforms`) run in the
+  loader workers; it draws from the explicit generator the engine passes (seed, epoch, position),
+  so every sample replays from that triple.
 * Validation runs sliding-window inference on whole volumes, sharded over ranks, and reduces
   spacing-aware Dice and HD95 (``medcore.metrics``) over all ranks.
 """
@@ -17,19 +19,35 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from medcore.data.persistent import PersistentDataset
 from medcore.engine.amp import Precision
 from medcore.engine.distributed import DistContext, all_reduce_sum, shard_indices
+from medcore.io import Image
+from medcore.transforms import (
+    Clip,
+    Compose,
+    Keyed,
+    NormalizeIntensity,
+    Orientation,
+    RandAdjustContrast,
+    RandAffine,
+    RandCropByPosNegLabel,
+    RandFlip,
+    RandGaussianNoise,
+    RandGaussianSmooth,
+    RandScaleIntensity,
+    RandScaleIntensityFixedMean,
+    RandSimulateLowResolution,
+    Spacing,
+    from_config,
+)
 
 
 # ---------------------------------------------------------------------------- preprocessing
 def preprocessing_configs(plan: dict) -> list[dict]:
     """The deterministic preprocessing as ``medcore.transforms`` configs (Keyed over image and label)."""
-    from medcore.transforms import Clip, Keyed, NormalizeIntensity, Orientation, Spacing
-
     steps = [Keyed(Orientation("RAS"), keys=("image", "label"))]
     if plan["resample"]:
         steps.append(Keyed(Spacing(pixdim=tuple(plan["target_spacing"])), keys=("image", "label"),
@@ -51,8 +69,6 @@ class CasePreprocess:
     is_random = False
 
     def __init__(self, configs: list[dict]) -> None:
-        from medcore.transforms import from_config
-
         self.configs = configs
         self.pipeline = from_config(configs)
 
@@ -100,73 +116,63 @@ class CachedCases:
 
 
 # ---------------------------------------------------------------------------- augmentation
-class PatchAugment:
-    """Pad to the patch, crop (foreground-centred with probability ``oversample``), with probability
-    ``spatial_prob`` rotate (up to ``rotate_deg`` about each axis) and zoom (``zoom`` range) the crop
-    about its centre, flip, and jitter intensities; all draws come from the generator the engine passes."""
+def training_transforms(plan: dict) -> Compose:
+    """The training sample pipeline as ``medcore.transforms``, from the plan's ``patch_size``,
+    ``foreground_oversample`` and ``augmentation`` (see ``presets.AUGMENTATION``).
 
-    def __init__(self, patch: Sequence[int], oversample: float = 0.33, flip_prob: float = 0.5,
-                 scale_prob: float = 0.2, noise_prob: float = 0.15, spatial_prob: float = 0.0,
-                 rotate_deg: float = 15.0, zoom: Sequence[float] = (0.85, 1.25)) -> None:
-        self.patch, self.oversample = [int(p) for p in patch], float(oversample)
-        self.flip_prob, self.scale_prob, self.noise_prob = flip_prob, scale_prob, noise_prob
-        self.spatial_prob, self.rotate_deg, self.zoom = float(spatial_prob), float(rotate_deg), tuple(zoom)
+    The crop (centred on foreground with probability ``foreground_oversample``), the rotation, the
+    scaling and the mirroring are consecutive affine-type steps, so ``Compose`` fuses them into ONE
+    resample of the whole volume about the patch centre (image linear, label nearest; zeros outside).
+    The intensity steps then act on the image patch only."""
+    aug = plan["augmentation"]
+    both, image = ("image", "label"), ("image",)
+    linear_nearest = ("bilinear", "nearest")  # per key: image, label
+    oversample = float(plan["foreground_oversample"])
+    scale_lo, scale_hi = aug["scaling"]["range"]
+    return Compose([
+        Keyed(RandCropByPosNegLabel(tuple(plan["patch_size"]), "label", pos=oversample, neg=1.0 - oversample,
+                                    fuse=True), keys=both),
+        Keyed(RandAffine(prob=aug["rotation"]["prob"], rotate_range=math.radians(aug["rotation"]["degrees"])),
+              keys=both, mode=linear_nearest),
+        Keyed(RandAffine(prob=aug["scaling"]["prob"], scale_range=(scale_lo - 1.0, scale_hi - 1.0)),
+              keys=both, mode=linear_nearest),
+        Keyed(RandFlip(prob=aug["mirror"]["prob"], independent=True), keys=both),
+        Keyed(RandGaussianNoise(prob=aug["noise"]["prob"], std=aug["noise"]["std"]), keys=image),
+        Keyed(RandGaussianSmooth(prob=aug["blur"]["prob"], sigma_range=tuple(aug["blur"]["sigma"])), keys=image),
+        Keyed(RandScaleIntensity(factors=_offsets(aug["brightness"]["range"]), prob=aug["brightness"]["prob"]),
+              keys=image),
+        Keyed(RandScaleIntensityFixedMean(prob=aug["contrast"]["prob"], factors=_offsets(aug["contrast"]["range"])),
+              keys=image),
+        Keyed(RandSimulateLowResolution(prob=aug["low_resolution"]["prob"],
+                                        zoom_range=tuple(aug["low_resolution"]["zoom"])), keys=image),
+        Keyed(RandAdjustContrast(prob=aug["gamma_inverted"]["prob"], gamma=tuple(aug["gamma_inverted"]["range"]),
+                                 invert=True, retain_stats=True), keys=image),
+        Keyed(RandAdjustContrast(prob=aug["gamma"]["prob"], gamma=tuple(aug["gamma"]["range"]), retain_stats=True),
+              keys=image),
+    ])
 
-    def _rotate_zoom(self, image: torch.Tensor, label: torch.Tensor, start: Sequence[int],
-                     rng: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        """Resample the patch at ``start`` from the whole volume, rotated and zoomed about its centre
-        (image: linear, border values; label: nearest, background outside)."""
-        angles = (2 * torch.rand(3, generator=rng, dtype=torch.float64) - 1) * math.radians(self.rotate_deg)
-        zoom = self.zoom[0] + (self.zoom[1] - self.zoom[0]) * torch.rand((), generator=rng, dtype=torch.float64)
-        rotation = torch.eye(3, dtype=torch.float64)
-        for axis, angle in enumerate(angles.tolist()):
-            i, j = [a for a in range(3) if a != axis]
-            r = torch.eye(3, dtype=torch.float64)
-            r[i, i], r[i, j], r[j, i], r[j, j] = math.cos(angle), -math.sin(angle), math.sin(angle), math.cos(angle)
-            rotation = r @ rotation
-        offsets = torch.stack(torch.meshgrid(*[torch.arange(p, dtype=torch.float64) - (p - 1) / 2 for p in self.patch],
-                                             indexing="ij"), -1)
-        centre = torch.tensor([s + (p - 1) / 2 for s, p in zip(start, self.patch)], dtype=torch.float64)
-        points = centre + offsets @ (rotation * zoom).T  # voxel coordinates in the volume, (*patch, 3)
-        size = torch.tensor(label.shape, dtype=torch.float64)
-        grid = (2 * points / (size - 1).clamp(min=1) - 1).flip(-1)[None].float()  # grid_sample wants (x=W, y=H, z=D)
-        image = F.grid_sample(image[None].float(), grid, mode="bilinear", padding_mode="border", align_corners=True)[0]
-        label = F.grid_sample(label[None, None].float(), grid, mode="nearest", padding_mode="zeros",
-                              align_corners=True)[0, 0].to(label.dtype)
-        return image, label
 
-    def _start(self, shape: Sequence[int], label: torch.Tensor, rng: torch.Generator) -> list[int]:
-        slack = [s - p for s, p in zip(shape, self.patch)]
-        if torch.rand((), generator=rng).item() < self.oversample:
-            classes = [c for c in label.unique().tolist() if c > 0]
-            if classes:
-                c = classes[int(torch.randint(len(classes), (), generator=rng))]
-                voxels = (label == c).nonzero()
-                centre = voxels[int(torch.randint(len(voxels), (), generator=rng))].tolist()
-                return [min(max(0, v - p // 2), s) for v, p, s in zip(centre, self.patch, slack)]
-        return [int(torch.randint(s + 1, (), generator=rng)) for s in slack]
+def _offsets(factor_range: Sequence[float]) -> tuple[float, float]:
+    """A multiplicative range ``(lo, hi)`` as the ``1 + f`` offsets the transforms draw."""
+    return (float(factor_range[0]) - 1.0, float(factor_range[1]) - 1.0)
+
+
+class TrainingSample:
+    """A cached case -> one augmented training sample: ``{"image": (1, *patch) float32,
+    "label": (1, *patch) int64}``, drawn from the ``rng`` the engine passes (seed, epoch, position).
+    The cached tensors are wrapped as ``Image``s (never modified) and run through ``pipeline``."""
+
+    def __init__(self, pipeline: Compose) -> None:
+        self.pipeline = pipeline
+
+    def images(self, item: dict, rng: torch.Generator) -> dict:
+        """The augmented sample as ``Image``s, with the ops that replay it."""
+        sample = {"image": Image(item["image"]), "label": Image(item["label"][None])}
+        return self.pipeline(sample, rng)
 
     def __call__(self, item: dict, rng: torch.Generator) -> dict:
-        image, label = item["image"], item["label"]
-        pad = [max(0, p - s) for p, s in zip(self.patch, label.shape)]
-        if any(pad):
-            before = [int(torch.randint(q + 1, (), generator=rng)) for q in pad]
-            flat = [v for b, q in zip(reversed(before), reversed(pad)) for v in (b, q - b)]
-            image, label = F.pad(image, flat), F.pad(label, flat)
-        start = self._start(label.shape, label, rng)
-        if self.spatial_prob and torch.rand((), generator=rng).item() < self.spatial_prob:
-            image, label = self._rotate_zoom(image, label, start, rng)
-        else:
-            box = tuple(slice(s, s + p) for s, p in zip(start, self.patch))
-            image, label = image[(slice(None), *box)], label[box]
-        flips = [d for d in range(3) if torch.rand((), generator=rng).item() < self.flip_prob]
-        if flips:
-            image, label = image.flip([d + 1 for d in flips]), label.flip(flips)
-        if torch.rand((), generator=rng).item() < self.scale_prob:
-            image = image * (0.75 + 0.5 * torch.rand((), generator=rng)) + 0.2 * (torch.rand((), generator=rng) - 0.5)
-        if torch.rand((), generator=rng).item() < self.noise_prob:
-            image = image + 0.1 * torch.rand((), generator=rng) * torch.randn(image.shape, generator=rng)
-        return {"image": image.contiguous().float(), "label": label[None].long().contiguous()}
+        out = self.images(item, rng)
+        return {"image": out["image"].data.float().contiguous(), "label": out["label"].data.long().contiguous()}
 
 
 # ---------------------------------------------------------------------------- validation

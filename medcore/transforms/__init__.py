@@ -42,10 +42,14 @@ from medcore.transforms.intensity import (
     RandGaussianNoise,
     RandGaussianSmooth,
     RandScaleIntensity,
+    RandScaleIntensityFixedMean,
     RandShiftIntensity,
+    RandSimulateLowResolution,
     ScaleIntensity,
+    ScaleIntensityFixedMean,
     ScaleIntensityRange,
     ShiftIntensity,
+    SimulateLowResolution,
 )
 from medcore.transforms.inverse import invert, replay
 from medcore.transforms.post import (
@@ -80,7 +84,8 @@ __all__ = [
     "compute_label_indices",
     "AdjustContrast", "BiasField", "Clip", "GaussianNoise", "GaussianSmooth", "NormalizeIntensity",
     "RandAdjustContrast", "RandBiasField", "RandGaussianNoise", "RandGaussianSmooth", "RandScaleIntensity",
-    "RandShiftIntensity", "ScaleIntensity", "ScaleIntensityRange", "ShiftIntensity",
+    "RandScaleIntensityFixedMean", "RandShiftIntensity", "RandSimulateLowResolution", "ScaleIntensity",
+    "ScaleIntensityFixedMean", "ScaleIntensityRange", "ShiftIntensity", "SimulateLowResolution",
     "invert", "replay",
     "Activations", "AsDiscrete", "FillHoles", "KeepLargestConnectedComponent", "RemoveSmallObjects",
     "Affine", "Elastic", "Flip", "Orientation", "RandAffine", "RandElastic", "RandFlip", "RandRotate90",

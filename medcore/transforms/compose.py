@@ -162,7 +162,8 @@ def _fused_images(x: Sample, keys: tuple[str, ...], keyed: list[Keyed], rng: tor
     paddings: dict[str, str] = {k: "zeros" for k in keys}
     for kd in keyed:
         proxy = Image(torch.zeros((), dtype=ref.data.dtype).expand(ref.data.shape[0], *shape), affine)
-        resolved = kd.transform.resolve(proxy, rng, None)
+        # the sample (label-driven crops read it) only while the geometry is still the input's
+        resolved = kd.transform.resolve(proxy, rng, None if parts else x)
         if resolved is None:
             continue
         if isinstance(resolved, list):

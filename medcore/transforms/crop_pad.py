@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import numpy as np
 import torch
@@ -23,7 +23,7 @@ from medcore.transforms.base import Resolved, Sample, Transform, register
 from medcore.transforms.functional import crop_pad as fc
 from medcore.transforms.functional.spatial import translation, update_affine
 from medcore.transforms.random import coin, integer
-from medcore.transforms.spatial import Size
+from medcore.transforms.spatial import Resample, Size
 
 
 def _size(v: Size | None, shape: Sequence[int]) -> list[int]:
@@ -53,6 +53,12 @@ class CropPad(Transform):
         m = translation([-int(b) for b in self.before])
         op = self.op(kind="crop_pad", in_shape=list(img.spatial_shape), out_shape=list(data.shape[1:]))
         return img.with_op(op, data=data, affine=update_affine(img.affine, m))
+
+
+def as_resample(crop: CropPad, out_shape: Sequence[int]) -> Resample:
+    """The crop/pad ``crop`` as an (integer) ``Resample`` onto ``out_shape``: zeros outside the grid."""
+    return Resample(matrix=translation([-int(b) for b in crop.before]).tolist(), out_shape=tuple(out_shape),
+                    mode="nearest", padding_mode="zeros")
 
 
 def box_transform(shape: Sequence[int], start: Sequence[int], end: Sequence[int], mode: str = "constant",
@@ -324,7 +330,15 @@ class RandCropByPosNegLabel(Transform):
     pos: float = 1.0
     neg: float = 1.0
     num_samples: int = 1
+    fuse: bool = False
     is_random: ClassVar[bool] = True
+
+    @property
+    def fusable(self) -> bool:  # type: ignore[override]
+        """With ``fuse`` (one sample), the crop resolves to a ``Resample`` (a translation onto the
+        patch grid) that ``Compose`` fuses with the spatial transforms after it: a rotation or
+        scaling then samples the whole volume about the patch centre, with one interpolation."""
+        return self.fuse and self.num_samples == 1
 
     def resolve(self, ref: Image, rng: torch.Generator | None, sample: Sample | None = None) -> Resolved:
         label, shape, roi, idx = _crop_context(ref, sample, self.label_key, self.spatial_size)
@@ -342,6 +356,8 @@ class RandCropByPosNegLabel(Transform):
             centre = _unravel(flat, shape) if flat is not None else [n // 2 for n in shape]
             start, end = _centre_box(shape, centre, roi)
             out.append(box_transform(shape, start, end))
+        if self.fusable:
+            return as_resample(cast(CropPad, out[0]), roi)
         return out if self.num_samples > 1 else out[0]
 
 

@@ -130,12 +130,44 @@ class ShiftIntensity(IntensityTransform):
 @register
 @dataclass(frozen=True)
 class AdjustContrast(IntensityTransform):
-    """Gamma ``gamma`` on min-max normalised intensities, mapped back to the original range."""
+    """Gamma ``gamma`` on min-max normalised intensities, mapped back to the original range;
+    ``invert``: on the negated image (nnU-Net's inverted gamma); ``retain_stats``: keep the mean and
+    standard deviation (as MONAI's ``AdjustContrast``)."""
 
     gamma: float = 1.0
+    invert: bool = False
+    retain_stats: bool = False
 
     def compute(self, data: torch.Tensor) -> torch.Tensor:
-        return fi.adjust_contrast(data, self.gamma)
+        return fi.adjust_contrast(data, self.gamma, invert=self.invert, retain_stats=self.retain_stats)
+
+
+@register
+@dataclass(frozen=True)
+class ScaleIntensityFixedMean(IntensityTransform):
+    """Contrast: scale deviations from the mean by ``1 + factor`` (per channel if ``channel_wise``),
+    clipped to the input range if ``preserve_range`` (as MONAI's transform of the same name)."""
+
+    factor: float = 0.0
+    preserve_range: bool = True
+    channel_wise: bool = True
+
+    def compute(self, data: torch.Tensor) -> torch.Tensor:
+        return fi.scale_intensity_fixed_mean(data, self.factor, self.preserve_range, self.channel_wise)
+
+
+@register
+@dataclass(frozen=True)
+class SimulateLowResolution(IntensityTransform):
+    """Downsample by ``zoom`` (< 1) with ``downsample_mode`` and back with ``upsample_mode``: the
+    grid is unchanged, only the detail is lost (as MONAI's ``RandSimulateLowResolution``)."""
+
+    zoom: float = 1.0
+    downsample_mode: str = "nearest"
+    upsample_mode: str = "trilinear"
+
+    def compute(self, data: torch.Tensor) -> torch.Tensor:
+        return fi.simulate_low_resolution(data, self.zoom, self.downsample_mode, self.upsample_mode)
 
 
 @register
@@ -250,12 +282,50 @@ class RandAdjustContrast(Transform):
 
     prob: float = 0.1
     gamma: tuple[float, float] = (0.5, 4.5)
+    invert: bool = False
+    retain_stats: bool = False
     is_random: ClassVar[bool] = True
 
     def resolve(self, ref: Image, rng: torch.Generator | None, sample: Sample | None = None) -> Resolved:
         apply = coin(rng, self.prob)
         g = uniform(rng, *self.gamma)
-        return AdjustContrast(g) if apply else None
+        return AdjustContrast(g, self.invert, self.retain_stats) if apply else None
+
+
+@register
+@dataclass(frozen=True)
+class RandScaleIntensityFixedMean(Transform):
+    """With probability ``prob`` scale the contrast about the mean by 1 + f, f from ``factors``
+    (-> ``ScaleIntensityFixedMean``)."""
+
+    prob: float = 0.1
+    factors: Range = 0.25
+    preserve_range: bool = True
+    channel_wise: bool = True
+    is_random: ClassVar[bool] = True
+
+    def resolve(self, ref: Image, rng: torch.Generator | None, sample: Sample | None = None) -> Resolved:
+        apply = coin(rng, self.prob)
+        f = uniform(rng, *as_range(self.factors))
+        return ScaleIntensityFixedMean(f, self.preserve_range, self.channel_wise) if apply else None
+
+
+@register
+@dataclass(frozen=True)
+class RandSimulateLowResolution(Transform):
+    """With probability ``prob`` simulate a resolution coarser by a zoom from ``zoom_range``
+    (-> ``SimulateLowResolution``)."""
+
+    prob: float = 0.1
+    zoom_range: tuple[float, float] = (0.5, 1.0)
+    downsample_mode: str = "nearest"
+    upsample_mode: str = "trilinear"
+    is_random: ClassVar[bool] = True
+
+    def resolve(self, ref: Image, rng: torch.Generator | None, sample: Sample | None = None) -> Resolved:
+        apply = coin(rng, self.prob)
+        zoom = uniform(rng, *self.zoom_range)
+        return SimulateLowResolution(zoom, self.downsample_mode, self.upsample_mode) if apply else None
 
 
 @register

@@ -183,7 +183,9 @@ def test_time_budget_stops_mid_epoch_and_plans_epochs(tmp_path, monkeypatch):
     assert short["max_epochs"] >= 4 and short["samples_per_epoch"] % 4 == 0
     fixed = loop_settings({"time_budget_minutes": None, "train": {"max_epochs": 7}}, plan, 10, 2, None, 1)
     assert fixed["max_epochs"] == 7 and "max_train_seconds" not in fixed
-    assert fixed["num_workers"] == 0  # CPU: workers would take cores from the step
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    assert loop_settings(config, plan, 10, 2, None, 1)["num_workers"] == 1  # CPU: augment beside the step
+    assert loop_settings(config, plan, 10, 2, None, 2)["num_workers"] == 0  # no spare core per rank
     fast = loop_settings(config, plan, 166, 42, 0.02, 1)  # GPU-fast steps: longer epochs, rarer checkpoints
     assert fast["samples_per_epoch"] == 2 * 750 and fast["checkpoint_every_steps"] == 1500
     assert long["checkpoint_every_steps"] == 50
@@ -234,23 +236,38 @@ def test_plan_takes_label_names_from_the_datalist(tmp_path):
     assert datalist_label_names(tmp_path / "missing.json") == {}
 
 
-def test_rotate_zoom_identity_equals_crop_and_keeps_labels():
-    from medcore.engine.segmentation import PatchAugment
-    from medcore.transforms.base import make_rng
+def test_training_pipeline_is_library_transforms_and_replays_bit_for_bit():
+    from medcore.engine.presets import AUGMENTATION, augmentation_plan
+    from medcore.engine.segmentation import TrainingSample, training_transforms
+    from medcore.io import Image
+    from medcore.transforms import REGISTRY, Compose, Keyed, from_config, replay
 
     g = torch.Generator().manual_seed(3)
-    image = torch.randn(1, 20, 24, 18, generator=g)
-    label = torch.zeros(20, 24, 18, dtype=torch.uint8)
-    label[5:12, 6:15, 4:10], label[8:10, 9:12, 5:8] = 1, 2
-    item = {"image": image, "label": label}
-    quiet = {"flip_prob": 0.0, "scale_prob": 0.0, "noise_prob": 0.0}
-    plain = PatchAugment((12, 16, 10), 1.0, **quiet)(item, make_rng(0, 0, 0))
-    same = PatchAugment((12, 16, 10), 1.0, spatial_prob=1.0, rotate_deg=0.0, zoom=(1.0, 1.0), **quiet)(
-        item, make_rng(0, 0, 0)
-    )
-    assert torch.allclose(same["image"], plain["image"], atol=1e-5) and torch.equal(same["label"], plain["label"])
-    moved = PatchAugment((12, 16, 10), 1.0, spatial_prob=1.0, rotate_deg=30.0, zoom=(0.8, 1.2), **quiet)(
-        item, make_rng(0, 0, 1)
-    )
-    assert moved["image"].shape == (1, 12, 16, 10) and moved["label"].shape == (1, 12, 16, 10)
-    assert set(moved["label"].unique().tolist()) <= {0, 1, 2} and (moved["label"] > 0).any()
+    item = {"image": torch.randn(1, 20, 24, 18, generator=g), "label": torch.zeros(20, 24, 18, dtype=torch.uint8)}
+    item["label"][5:12, 6:15, 4:10], item["label"][8:10, 9:12, 5:8] = 1, 2
+    every = {name: {"prob": 1.0} for name in AUGMENTATION}
+    plan = {"patch_size": [12, 16, 10], "foreground_oversample": 0.5, "augmentation": augmentation_plan(every)}
+    pipeline = training_transforms(plan)
+    assert isinstance(pipeline, Compose) and all(isinstance(s, Keyed) for s in pipeline.transforms)
+    assert all(REGISTRY[type(s.transform).__name__] is type(s.transform) for s in pipeline.transforms)
+    assert from_config(json.loads(json.dumps(pipeline.config()))) == pipeline
+    sample = TrainingSample(pipeline)
+    a, b = sample(item, make_rng(0, 2, 5)), sample(item, make_rng(0, 2, 5))
+    assert a["image"].shape == (1, 12, 16, 10) and a["label"].shape == (1, 12, 16, 10)
+    assert a["label"].dtype == torch.long
+    assert torch.equal(a["image"], b["image"]) and torch.equal(a["label"], b["label"])
+    assert not torch.equal(a["image"], sample(item, make_rng(0, 2, 6))["image"])
+    images = sample.images(item, make_rng(0, 2, 5))
+    names = [o["name"] for o in images["image"].ops]
+    assert names[0] == "Resample" and [p["name"] for p in images["image"].ops[0]["fused"]] == [
+        "Resample", "Affine", "Affine", "Flip"]  # crop, rotation, scaling and mirroring: one resample
+    assert {"GaussianNoise", "GaussianSmooth", "ScaleIntensity", "ScaleIntensityFixedMean", "SimulateLowResolution",
+            "AdjustContrast"} <= set(names)
+    for key in ("image", "label"):  # the recorded ops replay the sample bit for bit from the cached case
+        start = Image(item[key] if key == "image" else item[key][None])
+        assert torch.equal(replay(start, images[key].ops).data, images[key].data)
+    assert torch.equal(images["image"].data, a["image"]) and torch.equal(images["label"].data.long(), a["label"])
+    with pytest.raises(ValueError, match="no entry 'elastic'"):
+        augmentation_plan({"elastic": {"prob": 0.1}})
+    with pytest.raises(ValueError, match="unknown field"):
+        augmentation_plan({"gamma": {"p": 0.1}})

@@ -99,9 +99,10 @@ def test_preprocessing_cache_and_augmentation_on_real_cases(shared_data, tmp_pat
     from medcore.engine.segmentation import (
         CachedCases,
         CasePreprocess,
-        PatchAugment,
+        TrainingSample,
         case_dataset,
         preprocessing_configs,
+        training_transforms,
     )
     from medcore.transforms import make_rng
 
@@ -118,7 +119,7 @@ def test_preprocessing_cache_and_augmentation_on_real_cases(shared_data, tmp_pat
     # the cached entry is exactly what the uncached medcore.data pipeline computes
     plain = Dataset(cases, CasePreprocess(pre), image_keys=("image", "label"))[0]
     assert torch.equal(plain["image"], item["image"]) and torch.equal(plain["label"], item["label"])
-    aug = PatchAugment(plan["patch_size"], oversample=1.0)
+    aug = TrainingSample(training_transforms({**plan, "foreground_oversample": 1.0}))
     a, b = aug(item, make_rng(0, 0, 0)), aug(item, make_rng(0, 0, 0))
     assert a["image"].shape == (1, 40, 56, 40) and a["label"].shape == (1, 40, 56, 40)
     assert torch.equal(a["image"], b["image"]) and torch.equal(a["label"], b["label"])

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 
 def as_float(x: torch.Tensor) -> torch.Tensor:
@@ -80,12 +81,51 @@ def normalize_intensity(x: torch.Tensor, nonzero: bool = False, channel_wise: bo
     return out
 
 
-def adjust_contrast(x: torch.Tensor, gamma: float, eps: float = 1e-7) -> torch.Tensor:
-    """Gamma on the min-max normalised intensities, mapped back to the original range."""
+def adjust_contrast(x: torch.Tensor, gamma: float, eps: float = 1e-7, invert: bool = False,
+                    retain_stats: bool = False) -> torch.Tensor:
+    """Gamma on the min-max normalised intensities, mapped back to the original range.
+
+    ``invert`` applies it to ``-x`` and negates the result (nnU-Net's inverted gamma, which brightens
+    the dark end); ``retain_stats`` restores the mean and standard deviation of the input."""
     x = as_float(x)
+    if invert:
+        x = -x
     lo = x.min()
     rng = x.max() - lo
-    return ((x - lo) / (rng + eps)).pow(gamma) * rng + lo
+    out = ((x - lo) / (rng + eps)).pow(gamma) * rng + lo
+    if retain_stats:
+        mean, std = x.mean(), x.std()
+        out = out - out.mean()
+        out = out / (out.std() + 1e-8) * std + mean
+    return -out if invert else out
+
+
+def scale_intensity_fixed_mean(x: torch.Tensor, factor: float, preserve_range: bool = True,
+                               channel_wise: bool = True) -> torch.Tensor:
+    """Contrast: ``(x - mean) * (1 + factor) + mean`` (per channel if ``channel_wise``), clipped to
+    the input's range when ``preserve_range`` (nnU-Net's contrast augmentation)."""
+    x = as_float(x)
+    chans = [x[c:c + 1] for c in range(x.shape[0])] if channel_wise else [x]
+    outs = []
+    for c in chans:
+        mean = c.mean()
+        out = (c - mean) * (1.0 + factor) + mean
+        outs.append(out.clamp(c.min(), c.max()) if preserve_range else out)
+    return torch.cat(outs) if len(outs) > 1 else outs[0]
+
+
+def simulate_low_resolution(x: torch.Tensor, zoom: float, downsample_mode: str = "nearest",
+                            upsample_mode: str = "trilinear") -> torch.Tensor:
+    """Downsample every spatial axis by ``zoom`` (< 1) and resample back to the input's shape: the
+    image a coarser scanner would give (``F.interpolate`` both ways, corners not aligned)."""
+    xf = as_float(x)
+    shape = tuple(xf.shape[1:])
+    small = tuple(max(1, int(round(n * zoom))) for n in shape)
+    linear = {"linear", "bilinear", "bicubic", "trilinear"}
+    down = F.interpolate(xf[None], size=small, mode=downsample_mode,
+                         align_corners=False if downsample_mode in linear else None)
+    return F.interpolate(down, size=shape, mode=upsample_mode,
+                         align_corners=False if upsample_mode in linear else None)[0]
 
 
 def bias_field(shape: Sequence[int], coeffs: Sequence[float], degree: int, device: torch.device | str | None = None,

@@ -60,8 +60,9 @@ class TrainerConfig:
     amp: str = "auto"
     compile: bool = False
     channels_last: bool = True
-    max_train_seconds: float | None = None     # stop (mid-epoch if need be) once this much training time is spent;
-                                               # the lr schedule then follows time as well as steps
+    max_train_seconds: float | None = None     # a time budget: the epoch count and the lr schedule follow the
+                                               # measured step time, and training stops (mid-epoch if need
+                                               # be) so that the last validation ends about on the budget
     progress: bool = True
     keys: tuple[str, str] = ("image", "label")
 
@@ -157,13 +158,22 @@ class Trainer:
         self.train_model = self._wrap(self.model)
         self.history = MetricsHistory()
         self.epoch = self.step_in_epoch = self.global_step = 0
-        self.schedule_offset = 0  # steps the lr schedule runs ahead of global_step to keep up with a time budget
+        self.max_epochs = cfg.max_epochs  # under a time budget, re-planned from the clock after every epoch
+        # the lr schedule's position (in steps) and its advance per step: 1 without a budget (the schedule
+        # follows steps alone, so resumes are bit-identical); under a budget, set so that it anneals fully
+        # when the budget's time is spent, at the step time measured so far
+        self.schedule_position = 0.0
+        self.schedule_rate = 1.0
         self.best_score: float | None = None
         self.best_epoch: int | None = None
         self.bad_validations = 0
         self.epoch_totals = [0.0, 0.0, 0.0, 0.0]
         self.stop_reason: str | None = None
         self._started = time.perf_counter()
+        self._deadline = cfg.max_train_seconds  # when training stops: the budget less the last validation's time
+        self._clock = (self._started, 0, 0.0)  # (time, global_step, validation seconds) at the last re-plan
+        self._val_seconds = 0.0  # spent validating in this process
+        self._last_val_seconds = 0.0
         self.checkpoint_dir = self.run_dir / "checkpoints"
 
     # ------------------------------------------------------------------ set-up helpers
@@ -181,7 +191,8 @@ class Trainer:
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict(),
-            "schedule": {"config": self.schedule.config(), "step": self.global_step, "offset": self.schedule_offset},
+            "schedule": {"config": self.schedule.config(), "step": self.global_step,
+                         "position": self.schedule_position, "rate": self.schedule_rate, "max_epochs": self.max_epochs},
             "rng": _rng_state(self.ctx),
             "progress": {"epoch": self.epoch, "step_in_epoch": self.step_in_epoch,
                          "global_step": self.global_step, "world_size": self.ctx.world_size,
@@ -215,7 +226,11 @@ class Trainer:
         _restore_rng(state["rng"], self.ctx)
         self.epoch, self.step_in_epoch = progress["epoch"], progress["step_in_epoch"]
         self.global_step = progress["global_step"]
-        self.schedule_offset = int(state["schedule"].get("offset", 0))
+        schedule = state["schedule"]
+        self.schedule_position = float(schedule.get("position", self.global_step + schedule.get("offset", 0)))
+        self.schedule_rate = float(schedule.get("rate", 1.0))
+        if self.config.max_train_seconds is not None:  # the re-planned count; else the config's (may be raised)
+            self.max_epochs = int(schedule.get("max_epochs", self.config.max_epochs))
         self.epoch_totals = [float(v) for v in progress["epoch_totals"]]
         best = state["best"]
         self.best_score, self.best_epoch, self.bad_validations = best["score"], best["epoch"], best["bad_validations"]
@@ -246,7 +261,7 @@ class Trainer:
         y = batch[label_key].to(self.ctx.device, non_blocking=True)
         if self.channels_last and x.ndim == 5:
             x = x.contiguous(memory_format=torch.channels_last_3d)
-        set_learning_rate(self.optimizer, self.schedule, self.global_step + self.schedule_offset)
+        set_learning_rate(self.optimizer, self.schedule, int(self.schedule_position))
         self.optimizer.zero_grad(set_to_none=True)
         with self.precision.autocast():
             out = self.train_model(x)
@@ -257,24 +272,40 @@ class Trainer:
             nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
         self.scaler.step(self.optimizer)
         self.scaler.update()
+        self.schedule_position += self.schedule_rate
         return loss.detach()
 
-    def _keep_schedule_in_time(self) -> None:
-        """Under a time budget, move the lr schedule ahead to the fraction of the budget already spent
-        (agreed over ranks), so it anneals fully by the deadline even when steps run slower than the
-        step-time calibration that planned the epochs. Without a budget the schedule follows steps alone
-        (and a resume stays bit-identical)."""
-        if self.config.max_train_seconds is None:
+    def _follow_the_clock(self) -> None:
+        """Under a time budget, re-plan the rest of the run from the clock (agreed over ranks): the training
+        step time measured since the last re-plan (the calibration's plan before the first epoch), the
+        share of time validations take and the last validation's length give the steps left; the epoch
+        count and the lr schedule's rate then fit them, so the schedule anneals fully and the run ends on
+        the budget whether the machine turns out faster or slower than it was at the start. Called after
+        every epoch and four times within one."""
+        cfg = self.config
+        if cfg.max_train_seconds is None:
             return
-        spent = (time.perf_counter() - self._started) / max(self.config.max_train_seconds, 1e-9)
-        spent = all_reduce_mean(torch.tensor([min(1.0, spent)], dtype=torch.float64), self.ctx).item()
-        self.schedule_offset = max(self.schedule_offset, int(spent * self.schedule.total_steps) - self.global_step)
+        now = time.perf_counter()
+        t0, step0, val0 = self._clock
+        steps = self.global_step - step0
+        measured = (now - t0 - (self._val_seconds - val0)) / steps if steps else 0.0
+        agreed = all_reduce_mean(torch.tensor([now - self._started, measured, self._val_seconds,
+                                               self._last_val_seconds], dtype=torch.float64), self.ctx)
+        elapsed, per_step, val_total, last_val = agreed.tolist()
+        if per_step <= 0:  # nothing measured yet: the calibration's plan
+            per_step = max(cfg.max_train_seconds, 1e-3) / max(1, cfg.max_epochs * self.steps_per_epoch)
+        self._clock = (now, self.global_step, self._val_seconds)
+        val_share = min(0.5, val_total / elapsed) if elapsed > 0 else 0.0
+        self._deadline = max(0.0, cfg.max_train_seconds - last_val)
+        steps_left = max(1.0, (self._deadline - elapsed) * (1.0 - val_share) / per_step)
+        self.schedule_rate = max(0.0, (self.schedule.total_steps - self.schedule_position) / steps_left)
+        self.max_epochs = self.epoch + max(1, math.ceil((self.step_in_epoch + steps_left) / self.steps_per_epoch))
 
     def _out_of_time(self) -> bool:
-        """True (on every rank) once ``max_train_seconds`` of training have passed in this process."""
-        if self.config.max_train_seconds is None:
+        """True (on every rank) once the training time of this process reaches the re-planned deadline."""
+        if self._deadline is None:
             return False
-        return broadcast_flag(time.perf_counter() - self._started > self.config.max_train_seconds, self.ctx)
+        return broadcast_flag(time.perf_counter() - self._started > self._deadline, self.ctx)
 
     def _run_epoch(self) -> dict:
         cfg = self.config
@@ -306,6 +337,9 @@ class Trainer:
                 self.save()
             if self._out_of_time():
                 break
+            quarter = max(1, self.steps_per_epoch // 4)
+            if self.step_in_epoch % quarter == 0 and self.step_in_epoch < self.steps_per_epoch:
+                self._follow_the_clock()  # four times an epoch: the schedule keeps pace within long epochs
             tick = time.perf_counter()
         bar.close()
         steps_here = max(1.0, total[1].item())
@@ -320,10 +354,13 @@ class Trainer:
         """Run the evaluator on the bare model in eval mode (every rank takes part)."""
         if self.evaluator is None:
             return {}
+        started = time.perf_counter()
         self.model.eval()
         with torch.inference_mode():
             metrics = self.evaluator(self.model, self.ctx, self.precision)
         self.model.train()
+        self._last_val_seconds = time.perf_counter() - started
+        self._val_seconds += self._last_val_seconds
         return {k: float(v) for k, v in metrics.items()}
 
     def fit(self, resume: bool = True) -> dict:
@@ -333,11 +370,12 @@ class Trainer:
         for cb in self.callbacks:
             cb.on_train_start(self)
         self._started = time.perf_counter()
-        while self.epoch < cfg.max_epochs and self.stop_reason is None:
+        self._clock = (self._started, self.global_step, self._val_seconds)
+        self._follow_the_clock()
+        while self.epoch < self.max_epochs and self.stop_reason is None:
             epoch_started = time.perf_counter()
-            self._keep_schedule_in_time()
             record: dict[str, Any] = {"epoch": self.epoch, **self._run_epoch()}
-            last_epoch = self.epoch + 1 >= cfg.max_epochs
+            last_epoch = self.epoch + 1 >= self.max_epochs
             over_time = self._out_of_time()
             if self.evaluator is not None and ((self.epoch + 1) % cfg.val_every == 0 or last_epoch or over_time):
                 metrics = self.validate()
@@ -360,7 +398,7 @@ class Trainer:
             self.history.append(record)
             self.epoch += 1
             self.step_in_epoch = 0
-            if over_time and self.stop_reason is None and self.epoch < cfg.max_epochs:
+            if over_time and self.stop_reason is None:
                 self.stop_reason = f"time budget of {cfg.max_train_seconds:.0f} s reached"
             if improved:
                 self.save("best.safetensors")
@@ -369,6 +407,8 @@ class Trainer:
                 self.history.write(self.run_dir)
             for cb in self.callbacks:
                 cb.on_epoch_end(self, record)
+            if self.stop_reason is None:
+                self._follow_the_clock()
         summary = self.summary(resumed)
         if self.ctx.is_main:
             atomic_write_text(self.run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")

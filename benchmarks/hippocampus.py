@@ -95,6 +95,7 @@ def run_medcore(minutes: float, out: Path, val_cases: list[dict], max_val: int |
             "samples_per_s": float(np.mean([r["samples_per_s"] for r in history])),
             "data_wait_fraction": float(np.mean([r["data_wait_fraction"] for r in history])),
             "best_epoch": summary["best_epoch"], "precision": summary["precision"],
+            "postprocessing": summary.get("postprocessing", []),
             "plan": json.loads((run_dir / "plan.json").read_text())}
 
 
@@ -255,7 +256,7 @@ def main() -> None:
     print(
         f"medcore: {med['steps']} steps in {med['train_minutes']:.1f} min, {med['samples_per_s']:.2f} samples/s, "
         f"data wait {100 * med['data_wait_fraction']:.1f}% of step time, {med['precision']}; "
-        f"MODEL_DIR {med['model_dir']}"
+        f"largest-component post-processing for {med['postprocessing'] or 'no class'}; MODEL_DIR {med['model_dir']}"
     )
     mon = None
     if not args.skip_monai:

@@ -39,6 +39,7 @@ from medcore.engine.segmentation import (
     TrainingSample,
     case_dataset,
     make_synthetic_ct,
+    postprocessing_decision,
     preprocessing_configs,
     training_transforms,
 )
@@ -352,12 +353,16 @@ def run_training(raw_config: dict, run_dir: str | Path, progress: bool = True) -
         export.load_state_dict(load_checkpoint(best)["model"])
         best_record = next((r for r in trainer.history.records if r["epoch"] == summary["best_epoch"]), {})
         val_metrics = {k: v for k, v in best_record.items() if k.startswith("val_")}
+        post = postprocessing_decision(val_metrics, plan["labels"])
         model_dir = Path(config["model_dir"] or run_dir / "model")
         save_model_dir(model_dir, export, preprocessing=pre, inference=plan["inference"], labels=plan["labels"],
+                       postprocessing=post["configs"],
                        provenance={"preset": config["preset"], "epoch": summary["best_epoch"],
                                    "validation": val_metrics, "train_cases": len(train_cases),
-                                   "val_cases": len(val_cases), "checkpoint": best.name})
+                                   "val_cases": len(val_cases), "checkpoint": best.name,
+                                   "postprocessing": {k: v for k, v in post.items() if k != "configs"}})
         summary.update({"model_dir": str(model_dir), "validation": val_metrics, "plan": "plan.json",
+                        "postprocessing": post["keep_largest"],
                         "train_cases": len(train_data), "val_cases": len(val_data),
                         "skipped_cases": train_data.skipped + val_data.skipped,
                         "wall_seconds": time.perf_counter() - started})

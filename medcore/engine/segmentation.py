@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from tqdm.auto import tqdm
@@ -24,6 +25,7 @@ from tqdm.auto import tqdm
 from medcore.data.persistent import PersistentDataset
 from medcore.engine.amp import Precision
 from medcore.engine.distributed import DistContext, all_reduce_sum, shard_indices
+from medcore.inferers.postprocess import keep_largest_components, largest_component_helps, postprocessing_configs
 from medcore.io import Image
 from medcore.transforms import (
     Clip,
@@ -177,7 +179,9 @@ class TrainingSample:
 
 # ---------------------------------------------------------------------------- validation
 class SegmentationEvaluator:
-    """Sliding-window inference on whole cached volumes; per-class Dice and HD95 (mm), reduced over ranks."""
+    """Sliding-window inference on whole cached volumes; per-class Dice and HD95 (mm), reduced over ranks.
+    Also the per-class Dice with only each class's largest connected component kept
+    (``val_dice_largest_<class>``), from which training decides the model's post-processing."""
 
     def __init__(self, cases: CachedCases, plan: dict, progress: bool = False) -> None:
         self.cases, self.plan, self.progress = cases, plan, progress
@@ -201,8 +205,8 @@ class SegmentationEvaluator:
 
         classes = sorted(self.names)
         n = self.plan["num_classes"]
-        # per class: dice sum, dice count, hd95 sum, hd95 count
-        sums = torch.zeros(len(classes), 4, dtype=torch.float64)
+        # per class: dice sum, dice count, hd95 sum, hd95 count, largest-component dice sum and count
+        sums = torch.zeros(len(classes), 6, dtype=torch.float64)
         mine = shard_indices(len(self.cases), ctx)
         self.last_per_case = []
         for i in tqdm(mine, desc="validate", disable=not (self.progress and ctx.is_main), leave=False):
@@ -211,6 +215,7 @@ class SegmentationEvaluator:
             p, r = one_hot(pred[None, None].long(), n), one_hot(case["label"][None, None].long(), n)
             d = dice(p, r)[0]
             hd = hausdorff_distance(p, r, spacing=self.plan["target_spacing"], percentile=95)[0]
+            d_largest = dice(one_hot(keep_largest_components(pred)[None, None].long(), n), r)[0]
             row = {"id": case["id"]}
             for j, c in enumerate(classes):
                 dv, hv = float(d[c]), float(hd[c])
@@ -221,15 +226,31 @@ class SegmentationEvaluator:
                 if math.isfinite(hv):
                     sums[j, 2] += hv
                     sums[j, 3] += 1
+                if math.isfinite(float(d_largest[c])):
+                    sums[j, 4] += float(d_largest[c])
+                    sums[j, 5] += 1
             self.last_per_case.append(row)
         sums = all_reduce_sum(sums, ctx)
         out: dict[str, float] = {}
         for j, c in enumerate(classes):
             out[f"val_dice_{self.names[c]}"] = (sums[j, 0] / sums[j, 1]).item() if sums[j, 1] else float("nan")
             out[f"val_hd95_{self.names[c]}"] = (sums[j, 2] / sums[j, 3]).item() if sums[j, 3] else float("nan")
+            out[f"val_dice_largest_{self.names[c]}"] = (sums[j, 4] / sums[j, 5]).item() if sums[j, 5] else float("nan")
         out["val_dice_mean"] = sum(out[f"val_dice_{self.names[c]}"] for c in classes) / len(classes)
         out["val_hd95_mean"] = sum(out[f"val_hd95_{self.names[c]}"] for c in classes) / len(classes)
         return out
+
+
+def postprocessing_decision(metrics: dict[str, float], labels: dict[str, int]) -> dict[str, Any]:
+    """From the validation metrics of the exported checkpoint: per class, keep only the largest connected
+    component when that raised its mean Dice. ``{"keep_largest": [...], "configs": [...], "dice": {...},
+    "dice_largest": {...}}``: the configs go into the model directory, the rest into its provenance."""
+    names = [name for name, value in labels.items() if value > 0]
+    plain = {n: metrics.get(f"val_dice_{n}", math.nan) for n in names}
+    largest = {n: metrics.get(f"val_dice_largest_{n}", math.nan) for n in names}
+    keep = largest_component_helps(plain, largest)
+    return {"keep_largest": keep, "configs": postprocessing_configs(labels, keep), "dice": plain,
+            "dice_largest": largest}
 
 
 # ---------------------------------------------------------------------------- synthetic CT

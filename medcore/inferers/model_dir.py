@@ -15,6 +15,8 @@ Layout::
 * ``inference`` (dict): ``roi_size``, ``overlap``, ``mode`` (``constant``/``gaussian``),
   ``sigma_scale``, ``sw_batch_size``, ``tta`` (``false``, ``true`` = all flips, or a list of
   spatial axes to flip), ``activation`` (``softmax``/``sigmoid``).
+* ``postprocessing`` (list of dicts): transform configs applied to the label map after inference,
+  e.g. ``KeepLargestConnectedComponent`` for the classes where validation showed it helps (version 2).
 * ``labels`` (dict): class name -> integer label written in the output, e.g. ``{"background": 0,
   "anterior": 1}``; channel ``i`` of the network is label ``i``.
 * ``provenance`` (dict): JSON facts about training (run id, data version, metrics, medcore
@@ -40,7 +42,7 @@ from torch import nn
 
 from medcore.utils.atomic import atomic_write_bytes, atomic_write_text
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: ``postprocessing``
 SPEC_FILE = "model.json"
 WEIGHTS_FILE = "weights.safetensors"
 
@@ -56,6 +58,7 @@ class ModelSpec:
 
     network: dict
     preprocessing: list = field(default_factory=list)
+    postprocessing: list = field(default_factory=list)
     inference: dict = field(default_factory=lambda: dict(DEFAULT_INFERENCE))
     labels: dict = field(default_factory=dict)
     provenance: dict = field(default_factory=dict)
@@ -88,15 +91,18 @@ def _check_labels(labels: dict, where: str) -> dict:
 
 
 def make_spec(network: dict, preprocessing: list | None = None, inference: dict | None = None,
-              labels: dict | None = None, provenance: dict | None = None) -> ModelSpec:
+              labels: dict | None = None, provenance: dict | None = None,
+              postprocessing: list | None = None) -> ModelSpec:
     """A validated ``ModelSpec`` (inference settings default to ``DEFAULT_INFERENCE``)."""
     where = "model spec"
     if not isinstance(network, dict) or "name" not in network:
         raise ValueError(f"{where}: network must be a build_network config dict with a 'name'")
-    pre = list(preprocessing or [])
-    if not all(isinstance(t, dict) and "name" in t for t in pre):
-        raise ValueError(f"{where}: preprocessing must be a list of transform configs (dicts with 'name')")
-    spec = ModelSpec(network=dict(network), preprocessing=pre, inference=_check_inference(dict(inference or {}), where),
+    pre, post = list(preprocessing or []), list(postprocessing or [])
+    for name, configs in (("preprocessing", pre), ("postprocessing", post)):
+        if not all(isinstance(t, dict) and "name" in t for t in configs):
+            raise ValueError(f"{where}: {name} must be a list of transform configs (dicts with 'name')")
+    spec = ModelSpec(network=dict(network), preprocessing=pre, postprocessing=post,
+                     inference=_check_inference(dict(inference or {}), where),
                      labels=_check_labels(dict(labels or {}), where), provenance=dict(provenance or {}))
     try:
         json.dumps(asdict(spec))
@@ -107,13 +113,13 @@ def make_spec(network: dict, preprocessing: list | None = None, inference: dict 
 
 def save_model_dir(directory: str | os.PathLike, model: nn.Module, preprocessing: list | None = None,
                    inference: dict | None = None, labels: dict | None = None,
-                   provenance: dict | None = None) -> Path:
+                   provenance: dict | None = None, postprocessing: list | None = None) -> Path:
     """Write ``model`` (built by ``build_network``, so it has ``.config``) as a model directory."""
     from safetensors.torch import save
 
     if not hasattr(model, "config"):
         raise ValueError("model has no .config; build it with medcore.networks.build_network so it can be rebuilt")
-    spec = make_spec(model.config, preprocessing, inference, labels, provenance)
+    spec = make_spec(model.config, preprocessing, inference, labels, provenance, postprocessing)
     directory = Path(directory)
     if directory.exists() and (not directory.is_dir() or
                                (any(directory.iterdir()) and not (directory / SPEC_FILE).is_file())):
@@ -158,12 +164,13 @@ def read_spec(directory: str | os.PathLike) -> ModelSpec:
                          "upgrade medcore")
     if "network" not in raw:
         raise ValueError(f"{path}: no 'network' config; the model cannot be rebuilt")
-    unknown = sorted(set(raw) - {"format_version", "network", "preprocessing", "inference", "labels", "provenance"})
+    unknown = sorted(set(raw) - {"format_version", "network", "preprocessing", "postprocessing", "inference", "labels",
+                                 "provenance"})
     if unknown:
         raise ValueError(f"{path}: unknown field(s) {unknown}")
     try:
         return make_spec(raw["network"], raw.get("preprocessing"), raw.get("inference"), raw.get("labels"),
-                         raw.get("provenance"))
+                         raw.get("provenance"), raw.get("postprocessing"))
     except ValueError as error:
         raise ValueError(f"{path}: {error}") from error
 

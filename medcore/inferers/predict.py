@@ -3,7 +3,8 @@
 ``predict_volume(model, spec, image)`` returns the label map on the ORIGINAL grid of ``image``
 (same shape and affine). Class probabilities (softmax, or sigmoid for a one-channel network) are
 mapped back through the recorded geometric preprocessing ops with linear interpolation and only
-then turned into labels, so label boundaries are not blocky. ``predict_file`` adds loading and an
+then turned into labels, so label boundaries are not blocky; the model's ``postprocessing``
+(decided from validation) then runs on the labels. ``predict_file`` adds loading and an
 atomic NIfTI write.
 """
 
@@ -18,6 +19,7 @@ import torch
 from torch import nn
 
 from medcore.inferers.model_dir import ModelSpec
+from medcore.inferers.postprocess import apply_postprocessing
 from medcore.inferers.sliding_window import sliding_window_inference
 from medcore.inferers.tta import flip_tta
 from medcore.io import Image, load_image, save_image
@@ -139,7 +141,7 @@ def predict_volume(model: nn.Module, spec: ModelSpec, image: Image, device: torc
                              f"{image.spatial_shape}; the preprocessing contains an op that cannot be inverted")
         labels = labels_from_probabilities(prob_img.data, inference["activation"])
     meta = {"source_format": image.meta.get("source_format", "unknown"), "labels": dict(spec.labels)}
-    return Image(labels, image.affine.clone(), meta, [])
+    return apply_postprocessing(Image(labels, image.affine.clone(), meta, []), spec.postprocessing)
 
 
 def predict_file(model: nn.Module, spec: ModelSpec, source: str | os.PathLike, output: str | os.PathLike,

@@ -23,8 +23,9 @@ class MedcoreSegmenter(mlflow.pyfunc.PythonModel):
         self.model, self.spec = load_model_dir(context.artifacts["model_dir"])
 
     def predict(self, context, model_input, params=None) -> pd.DataFrame:
+        from medcore.data import load_volume
         from medcore.inferers.predict import predict_volume
-        from medcore.io import load_image, save_image
+        from medcore.io import save_image
 
         frame = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame(model_input)
         if "source" not in frame:
@@ -34,7 +35,7 @@ class MedcoreSegmenter(mlflow.pyfunc.PythonModel):
             output = getattr(row, "output", None)
             if not isinstance(output, str) or not output:
                 output = str(Path(tempfile.mkdtemp(prefix="medcore-pred-")) / f"prediction-{i:04d}.nii.gz")
-            image = load_image(row.source)
+            image = load_volume(row.source)
             labels = predict_volume(self.model, self.spec, image, device="cpu")
             save_image(labels, output)
             values, counts = np.unique(labels.data.numpy(), return_counts=True)

@@ -17,6 +17,7 @@ from medcore.data.datalist import case_id, fold_of, kfold, load_datalist, split_
 from medcore.data.dataset import Dataset, ItemError, load_item, split_transform
 from medcore.data.loader import EpochLoader, EpochSampler, make_loader, seed_worker
 from medcore.data.persistent import PersistentDataset, file_digest, sample_from_bytes, sample_to_bytes
+from medcore.data.volume import load_series_image, load_volume
 
 __all__ = [
     "CacheDataset", "mapped_memory", "process_pss", "sample_nbytes", "total_pss",
@@ -25,4 +26,5 @@ __all__ = [
     "Dataset", "ItemError", "load_item", "split_transform",
     "EpochLoader", "EpochSampler", "make_loader", "seed_worker",
     "PersistentDataset", "file_digest", "sample_from_bytes", "sample_to_bytes",
+    "load_series_image", "load_volume",
 ]

@@ -20,7 +20,8 @@ from typing import Any
 
 import torch
 
-from medcore.io import Image, load_image
+from medcore.data.volume import load_volume
+from medcore.io import Image
 from medcore.transforms import make_rng
 
 log = logging.getLogger(__name__)
@@ -64,7 +65,7 @@ def load_item(item: dict | Image, image_keys: Sequence[str] | None = None) -> An
         if isinstance(v, Image):
             continue
         try:
-            out[k] = load_image(v)
+            out[k] = load_volume(v)
         except Exception as exc:
             raise ItemError(f"key {k!r}: cannot load {os.fspath(v)} ({exc})") from exc
     return out

@@ -18,11 +18,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from medcore.data.volume import load_volume
 from medcore.inferers.model_dir import ModelSpec
 from medcore.inferers.postprocess import apply_postprocessing
 from medcore.inferers.sliding_window import sliding_window_inference
 from medcore.inferers.tta import flip_tta
-from medcore.io import Image, load_image, save_image
+from medcore.io import Image, save_image
 
 
 def _image_only(cfg: Any) -> Any:
@@ -147,7 +148,7 @@ def predict_volume(model: nn.Module, spec: ModelSpec, image: Image, device: torc
 def predict_file(model: nn.Module, spec: ModelSpec, source: str | os.PathLike, output: str | os.PathLike,
                  device: torch.device | str | None = None, progress: bool = False, pre=None) -> Path:
     """Load ``source`` (NIfTI file or DICOM series folder), predict, write ``output`` atomically."""
-    image = load_image(source)
+    image = load_volume(source)
     if image.data.shape[0] != int(spec.network.get("in_channels", image.data.shape[0])):
         raise ValueError(f"{source}: image has {image.data.shape[0]} channel(s) but the model expects "
                          f"{spec.network.get('in_channels')}")

@@ -183,13 +183,13 @@ def test_channels_last_model_from_model_dir_predicts_the_same(model_dir):
 
 
 def test_cli_on_real_dicom_series(shared_data, tmp_path, model_dir, capsys):
-    from medcore.io import load_image
+    from medcore.data import load_volume
 
     series = shared_data / "dicom" / "dicom2nifti" / "anatomical" / "001"
     assert cli_main(["predict", str(model_dir), str(series), str(tmp_path / "o"), "--quiet"]) == 0
     written = sorted((tmp_path / "o").iterdir())
     assert len(written) == 1 and written[0].name.startswith("series-")  # no patient data in the name
-    original = load_image(series)
+    original = load_volume(series)
     out = nib.load(str(written[0]))
     assert out.shape == original.spatial_shape
     np.testing.assert_allclose(out.affine, original.affine.numpy(), atol=1e-5)

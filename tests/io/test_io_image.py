@@ -119,9 +119,10 @@ def test_dicom_series_matches_ground_truth(shared_data):
         dicom.load_series  # noqa: B018
     except AttributeError:
         pytest.skip("medcore.dicom.load_series is not available yet")
+    from medcore.data import load_volume
     from medcore.transforms import Orientation
 
-    img = load_image(folder / "001")
+    img = load_volume(folder / "001")
     assert img.meta["source_format"] == "dicom" and img.data.is_contiguous()
     ref = load_image(truth)
     a, b = Orientation("RAS")(img), Orientation("RAS")(ref)

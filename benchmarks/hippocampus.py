@@ -1,23 +1,27 @@
-"""Hippocampus (MSD Task04): medcore's preset against a MONAI-tutorial-style baseline, same split, same budget.
+"""Hippocampus (MSD Task04): medcore's preset against nnU-Net v2 and a MONAI-tutorial baseline, same split, same budget.
 
-    .venv/bin/python -m benchmarks.hippocampus [--minutes 30] [--quick] [--skip-monai] [--out DIR]
+    .venv/bin/python -m benchmarks.hippocampus [--minutes 30] [--quick] [--peers nnunet,monai] [--out DIR]
         [--device cpu|cuda] [--split-seed N] [--plan JSON]   (tuning runs: another split, plan overrides)
 
-Both racers train on the same fixed hold-out split (80/20, seed 0: 166 training, 42 validation
-cases) for the same wall-clock budget, at the same batch (2) and patch (40x56x40). medcore trains its
-``hippocampus`` preset (plan derived from the data, DynUNet with deep supervision, AdamW + poly, its
-own validation inside the budget). The baseline follows MONAI's tutorials: MONAI transforms and
-CacheDataset, RandCropByPosNegLabeld, MONAI UNet with residual units, DiceCELoss, Adam. Both final
-models are scored by the same code (Dice and HD95 in mm per class on the original label files): medcore
-through its MODEL_DIR as ``medcore predict`` runs it (the plan's preprocessing, sliding window and flip
-averaging) and once more without flips; the baseline with the tutorial's sliding window and once more
-with medcore's flip averaging, so both inference styles are compared like for like.
+Every racer trains on the same fixed hold-out split (80/20, seed 0: 166 training, 42 validation
+cases) for the same wall-clock budget, one racer after the other. medcore trains its ``hippocampus``
+preset (plan derived from the data, DynUNet with deep supervision, AdamW + poly, library augmentation,
+its own validation inside the budget). nnU-Net v2 (``--peers nnunet``, ``make bench-tools``) runs its
+own plan_and_preprocess (timed apart), its default 3d_fullres trainer stopped by the wall clock, its
+final validation, post-processing and predictor (``benchmarks/nnunet_race.py``). The MONAI baseline
+follows MONAI's tutorials: MONAI transforms and CacheDataset, RandCropByPosNegLabeld, MONAI UNet with
+residual units, DiceCELoss, Adam, at medcore's batch (2) and patch (40x56x40). All final models are
+scored by the same code (Dice and HD95 in mm per class on the original label files): medcore through
+its MODEL_DIR as ``medcore predict`` runs it (the plan's preprocessing, sliding window, flip averaging
+and post-processing) and once more without flips; the baseline with the tutorial's sliding window and
+once more with medcore's flip averaging.
 Prints samples/s and the fraction of step time spent waiting for data, leaves medcore's MODEL_DIR and
-prints its path. With ``--device cuda`` both racers train on the GPU with mixed precision (medcore's
-preset plans for a GPU: bf16, more filters; the baseline under bf16 autocast), and the speed-up of the
-GPU over all of the machine's CPU cores is measured per training step for each network.
-The last line is ``RESULT dice_mean=...
-dice_anterior=... dice_posterior=... monai_dice_mean=... train_minutes=...``.
+prints its path. With ``--device cuda`` the racers train on the GPU with mixed precision (medcore's
+preset plans for a GPU: bf16, more filters; the baseline under bf16 autocast; nnU-Net with its own
+defaults), and the speed-up of the GPU over all of the machine's CPU cores is measured per training
+step for medcore's and the baseline's network.
+The last line is ``RESULT dice_mean=... nnunet_dice_mean=... monai_dice_mean=... dice_vs_nnunet=...``
+(medcore's mean foreground Dice minus nnU-Net's) followed by per-class and speed keys.
 """
 
 from __future__ import annotations
@@ -231,13 +235,20 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--minutes", type=float, default=30.0, help="training wall-clock budget per racer")
     p.add_argument("--quick", action="store_true", help="2-minute budget, 10 validation cases")
-    p.add_argument("--skip-monai", action="store_true")
+    p.add_argument("--peers", default="monai", help="comma-separated racers beside medcore: monai, nnunet "
+                   "(nnU-Net v2 from its own environment, `make bench-tools`), or none")
+    p.add_argument("--skip-monai", action="store_true", help="the same as leaving monai out of --peers")
     p.add_argument("--threads", type=int, default=max(1, min(2, os.cpu_count() or 1)))
     p.add_argument("--out", default="outputs/bench_hippocampus")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="train both racers here (cuda: AMP)")
     p.add_argument("--split-seed", type=int, default=0, help="hold-out split seed (tune on another split than 0)")
     p.add_argument("--plan", type=json.loads, default=None, help="plan overrides as JSON, for tuning runs")
     args = p.parse_args()
+    peers = {x.strip() for x in args.peers.split(",") if x.strip() and x.strip() != "none"}
+    if args.skip_monai:
+        peers.discard("monai")
+    if peers - {"monai", "nnunet"}:
+        p.error(f"--peers: unknown racer(s) {sorted(peers - {'monai', 'nnunet'})}; choose from monai, nnunet")
     if args.device == "cuda" and not torch.cuda.is_available():
         p.error("--device cuda: no CUDA device is visible to PyTorch; run on a GPU machine or use --device cpu")
     minutes = 2.0 if args.quick else args.minutes
@@ -259,7 +270,7 @@ def main() -> None:
         f"largest-component post-processing for {med['postprocessing'] or 'no class'}; MODEL_DIR {med['model_dir']}"
     )
     mon = None
-    if not args.skip_monai:
+    if "monai" in peers:
         mon = run_monai(minutes, train_cases, val_cases, device=args.device)
         print(f"monai:   {json.dumps(mon['metrics'])}")
         print(f"monai with flip averaging: {json.dumps(mon['metrics_tta'])}")
@@ -267,19 +278,33 @@ def main() -> None:
               f"data wait {100 * mon['data_wait_fraction']:.1f}% of step time")
         print(f"ratio: dice_mean medcore/monai = {med['metrics']['dice_mean'] / mon['metrics']['dice_mean']:.3f}; "
               f"samples/s medcore/monai = {med['samples_per_s'] / mon['samples_per_s']:.2f} (different networks)")
-    speedup = gpu_speedup(med["plan"], args.threads) if args.device == "cuda" and not args.skip_monai else None
+    nnu = None
+    if "nnunet" in peers:
+        from benchmarks.nnunet_race import run_nnunet, score_nnunet
+
+        nnu = run_nnunet(minutes, train_cases, val_cases, out, device=args.device, threads=args.threads)
+        nnu["metrics"] = score_nnunet(nnu, val_cases)
+        nnu["predictions"] = {k: str(v) for k, v in nnu["predictions"].items()}
+        print(f"nnunet:  {json.dumps(nnu['metrics'])}")
+        print(f"nnunet:  {nnu['steps']} steps ({nnu['epochs']} epochs started) in {nnu['train_minutes']:.1f} min, "
+              f"{nnu['samples_per_s']:.2f} samples/s, data wait {100 * nnu['data_wait_fraction']:.1f}% of step time; "
+              f"plan_and_preprocess {nnu['plan_minutes']:.1f} min (not in the budget), own fold-0 validation "
+              f"Dice {nnu['own_validation_dice']:.4f}")
+    speedup = gpu_speedup(med["plan"], args.threads) if args.device == "cuda" and "monai" in peers else None
     if speedup:
         print(f"step time, GPU vs {speedup['cpu_cores']} CPU cores: medcore {json.dumps(speedup['medcore_step_s'])} "
               f"= {speedup['medcore']:.1f}x; monai {json.dumps(speedup['monai_step_s'])} = {speedup['monai']:.1f}x")
-    atomic_write_text(out / "result.json", json.dumps({"medcore": med, "monai": mon, "minutes": minutes,
+    atomic_write_text(out / "result.json", json.dumps({"medcore": med, "monai": mon, "nnunet": nnu, "minutes": minutes,
                                                        "threads": args.threads, "device": args.device,
                                                        "gpu_speedup": speedup}, indent=2) + "\n")
     m = med["metrics"]
     monai_dice = mon["metrics"]["dice_mean"] if mon else float("nan")
     monai_tta = mon["metrics_tta"]["dice_mean"] if mon else float("nan")
+    nnunet_dice = nnu["metrics"]["dice_mean"] if nnu else float("nan")
     print(f"MODEL_DIR {med['model_dir']}")
-    print(f"RESULT dice_mean={m['dice_mean']:.4f} dice_anterior={m['dice_anterior']:.4f} "
-          f"dice_posterior={m['dice_posterior']:.4f} monai_dice_mean={monai_dice:.4f} "
+    print(f"RESULT dice_mean={m['dice_mean']:.4f} nnunet_dice_mean={nnunet_dice:.4f} monai_dice_mean={monai_dice:.4f} "
+          f"dice_vs_nnunet={m['dice_mean'] - nnunet_dice:.4f} dice_anterior={m['dice_anterior']:.4f} "
+          f"dice_posterior={m['dice_posterior']:.4f} "
           f"train_minutes={med['train_minutes']:.1f} hd95_mean={m['hd95_mean']:.2f} "
           f"samples_per_s={med['samples_per_s']:.2f} data_wait={med['data_wait_fraction']:.3f} "
           f"dice_mean_no_tta={med['metrics_no_tta']['dice_mean']:.4f} monai_dice_mean_tta={monai_tta:.4f} "

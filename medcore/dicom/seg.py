@@ -1,39 +1,44 @@
 """DICOM Segmentation (SEG) objects: write a label volume as a BINARY SEG, read any SEG back.
 
-:func:`write_seg` turns a label map laid out like medcore's converted volumes, ``(column, row,
-slice sorted along the slice normal)``, into one SEG instance that references its source series:
-one segment per non-zero label, one frame per (segment, slice), packed one bit per pixel.
+:func:`build_seg` turns a label map laid out like medcore's converted volumes, ``(column, row,
+slice sorted along the slice normal)``, into one highdicom ``Segmentation`` that references its
+source series: one segment per named label value, one frame per (segment, slice). With a
+:class:`SegAlgorithm` (the model's name and registry version) the segments are AUTOMATIC and the
+UIDs are derived from (source series, model, version) by :func:`seg_uids`, so storing the result
+twice keeps one copy. :func:`write_seg` writes it atomically.
 
 :func:`read_seg` reads a SEG (BINARY or FRACTIONAL; frames may be sparse, as many tools write
 them) into a label map ``(column, row, slice)`` and its RAS affine, placing each frame by its
 ImagePositionPatient. Geometry is computed with :mod:`medcore.dicom.geometry`, so a SEG and the
 series it was drawn on line up in world space. :func:`read_seg_frames` returns the frames as
-stored (for :mod:`medcore.dicom.seg_align`, which places them on a converted image's grid);
+stored (for :mod:`medcore.dicom.seg_align`, which places them on a converted image's grid, refusing
+rather than resampling; highdicom's volume reader would resample or reject sparse inputs instead);
 :func:`referenced_series_uids` reads only the series a SEG references.
 """
 
 from __future__ import annotations
 
-import datetime as _dt
 import os
+import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import highdicom as hd
 import numpy as np
 import pydicom
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.sequence import Sequence as DicomSequence
-from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian, generate_uid
+from pydicom.dataset import Dataset
+from pydicom.sr.codedict import codes
+from pydicom.uid import generate_uid
 
 from medcore.dicom.geometry import affine_ras, slice_normal
 from medcore.utils.atomic import atomic_path
 
-__all__ = ["SegmentationError", "SegFrames", "SegResult", "read_seg", "read_seg_frames", "referenced_series_uids",
-           "write_seg", "SEGMENTATION_STORAGE"]
+__all__ = ["SEGMENTATION_STORAGE", "SegAlgorithm", "SegFrames", "SegResult", "SegUids", "SegmentationError",
+           "build_seg", "read_seg", "read_seg_frames", "referenced_series_uids", "seg_uids", "sorted_sources",
+           "source_affine", "write_seg"]
 
 SEGMENTATION_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"
-_CATEGORY = ("91723000", "SCT", "Anatomical Structure")
 # SNOMED CT codes for the properties medcore's synthetic phantoms label; others get a generic code.
 _PROPERTY_CODES: dict[str, tuple[str, str, str]] = {
     "liver": ("10200004", "SCT", "Liver"),
@@ -43,16 +48,37 @@ _PROPERTY_CODES: dict[str, tuple[str, str, str]] = {
     "kidney_right": ("9846003", "SCT", "Right kidney"),
 }
 _GENERIC_PROPERTY = ("85756007", "SCT", "Tissue")
-_SOURCE_PURPOSE = ("121322", "DCM", "Source image for image processing operation")
-_FIELDS_FROM_SOURCE = (
-    "PatientName", "PatientID", "PatientBirthDate", "PatientSex", "PatientIdentityRemoved",
-    "DeidentificationMethod", "StudyInstanceUID", "StudyDate", "StudyTime", "ReferringPhysicianName",
-    "StudyID", "AccessionNumber", "FrameOfReferenceUID", "PositionReferenceIndicator",
-)
+_CATEGORY = ("91723000", "SCT", "Anatomical Structure")
+#: Namespace of the deterministic SEG UIDs (a UUID, so the UIDs are valid ``2.25.<uuid>`` UIDs).
+_UID_NAMESPACE = uuid.UUID("6f0d6a4e-3c1b-5b8e-9a51-6d65646f7265")
 
 
 class SegmentationError(ValueError):
     """A SEG that cannot be written or read (the message names the file and the reason)."""
+
+
+@dataclass(frozen=True)
+class SegAlgorithm:
+    """The model that produced a SEG: its name and registry version (AlgorithmIdentificationSequence)."""
+
+    name: str
+    version: str
+
+
+@dataclass(frozen=True)
+class SegUids:
+    """SeriesInstanceUID and SOPInstanceUID of a SEG."""
+
+    series: str
+    instance: str
+
+
+def seg_uids(source_series_uid: str, algorithm: SegAlgorithm) -> SegUids:
+    """UIDs derived from (source series, model name, model version): re-running the same model on the
+    same series gives the same SOPInstanceUID, so a PACS keeps one copy."""
+    base = "\x1f".join((str(source_series_uid), algorithm.name, str(algorithm.version)))
+    return SegUids(f"2.25.{uuid.uuid5(_UID_NAMESPACE, base + '|series').int}",
+                   f"2.25.{uuid.uuid5(_UID_NAMESPACE, base + '|instance').int}")
 
 
 @dataclass
@@ -66,178 +92,140 @@ class SegResult:
     referenced_series_uid: str | None
 
 
-def _code(value: tuple[str, str, str]) -> Dataset:
-    item = Dataset()
-    item.CodeValue, item.CodingSchemeDesignator, item.CodeMeaning = value
-    return item
+def _read_header(path: str | os.PathLike) -> Dataset:
+    try:
+        return pydicom.dcmread(path, stop_before_pixels=True)
+    except Exception as exc:
+        raise SegmentationError(f"{path}: cannot read source DICOM header ({exc})") from exc
 
 
-def _sorted_sources(paths: Sequence[str | os.PathLike]) -> list[tuple[Path, Dataset]]:
-    headers = []
-    for path in paths:
-        try:
-            ds = pydicom.dcmread(path, stop_before_pixels=True)
-        except Exception as exc:
-            raise SegmentationError(f"{path}: cannot read source DICOM header ({exc})") from exc
-        for kw in ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing", "SOPInstanceUID"):
-            if kw not in ds:
-                raise SegmentationError(f"{path}: source image lacks {kw}; a SEG needs a positioned stack")
-        headers.append((Path(path), ds))
+def sorted_sources(source: str | os.PathLike | Sequence[str | os.PathLike] | Sequence[Dataset]) -> list[Dataset]:
+    """The source series' headers sorted along the slice normal: the slice order of medcore's volumes.
+
+    ``source`` is a series folder (its ``*.dcm`` files), a list of files, or a list of datasets.
+    """
+    if isinstance(source, (str, os.PathLike)):
+        items: list = sorted(Path(source).glob("*.dcm"))
+    else:
+        items = list(source)
+    headers = [item if isinstance(item, Dataset) else _read_header(item) for item in items]
     if not headers:
         raise SegmentationError("no source images given: pass the files of the series the labels belong to")
-    normal = slice_normal([float(v) for v in headers[0][1].ImageOrientationPatient])
-    headers.sort(key=lambda h: float(np.dot([float(v) for v in h[1].ImagePositionPatient], normal)))
+    for ds in headers:
+        for kw in ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing", "SOPInstanceUID"):
+            if kw not in ds:
+                raise SegmentationError(f"source image {ds.get('InstanceNumber', '?')} lacks {kw}; "
+                                        "a SEG needs a positioned stack")
+    normal = slice_normal([float(v) for v in headers[0].ImageOrientationPatient])
+    headers.sort(key=lambda h: float(np.dot([float(v) for v in h.ImagePositionPatient], normal)))
     return headers
 
 
-def write_seg(
+def source_affine(sources: Sequence[Dataset]) -> np.ndarray:
+    """RAS affine of the grid ``sorted_sources`` spans (slice step from the first two positions)."""
+    first = sources[0]
+    iop = [float(v) for v in first.ImageOrientationPatient]
+    positions = np.array([[float(v) for v in s.ImagePositionPatient] for s in sources])
+    step = (float(np.median(np.diff(positions @ slice_normal(iop)))) if len(sources) > 1
+            else float(first.get("SliceThickness", 1) or 1))
+    return affine_ras(iop, positions[0], [float(v) for v in first.PixelSpacing], step)
+
+
+def _code(value: tuple[str, str, str]) -> hd.sr.CodedConcept:
+    return hd.sr.CodedConcept(*value)
+
+
+def _segments(label_names: Mapping[int, str], present: Sequence[int],
+              algorithm: SegAlgorithm | None) -> tuple[list[hd.seg.SegmentDescription], dict[int, int]]:
+    """One segment per named non-zero label value (numbered 1.. in value order) and value -> number."""
+    values = sorted({int(v) for v in label_names if int(v) != 0} | set(present))
+    missing = [v for v in present if v not in label_names]
+    if missing:
+        raise SegmentationError(f"labels {missing} have no name in label_names; name every non-zero label")
+    ident = None
+    if algorithm is not None:
+        ident = hd.AlgorithmIdentificationSequence(name=algorithm.name[:64], version=str(algorithm.version)[:64],
+                                                   family=codes.cid7162.ArtificialIntelligence)
+    descriptions = []
+    for number, value in enumerate(values, start=1):
+        name = str(label_names[value])
+        descriptions.append(hd.seg.SegmentDescription(
+            segment_number=number, segment_label=name[:64], segmented_property_category=_code(_CATEGORY),
+            segmented_property_type=_code(_PROPERTY_CODES.get(name, _GENERIC_PROPERTY)),
+            algorithm_type="AUTOMATIC" if algorithm else "MANUAL", algorithm_identification=ident))
+    return descriptions, {v: n for n, v in enumerate(values, start=1)}
+
+
+def build_seg(
     labels: np.ndarray,
-    source: str | os.PathLike | Sequence[str | os.PathLike],
-    path: str | os.PathLike,
+    source: str | os.PathLike | Sequence[str | os.PathLike] | Sequence[Dataset],
     label_names: Mapping[int, str],
     *,
+    algorithm: SegAlgorithm | None = None,
+    affine: np.ndarray | None = None,
     series_description: str = "medcore segmentation",
-    algorithm: str | None = None,
-) -> Path:
-    """Write ``labels`` ``(column, row, slice)`` (slices sorted along the normal) as a BINARY SEG.
+) -> Dataset:
+    """A BINARY SEG (highdicom) of ``labels`` ``(column, row, slice)``, slices sorted along the normal.
 
-    ``source`` is the series folder or its files; the label grid must match it. ``algorithm`` names
-    the producing algorithm (AUTOMATIC segments) or, when None, the segments are MANUAL. The SEG
-    copies patient and study attributes from the source, so it is as identifying as the source.
+    ``source`` is the series folder, its files or their datasets; the label grid must be the
+    series' own grid (``affine``, when given, is checked against it, so a resampled volume is
+    refused). One segment per named non-zero label value. With an ``algorithm`` the segments are
+    AUTOMATIC, identify the model and its version, and the UIDs come from :func:`seg_uids`;
+    without one they are MANUAL with fresh UIDs. The SEG references the source series, shares its
+    Frame of Reference and carries its patient and study attributes: it is as identifying as the source.
     """
     labels = np.asarray(labels)
     if labels.ndim != 3:
         raise SegmentationError(f"labels must be 3D (column, row, slice), got shape {labels.shape}")
-    files = sorted(Path(source).glob("*.dcm")) if isinstance(source, (str, os.PathLike)) else list(source)
-    sources = _sorted_sources(files)
-    first = sources[0][1]
+    sources = sorted_sources(source)
+    first = sources[0]
     rows, columns = int(first.Rows), int(first.Columns)
     if labels.shape != (columns, rows, len(sources)):
         raise SegmentationError(f"labels shape {labels.shape} does not match the source series "
                                 f"({columns} columns, {rows} rows, {len(sources)} slices)")
+    if affine is not None and not np.allclose(np.asarray(affine, dtype=np.float64), source_affine(sources),
+                                              atol=1e-3):
+        raise SegmentationError("the labels' affine is not the source series' grid (was the series resampled?); "
+                                "a SEG must be drawn on the images it references")
     present = [int(v) for v in np.unique(labels) if v != 0]
-    missing = [v for v in present if v not in label_names]
-    if missing:
-        raise SegmentationError(f"labels {missing} have no name in label_names; name every non-zero label")
+    descriptions, numbers = _segments(label_names, present, algorithm)
+    lookup = np.zeros(max([0, *numbers]) + 1, dtype=np.uint16)
+    for value, number in numbers.items():
+        lookup[value] = number
+    pixels = lookup[labels.transpose(2, 1, 0)]  # (slice, row, column) as the source frames
+    pixels = pixels.astype(np.uint8 if len(numbers) < 256 else np.uint16)
+    uids = (seg_uids(str(first.SeriesInstanceUID), algorithm) if algorithm is not None
+            else SegUids(generate_uid(), generate_uid()))
+    try:
+        seg = hd.seg.Segmentation(
+            source_images=sources, pixel_array=pixels, segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+            segment_descriptions=descriptions, series_instance_uid=uids.series,
+            series_number=int(first.get("SeriesNumber", 0) or 0) + 1000, sop_instance_uid=uids.instance,
+            instance_number=1, manufacturer="medcore", manufacturer_model_name=algorithm.name[:64] if algorithm
+            else "medcore.dicom.seg", software_versions=str(algorithm.version)[:64] if algorithm else "1",
+            device_serial_number="0", series_description=series_description[:64],
+            content_description=series_description[:64], content_label="SEGMENTATION",
+            omit_empty_frames=False)  # one frame per (segment, slice): an empty segment stays explicit
+    except (ValueError, TypeError, AttributeError) as exc:
+        raise SegmentationError(f"cannot build a SEG on this source series: {exc}") from exc
+    if "ResponsiblePerson" in seg and "ResponsiblePersonRole" not in seg:
+        del seg.ResponsiblePerson  # a Type 1C pair: copied without its role it would make the SEG invalid
+    return seg
 
-    ds = Dataset()
-    ds.SpecificCharacterSet = "ISO_IR 100"
-    ds.SOPClassUID = SEGMENTATION_STORAGE
-    ds.SOPInstanceUID = generate_uid()
-    for kw in _FIELDS_FROM_SOURCE:
-        if kw in first:
-            ds[kw] = first[kw]
-    now = _dt.datetime.now()
-    ds.ContentDate, ds.ContentTime = first.get("StudyDate", now.strftime("%Y%m%d")), now.strftime("%H%M%S")
-    ds.SeriesDate = ds.ContentDate
-    ds.Modality = "SEG"
-    ds.SeriesInstanceUID = generate_uid()
-    ds.SeriesNumber = int(first.get("SeriesNumber", 0) or 0) + 1000
-    ds.SeriesDescription = series_description
-    ds.InstanceNumber = 1
-    ds.Manufacturer = "medcore"
-    ds.ManufacturerModelName = "medcore.dicom.seg"
-    ds.DeviceSerialNumber = "0"
-    ds.SoftwareVersions = "1"
-    ds.ImageType = ["DERIVED", "PRIMARY"]
-    ds.ContentLabel = "SEGMENTATION"
-    ds.ContentDescription = series_description[:64]
-    ds.ContentCreatorName = ""
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.Rows, ds.Columns = rows, columns
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 1, 1, 0, 0
-    ds.LossyImageCompression = "00"
-    ds.SegmentationType = "BINARY"
 
-    segments = []
-    for number, value in enumerate(present, start=1):
-        seg = Dataset()
-        seg.SegmentNumber = number
-        name = str(label_names[value])
-        seg.SegmentLabel = name[:64]
-        seg.SegmentAlgorithmType = "AUTOMATIC" if algorithm else "MANUAL"
-        if algorithm:
-            seg.SegmentAlgorithmName = algorithm[:64]
-        seg.SegmentedPropertyCategoryCodeSequence = DicomSequence([_code(_CATEGORY)])
-        seg.SegmentedPropertyTypeCodeSequence = DicomSequence([_code(_PROPERTY_CODES.get(name, _GENERIC_PROPERTY))])
-        segments.append(seg)
-    ds.SegmentSequence = DicomSequence(segments)
-
-    shared = Dataset()
-    orientation = Dataset()
-    orientation.ImageOrientationPatient = first.ImageOrientationPatient
-    measures = Dataset()
-    measures.PixelSpacing = first.PixelSpacing
-    positions = np.array([[float(v) for v in s.ImagePositionPatient] for _, s in sources])
-    normal = slice_normal([float(v) for v in first.ImageOrientationPatient])
-    step = (
-        float(np.median(np.diff(positions @ normal)))
-        if len(sources) > 1
-        else float(first.get("SliceThickness", 1) or 1)
-    )
-    measures.SliceThickness = first.get("SliceThickness", f"{step:.6g}")
-    measures.SpacingBetweenSlices = f"{step:.6g}"
-    shared.PlaneOrientationSequence = DicomSequence([orientation])
-    shared.PixelMeasuresSequence = DicomSequence([measures])
-    ds.SharedFunctionalGroupsSequence = DicomSequence([shared])
-
-    dim_uid = generate_uid()
-    org = Dataset()
-    org.DimensionOrganizationUID = dim_uid
-    ds.DimensionOrganizationSequence = DicomSequence([org])
-    dim_seg, dim_pos = Dataset(), Dataset()
-    dim_seg.DimensionOrganizationUID = dim_pos.DimensionOrganizationUID = dim_uid
-    dim_seg.DimensionIndexPointer, dim_seg.FunctionalGroupPointer = 0x0062000B, 0x0062000A
-    dim_pos.DimensionIndexPointer, dim_pos.FunctionalGroupPointer = 0x00200032, 0x00209113
-    ds.DimensionIndexSequence = DicomSequence([dim_seg, dim_pos])
-
-    frames, bits = [], []
-    for number, value in enumerate(present, start=1):
-        for k, (_, src) in enumerate(sources):
-            item = Dataset()
-            derivation = Dataset()
-            ref = Dataset()
-            ref.ReferencedSOPClassUID = src.SOPClassUID
-            ref.ReferencedSOPInstanceUID = src.SOPInstanceUID
-            ref.PurposeOfReferenceCodeSequence = DicomSequence([_code(_SOURCE_PURPOSE)])
-            derivation.SourceImageSequence = DicomSequence([ref])
-            derivation.DerivationCodeSequence = DicomSequence([_code(("113076", "DCM", "Segmentation"))])
-            item.DerivationImageSequence = DicomSequence([derivation])
-            content = Dataset()
-            content.DimensionIndexValues = [number, k + 1]
-            item.FrameContentSequence = DicomSequence([content])
-            position = Dataset()
-            position.ImagePositionPatient = src.ImagePositionPatient
-            item.PlanePositionSequence = DicomSequence([position])
-            ident = Dataset()
-            ident.ReferencedSegmentNumber = number
-            item.SegmentIdentificationSequence = DicomSequence([ident])
-            frames.append(item)
-            bits.append((labels[:, :, k] == value).T.reshape(-1))  # frame pixels in row-major order
-    ds.NumberOfFrames = len(frames)
-    ds.PerFrameFunctionalGroupsSequence = DicomSequence(frames)
-    packed = np.packbits(np.concatenate(bits) if bits else np.zeros(0, bool), bitorder="little").tobytes()
-    ds.PixelData = packed + (b"\0" if len(packed) % 2 else b"")
-    ds["PixelData"].VR = "OB"
-
-    referenced = Dataset()
-    referenced.SeriesInstanceUID = first.SeriesInstanceUID
-    instances = []
-    for _, src in sources:
-        inst = Dataset()
-        inst.ReferencedSOPClassUID = src.SOPClassUID
-        inst.ReferencedSOPInstanceUID = src.SOPInstanceUID
-        instances.append(inst)
-    referenced.ReferencedInstanceSequence = DicomSequence(instances)
-    ds.ReferencedSeriesSequence = DicomSequence([referenced])
-
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = SEGMENTATION_STORAGE
-    meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
-    ds.file_meta = meta
+def write_seg(
+    labels: np.ndarray,
+    source: str | os.PathLike | Sequence[str | os.PathLike] | Sequence[Dataset],
+    path: str | os.PathLike,
+    label_names: Mapping[int, str],
+    *,
+    series_description: str = "medcore segmentation",
+    algorithm: SegAlgorithm | None = None,
+    affine: np.ndarray | None = None,
+) -> Path:
+    """:func:`build_seg`, written atomically to ``path``."""
+    ds = build_seg(labels, source, label_names, algorithm=algorithm, affine=affine,
+                   series_description=series_description)
     path = Path(path)
     with atomic_path(path) as tmp:
         ds.save_as(tmp, enforce_file_format=True)

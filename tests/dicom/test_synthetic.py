@@ -192,7 +192,9 @@ def test_seg_round_trip_matches_the_masks(tmp_path):
         frames = ds.pixel_array.reshape(int(ds.NumberOfFrames), ds.Rows, ds.Columns)
         first = ds.PerFrameFunctionalGroupsSequence[0]
         segment = first.SegmentIdentificationSequence[0].ReferencedSegmentNumber
-        k = first.FrameContentSequence[0].DimensionIndexValues[1] - 1
+        ipp = [float(v) for v in first.PlanePositionSequence[0].ImagePositionPatient]
+        ras = np.array([-ipp[0], -ipp[1], ipp[2], 1.0])
+        k = int(np.rint((np.linalg.inv(np.asarray(series.affine_ras)) @ ras)[2]))  # the frame's slice, by position
         np.testing.assert_array_equal(frames[0].astype(bool), (mask[:, :, k] == segment).T)
 
 

@@ -3,6 +3,8 @@
 Stages: ingest, convert, dataset, cache, train, evaluate, register. ``demo`` writes synthetic studies
 into the inbox and materialises the whole Dagster graph in-process against ``dagster_home/``.
 ``recover`` marks FAILED the Dagster runs left STARTED by a killed process (``demo`` does it first too).
+``pacs`` runs a private Orthanc PACS until Ctrl-C; ``infer --pacs URL`` segments, with the current champion,
+every PACS study it has not segmented yet (the ``inference`` job, in-process) and prints a line per study.
 """
 
 from __future__ import annotations
@@ -42,7 +44,8 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(prog="python -m pipelines", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("stage", choices=(*STAGES, "demo", "recover"))
+    parser.add_argument("stage", choices=(*STAGES, "demo", "recover", "infer", "pacs"))
+    parser.add_argument("--pacs", default=None, help="infer: the PACS's DICOMweb URL (default: params pacs.url)")
     parser.add_argument("--params", default=None, help="params.yaml (default: the project's)")
     parser.add_argument(
         "--output-dir", default=None, help="override params output_dir (the dataset then goes to OUTPUT_DIR/dataset)"
@@ -53,12 +56,20 @@ def main(argv: list[str] | None = None) -> int:
             from pipelines.demo import run_recover
 
             return run_recover()
+        if args.stage == "pacs":
+            from pipelines.orthanc import serve_forever
+
+            return serve_forever()
         params = load_params(args.params, overrides={"output_dir": args.output_dir, "dataset_dir": None}
                              if args.output_dir else None)
         if args.stage == "demo":
             from pipelines.demo import run_demo
 
             return run_demo(params)
+        if args.stage == "infer":
+            from pipelines.pacs import run_infer
+
+            return run_infer(params, args.pacs)
         result = run_stage(args.stage, params)
     except (OSError, ValueError, RuntimeError) as error:
         print(f"pipelines {args.stage}: {error}", file=sys.stderr)

@@ -14,17 +14,21 @@ from pipelines.assets import STUDY_ASSETS, TRAINING_ASSETS
 from pipelines.checks import ALL_CHECKS
 from pipelines.executors import EXECUTOR_ENV, EXECUTORS, select_executor  # noqa: F401 (re-exported)
 from pipelines.jobs import retrain_job, study_job
+from pipelines.pacs import PacsResource, inference_job, pacs_segmentation, pacs_sensor
 from pipelines.resources import PipelineSettings
 from pipelines.schedules import weekly_retraining
 from pipelines.sensors import inbox_sensor
 
 
-def make_definitions(settings: PipelineSettings | None = None, executor: str | None = None) -> Definitions:
-    """All assets, checks, jobs, schedule and sensor; ``executor`` overrides ``$MEDCORE_DAGSTER_EXECUTOR``."""
+def make_definitions(settings: PipelineSettings | None = None, executor: str | None = None,
+                     pacs: PacsResource | None = None) -> Definitions:
+    """All assets, checks, jobs, schedule and sensors; ``executor`` overrides ``$MEDCORE_DAGSTER_EXECUTOR``."""
     return Definitions(
-        assets=[*STUDY_ASSETS, *TRAINING_ASSETS], asset_checks=ALL_CHECKS, jobs=[study_job, retrain_job],
-        schedules=[weekly_retraining], sensors=[inbox_sensor],
-        resources={"settings": settings or PipelineSettings(), "pipes_subprocess_client": PipesSubprocessClient()},
+        assets=[*STUDY_ASSETS, *TRAINING_ASSETS, pacs_segmentation], asset_checks=ALL_CHECKS,
+        jobs=[study_job, retrain_job, inference_job], schedules=[weekly_retraining],
+        sensors=[inbox_sensor, pacs_sensor],
+        resources={"settings": settings or PipelineSettings(), "pipes_subprocess_client": PipesSubprocessClient(),
+                   "pacs": pacs or PacsResource()},
         # default in-process: SQLite locks under concurrent writers (ARCHITECTURE, Known traps)
         executor=select_executor(executor),
     )

@@ -24,6 +24,8 @@ DEFAULTS: dict[str, Any] = {
     "register": {"model_name": "medcore-segmentation", "experiment": "medcore-training", "tracking_uri": None,
                  "artifact_root": "mlartifacts", "min_improvement": 0.0},
     "dvc": {"remote": "outputs/dvc-remote"},
+    "pacs": {"url": "http://127.0.0.1:8042/dicom-web", "auth_header_env": "MEDCORE_PACS_AUTH", "timeout_seconds": 30,
+             "retries": 4, "backoff_seconds": 0.5, "modality": "CT", "min_slices": 8, "poll_seconds": 60},
 }
 
 

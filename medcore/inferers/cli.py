@@ -3,8 +3,11 @@
 INPUT is a NIfTI file, a folder of NIfTI files, or a DICOM series folder. Each prediction is
 written atomically as ``OUTPUT_DIR/<input name>.nii.gz``; a DICOM series becomes
 ``series-<hash>.nii.gz`` (a hash of the folder path, so no patient data reaches file names).
-A failing input is reported with its reason and the rest continue; the exit status is 1 when
-any input failed and 2 when the model directory itself is unusable.
+With ``--format seg`` each DICOM series becomes a DICOM SEG, ``series-<hash>.dcm``, on the series'
+own grid, with segments named after the model's classes, the algorithm identified by
+``--model-name``/``--model-version`` and UIDs derived from (series, name, version): the same SEG
+the PACS inference job stores. A failing input is reported with its reason and the rest continue;
+the exit status is 1 when any input failed and 2 when the model directory itself is unusable.
 """
 
 from __future__ import annotations
@@ -29,13 +32,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     tta.add_argument("--no-tta", dest="tta", action="store_false", help="no test-time augmentation")
     parser.add_argument("--sw-batch-size", type=int, default=None, help="windows per network call")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("--format", choices=("nifti", "seg"), default="nifti",
+                        help="nifti (default) or seg: a DICOM SEG per DICOM series folder")
+    parser.add_argument("--model-name", default="medcore", help="--format seg: the algorithm name in the SEG")
+    parser.add_argument("--model-version", default="0", help="--format seg: the algorithm version (registry version)")
 
 
-def output_name(source: Path) -> str:
-    """``<stem>.nii.gz`` for a NIfTI file, ``series-<hash>.nii.gz`` for a DICOM folder."""
+def output_name(source: Path, fmt: str = "nifti") -> str:
+    """``<stem>.nii.gz`` for a NIfTI file, ``series-<hash>.nii.gz`` (``.dcm`` for SEG) for a DICOM folder."""
     if source.is_dir():
         digest = hashlib.sha256(str(source.resolve()).encode()).hexdigest()[:12]
-        return f"series-{digest}.nii.gz"
+        return f"series-{digest}" + (".dcm" if fmt == "seg" else ".nii.gz")
     name = source.name
     for suffix in sorted(NIFTI_SUFFIXES, key=len, reverse=True):
         if name.lower().endswith(suffix):
@@ -72,7 +79,23 @@ def _device(name: str):
     return device
 
 
+def predict_seg(model, spec, source: Path, target: Path, algorithm, device=None, pre=None) -> Path:
+    """Predict a DICOM series folder and write the labels as a DICOM SEG on the series' grid."""
+    from medcore.dicom.seg import write_seg
+    from medcore.inferers.predict import predict_volume
+    from medcore.io import load_image
+
+    if not source.is_dir():
+        raise ValueError(f"{source}: --format seg needs a DICOM series folder (a SEG references its source images)")
+    image = load_image(source)
+    labels = predict_volume(model, spec, image, device=device, pre=pre)
+    names = {value: name for name, value in spec.labels.items()}
+    return write_seg(labels.data[0].numpy(), source, target, names, algorithm=algorithm,
+                     affine=image.affine.numpy(), series_description=f"{algorithm.name} v{algorithm.version}")
+
+
 def run(args: argparse.Namespace) -> int:
+    from medcore.dicom.seg import SegAlgorithm
     from medcore.inferers.model_dir import load_model_dir
     from medcore.inferers.predict import build_preprocessing, predict_file
 
@@ -94,9 +117,14 @@ def run(args: argparse.Namespace) -> int:
     failures = []
     single = len(inputs) == 1
     for source in tqdm(inputs, desc="predict", unit="volume", disable=args.quiet or single):
-        target = args.output_dir / output_name(source)
+        target = args.output_dir / output_name(source, args.format)
         try:
-            predict_file(model, spec, source, target, device=device, progress=single and not args.quiet, pre=pre)
+            if args.format == "seg":
+                predict_seg(model, spec, source, target, SegAlgorithm(args.model_name, args.model_version),
+                            device=device, pre=pre)
+            else:
+                predict_file(model, spec, source, target, device=device, progress=single and not args.quiet,
+                             pre=pre)
             print(f"{source} -> {target}")
         except Exception as error:  # one bad input never stops the batch
             failures.append(source)

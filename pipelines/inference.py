@@ -115,8 +115,16 @@ def resolve_champion(params: dict, folder: Path) -> Champion:
     name, version = champion_version(params)
     mlflow.set_tracking_uri(tracking_uri(params))
     local = Path(mlflow.artifacts.download_artifacts(f"models:/{name}/{version}", dst_path=str(folder)))
-    return Champion(name, version, local / "artifacts" / "model_dir", str(params["pacs"]["modality"]),
+    return Champion(name, version, registered_model_dir(local), str(params["pacs"]["modality"]),
                     int(params["pacs"]["min_slices"]))
+
+
+def registered_model_dir(local: Path) -> Path:
+    """The medcore model directory inside a downloaded registered model (as its MLmodel file names it)."""
+    import yaml
+
+    meta = yaml.safe_load((Path(local) / "MLmodel").read_text())
+    return Path(local) / meta["flavors"]["python_function"]["artifacts"]["model_dir"]["path"]
 
 
 def matches(series: SeriesInfo, modality: str, min_slices: int) -> bool:

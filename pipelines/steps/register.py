@@ -105,6 +105,9 @@ def champion_score(client, params: dict, name: str, evaluation: dict) -> tuple[o
 def register(params: dict, run_tags: dict | None = None, evaluation: dict | None = None) -> dict:
     """Log the training as an MLflow run, register its model, and apply the champion rule."""
     import mlflow
+    import pandas as pd
+
+    from pipelines import serving
 
     layout = Layout.from_params(params)
     latest = read_json(layout.train_dir / "latest.json")
@@ -135,7 +138,11 @@ def register(params: dict, run_tags: dict | None = None, evaluation: dict | None
             mlflow.log_artifact(str(layout.evaluation_dir / "per_case.csv"), "evaluation")
             info = mlflow.pyfunc.log_model(name="model", python_model=str(MODEL_CODE),
                                            artifacts={"model_dir": str(layout.out / latest["model_dir"])},
-                                           pip_requirements=["medcore", "mlflow", "torch", "pandas"])
+                                           pip_requirements=["medcore", "mlflow", "torch", "pandas"],
+                                           signature=serving.signature(),
+                                           input_example=(pd.DataFrame({serving.IMAGE_COLUMN:
+                                                                        [serving.example_request()]}),
+                                                          {"output_format": "nifti"}))
         version = mlflow.register_model(info.model_uri, name, tags=lineage)
         version = client.get_model_version(name, version.version)
     champ, champ_dice = champion_score(client, params, name, evaluation)

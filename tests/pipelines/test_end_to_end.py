@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import base64
 import gzip
+import io
 import json
+import zipfile
 from pathlib import Path
 
 import nibabel as nib
@@ -20,8 +23,9 @@ def test_definitions_load():
     from pipelines.definitions import defs
 
     keys = {k.to_user_string() for k in defs.resolve_asset_graph().get_all_asset_keys()}
-    assert keys == set(ALL_ASSETS)
+    assert keys == {*ALL_ASSETS, "pacs_segmentation"}
     assert defs.resolve_job_def("retrain") is not None and defs.resolve_job_def("ingest_study") is not None
+    assert defs.resolve_job_def("inference") is not None and defs.resolve_sensor_def("pacs_sensor") is not None
     checks = {k.name for k in defs.resolve_asset_graph().asset_check_keys}
     assert checks == {"geometry_sanity", "phi_scan", "label_alignment", "minimum_dice"}
 
@@ -109,11 +113,16 @@ def test_registered_model_loads_by_alias_and_predicts_dicom(pipeline_run, tmp_pa
     model = mlflow.pyfunc.load_model(f"models:/{reg['model_name']}@champion")
     series = next(s for s in pipeline_run["manifest"].series if s.kind == "axial")
     folder = Path(pipeline_run["root"]) / "inbox" / series.folder
-    out = model.predict(pd.DataFrame({"source": [str(folder)], "output": [str(tmp_path / "pred.nii.gz")]}))
-    pred = nib.load(out["output"][0])
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as z:  # the model takes content (a zipped DICOM series), never a path
+        for path in sorted(folder.glob("*.dcm")):
+            z.write(path, arcname=path.name)
+    out = model.predict(pd.DataFrame({"image": [base64.b64encode(buffer.getvalue()).decode("ascii")]}))
+    (tmp_path / "pred.nii.gz").write_bytes(base64.b64decode(out["labels"][0]))
+    pred = nib.load(tmp_path / "pred.nii.gz")
     assert pred.shape[:3] == (series.columns, series.rows, series.n_slices)
     assert np.allclose(pred.affine, np.asarray(series.affine_ras), atol=1e-3)
-    assert sum(out["voxels"][0].values()) == int(np.prod(pred.shape))
+    assert sum(json.loads(out["voxels"][0]).values()) == int(np.prod(pred.shape))
 
 
 def _files(folder: Path):

@@ -82,11 +82,13 @@ def outcome_line(study: str, status: str, reason: str, model: str, version: str)
 
 
 def pacs_settings(params: dict, url: str | None = None) -> PacsSettings:
-    """PACS settings from params.yaml's ``pacs`` section (the Authorization value from its env variable)."""
+    """PACS settings: ``url``, else ``$MEDCORE_PACS_URL``, else params.yaml's ``pacs`` section (the
+    Authorization value comes from the environment variable that section names)."""
     import os
 
     p = params["pacs"]
-    return PacsSettings(url=url or p["url"], auth_header=os.environ.get(p["auth_header_env"] or "", ""),
+    return PacsSettings(url=url or os.environ.get("MEDCORE_PACS_URL") or p["url"],
+                        auth_header=os.environ.get(p["auth_header_env"] or "", ""),
                         timeout=float(p["timeout_seconds"]), retries=int(p["retries"]),
                         backoff=float(p["backoff_seconds"]))
 
@@ -190,8 +192,7 @@ def segment_series(pacs: Pacs, series: SeriesInfo, champion: Champion, model, sp
     labels = predict_volume(model, spec, image, device=device)
     seconds["predict"], t = time.perf_counter() - t, time.perf_counter()
     names = {value: label for label, value in spec.labels.items()}
-    used = {Path(f) for f in files}
-    seg = build_seg(labels.data[0].numpy(), sorted(used), names, algorithm=algorithm,
+    seg = build_seg(labels.data[0].numpy(), files, names, algorithm=algorithm,
                     affine=image.affine.numpy(), series_description=f"{champion.name} v{champion.version}")
     seconds["write"], t = time.perf_counter() - t, time.perf_counter()
     pacs.store([seg])

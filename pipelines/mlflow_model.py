@@ -7,13 +7,14 @@ weights, on the GPU when one is present. ``predict`` takes image content, never 
 
 from __future__ import annotations
 
-import mlflow.pyfunc
 import pandas as pd
+from mlflow.models import set_model
+from mlflow.pyfunc import PythonModel
 
 from pipelines.serving import DEFAULT_PARAMS, decode_request, predict_content
 
 
-class MedcoreSegmenter(mlflow.pyfunc.PythonModel):
+class MedcoreSegmenter(PythonModel):
     def load_context(self, context) -> None:
         import torch
 
@@ -30,4 +31,4 @@ class MedcoreSegmenter(mlflow.pyfunc.PythonModel):
         return pd.DataFrame(rows, columns=["labels", "format", "shape", "voxels"])
 
 
-mlflow.models.set_model(MedcoreSegmenter())
+set_model(MedcoreSegmenter())

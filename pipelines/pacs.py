@@ -34,7 +34,8 @@ from pipelines.params import load_params
 from pipelines.resources import PipelineSettings
 
 _P = load_params()["pacs"]
-pacs_study_partitions = DynamicPartitionsDefinition(name="pacs_study")
+PACS_PARTITIONS = "pacs_study"
+pacs_study_partitions = DynamicPartitionsDefinition(name=PACS_PARTITIONS)
 
 
 class PacsResource(ConfigurableResource):
@@ -120,7 +121,7 @@ def pacs_sensor(context: SensorEvaluationContext, settings: PipelineSettings, pa
     if not run:
         return SensorResult(skip_reason=SkipReason(f"no new PACS study for {name} v{version}"),
                             cursor=json.dumps(state))
-    known = set(context.instance.get_dynamic_partitions(pacs_study_partitions.name))
+    known = set(context.instance.get_dynamic_partitions(PACS_PARTITIONS))
     new = [k for k in run if k not in known]
     return SensorResult(run_requests=[RunRequest(partition_key=k, run_key=f"{k}-v{version}") for k in run],
                         dynamic_partitions_requests=[pacs_study_partitions.build_add_request(new)] if new else [],
@@ -155,13 +156,13 @@ def run_infer(params: dict, url: str | None = None) -> int:
         recover(instance)
         settings = PipelineSettings(params_file=params["params_file"], output_dir=str(params["output_dir"]))
         job = make_definitions(settings, pacs=resource).resolve_job_def(inference_job.name)
-        known = set(instance.get_dynamic_partitions(pacs_study_partitions.name))
+        known = set(instance.get_dynamic_partitions(PACS_PARTITIONS))
         for key, study in sorted(studies.items()):
             if study.done:
                 print(outcome_line(key, PRESENT, "", name, version), flush=True)
                 continue
             if key not in known:
-                instance.add_dynamic_partitions(pacs_study_partitions.name, [key])
+                instance.add_dynamic_partitions(PACS_PARTITIONS, [key])
             result = job.execute_in_process(partition_key=key, instance=instance, tags=process_tags(),
                                             raise_on_error=False)
             if not result.success:
@@ -171,6 +172,7 @@ def run_infer(params: dict, url: str | None = None) -> int:
                 print(f"{key}: failed ({'; '.join(errors) or 'see the Dagster run ' + result.run_id})", flush=True)
                 continue
             meta = result.get_asset_materialization_events()[0].materialization.metadata
-            print(outcome_line(key, meta["status"].value, meta["reason"].value, meta["model"].value,
-                               meta["model_version"].value), flush=True)
+            status, reason, model, model_version = (str(meta[k].value) for k in
+                                                    ("status", "reason", "model", "model_version"))
+            print(outcome_line(key, status, reason, model, model_version), flush=True)
     return 1 if failed else 0

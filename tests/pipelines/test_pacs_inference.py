@@ -172,7 +172,7 @@ def test_sensor_adds_one_partition_and_one_run(pipeline_run, studies, deid_key):
                      "pacs": PacsResource(url=server.dicomweb_url)}
         defs = make_definitions(resources["settings"], pacs=resources["pacs"])
         sensor = defs.resolve_sensor_def("pacs_sensor")
-        first = sensor.evaluate_tick(build_sensor_context(instance=instance, resources=resources))
+        first = sensor.evaluate_tick(build_sensor_context(instance=instance, resources=resources, definitions=defs))
         assert len(first.run_requests) == 1
         (request,) = first.run_requests
         (added,) = first.dynamic_partitions_requests
@@ -185,9 +185,9 @@ def test_sensor_adds_one_partition_and_one_run(pipeline_run, studies, deid_key):
         assert meta["status"].value == "stored"
         assert len(seg_instances(pacs)) == 1
         again = sensor.evaluate_tick(build_sensor_context(instance=instance, cursor=first.cursor,
-                                                          resources=resources))
+                                                          resources=resources, definitions=defs))
         assert not again.run_requests and not again.dynamic_partitions_requests
-        fresh = sensor.evaluate_tick(build_sensor_context(instance=instance, resources=resources))
+        fresh = sensor.evaluate_tick(build_sensor_context(instance=instance, resources=resources, definitions=defs))
         assert not fresh.run_requests  # even without a cursor: the champion's SEG is already there
     finally:
         server.stop()

@@ -52,7 +52,8 @@ def served(pipeline_run, tmp_path_factory):
     port = free_port()
     mlflow_bin = Path(sys.executable).parent / "mlflow"
     log = tmp_path_factory.mktemp("serve") / "serve.log"
-    env = {**os.environ, "MLFLOW_TRACKING_URI": reg["tracking_uri"], "PYTHONPATH": str(PROJECT)}
+    env = {**os.environ, "MLFLOW_TRACKING_URI": reg["tracking_uri"], "PYTHONPATH": str(PROJECT),
+           "PATH": f"{mlflow_bin.parent}{os.pathsep}{os.environ.get('PATH', '')}"}  # it runs the venv's uvicorn
     with open(log, "wb") as out:
         process = subprocess.Popen([str(mlflow_bin), "models", "serve", "-m", f"models:/{reg['model_name']}@champion",
                                     "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)],

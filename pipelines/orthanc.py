@@ -43,6 +43,7 @@ class Orthanc:
 
     aet: str = "MEDCORE_PACS"
     start_timeout: float = 30.0
+    users: dict[str, str] = field(default_factory=dict)  # HTTP basic users; empty: no authentication
     http_port: int = field(default=0, init=False)
     dicom_port: int = field(default=0, init=False)
     root: Path | None = field(default=None, init=False)
@@ -66,7 +67,8 @@ class Orthanc:
         return {
             "Name": "medcore-dev-pacs", "StorageDirectory": str(self.root / "storage"),
             "IndexDirectory": str(self.root / "storage"), "HttpPort": self.http_port, "DicomPort": self.dicom_port,
-            "DicomAet": self.aet, "RemoteAccessAllowed": False, "AuthenticationEnabled": False,
+            "DicomAet": self.aet, "RemoteAccessAllowed": False, "AuthenticationEnabled": bool(self.users),
+            "RegisteredUsers": dict(self.users),
             "Plugins": [DICOMWEB_PLUGIN], "DicomWeb": {"Enable": True, "Root": "/dicom-web/", "Host": "127.0.0.1"},
             "OverwriteInstances": False, "SaveJobs": False, "ConcurrentJobs": 1, "HttpThreadsCount": 8,
             "StorageCompression": False, "UnknownSopClassAccepted": False, "ExecuteLuaEnabled": False,
@@ -89,9 +91,13 @@ class Orthanc:
                 self.stop()
                 raise RuntimeError(f"Orthanc exited at start (status {self.process.returncode}):\n{tail}")
             try:
-                with urllib.request.urlopen(f"{self.url}/dicom-web/studies", timeout=1) as r:
+                with urllib.request.urlopen(f"{self.url}/system", timeout=1) as r:
                     if r.status == 200:
                         return self
+            except urllib.error.HTTPError as exc:
+                if exc.code == 401:  # up, and asking for the credentials it was given
+                    return self
+                time.sleep(0.1)
             except (urllib.error.URLError, OSError):
                 time.sleep(0.1)
         self.stop()

@@ -8,10 +8,12 @@ weights, on the GPU when one is present. ``predict`` takes image content, never 
 from __future__ import annotations
 
 import pandas as pd
+from mlflow.exceptions import MlflowException
 from mlflow.models import set_model
+from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from mlflow.pyfunc import PythonModel
 
-from pipelines.serving import DEFAULT_PARAMS, decode_request, predict_content
+from pipelines.serving import DEFAULT_PARAMS, RequestError, decode_request, predict_content
 
 
 class MedcoreSegmenter(PythonModel):
@@ -26,8 +28,11 @@ class MedcoreSegmenter(PythonModel):
     def predict(self, context, model_input, params=None) -> pd.DataFrame:
         frame = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame(model_input)
         settings = {**DEFAULT_PARAMS, **{k: v for k, v in (params or {}).items() if v is not None}}
-        rows = [predict_content(self.model, self.spec, content, settings, self.device)
-                for content in decode_request(frame)]
+        try:
+            rows = [predict_content(self.model, self.spec, content, settings, self.device)
+                    for content in decode_request(frame)]
+        except RequestError as error:  # the client's fault: say so in the reply's message
+            raise MlflowException(str(error), error_code=INVALID_PARAMETER_VALUE) from None
         return pd.DataFrame(rows, columns=["labels", "format", "shape", "voxels"])
 
 

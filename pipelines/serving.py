@@ -15,6 +15,7 @@ import binascii
 import gzip
 import io
 import json
+import re
 import tempfile
 import zipfile
 from pathlib import Path
@@ -31,17 +32,24 @@ class RequestError(ValueError):
     """A request the model refuses; the message says what to send instead."""
 
 
+def _looks_like_path(value: str) -> bool:
+    # base64 of a NIfTI, gzip or zip starts with "XAEA"/"AAAB", "H4sI" or "UEsD": never like these
+    return value.startswith(("/", "~", ".", "\\", "file:")) or re.match(r"^[A-Za-z]:[\\/]", value) is not None \
+        or value.lower().endswith((".nii", ".nii.gz", ".dcm", ".zip", ".nrrd"))
+
+
 def _content(value: object, row: int) -> bytes:
     if not isinstance(value, str) or not value:
         raise RequestError(f"row {row}: '{IMAGE_COLUMN}' must be a base64 string of a NIfTI file or a zip of "
                            "one DICOM series")
+    if _looks_like_path(value):
+        raise RequestError(f"row {row}: '{IMAGE_COLUMN}' looks like a file path; the served model never reads "
+                           "server paths: send the file's content, base64-encoded")
     try:
         return base64.b64decode(value, validate=True)
     except (binascii.Error, ValueError):
-        hint = " (it looks like a file path: send the file's content, base64-encoded)" if "/" in value or \
-            "\\" in value or value.lower().endswith((".nii", ".gz", ".dcm", ".zip")) else ""
-        raise RequestError(f"row {row}: '{IMAGE_COLUMN}' is not base64{hint}; the served model never reads "
-                           "server paths") from None
+        raise RequestError(f"row {row}: '{IMAGE_COLUMN}' is not base64 of a NIfTI file or a zip of one DICOM "
+                           "series") from None
 
 
 def decode_request(frame) -> list[bytes]:

@@ -158,7 +158,7 @@ def test_sensor_adds_one_partition_and_one_run(pipeline_run, studies, deid_key):
     from dagster import build_sensor_context
 
     from pipelines.definitions import make_definitions
-    from pipelines.pacs import PacsResource, pacs_study_partitions
+    from pipelines.pacs import PACS_PARTITIONS, PacsResource, pacs_sensor
     from pipelines.resources import PipelineSettings
 
     params, instance = pipeline_run["params"], pipeline_run["instance"]
@@ -171,23 +171,22 @@ def test_sensor_adds_one_partition_and_one_run(pipeline_run, studies, deid_key):
                                                   output_dir=str(params["output_dir"])),
                      "pacs": PacsResource(url=server.dicomweb_url)}
         defs = make_definitions(resources["settings"], pacs=resources["pacs"])
-        sensor = defs.resolve_sensor_def("pacs_sensor")
-        first = sensor.evaluate_tick(build_sensor_context(instance=instance, resources=resources, definitions=defs))
+        first = pacs_sensor(build_sensor_context(instance=instance, resources=resources))
         assert len(first.run_requests) == 1
         (request,) = first.run_requests
         (added,) = first.dynamic_partitions_requests
         assert list(added.partition_keys) == [request.partition_key]
-        instance.add_dynamic_partitions(pacs_study_partitions.name, list(added.partition_keys))
-        result = defs.resolve_job_def("inference").execute_in_process(
-            partition_key=request.partition_key, instance=instance, run_config=request.run_config or None)
+        assert request.run_key == f"{request.partition_key}-v{pipeline_run['result']['version']}"
+        instance.add_dynamic_partitions(PACS_PARTITIONS, list(added.partition_keys))
+        result = defs.resolve_job_def("inference").execute_in_process(partition_key=request.partition_key,
+                                                                      instance=instance)
         assert result.success
         meta = result.get_asset_materialization_events()[0].materialization.metadata
         assert meta["status"].value == "stored"
         assert len(seg_instances(pacs)) == 1
-        again = sensor.evaluate_tick(build_sensor_context(instance=instance, cursor=first.cursor,
-                                                          resources=resources, definitions=defs))
+        again = pacs_sensor(build_sensor_context(instance=instance, cursor=first.cursor, resources=resources))
         assert not again.run_requests and not again.dynamic_partitions_requests
-        fresh = sensor.evaluate_tick(build_sensor_context(instance=instance, resources=resources, definitions=defs))
+        fresh = pacs_sensor(build_sensor_context(instance=instance, resources=resources))
         assert not fresh.run_requests  # even without a cursor: the champion's SEG is already there
     finally:
         server.stop()

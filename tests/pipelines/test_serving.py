@@ -125,14 +125,23 @@ def test_served_model_answers_with_the_label_volume(served, pipeline_run, tmp_pa
 def test_served_model_refuses_paths(served, pipeline_run):
     url, _ = served
     folder = Path(pipeline_run["root"]) / "inbox"
-    for body in ({"dataframe_split": {"columns": ["image"], "data": [[str(folder / "x.nii.gz")]]}},
-                 {"dataframe_split": {"columns": ["image"], "data": [["/etc/passwd"]]}},
-                 {"dataframe_split": {"columns": ["image", "output"], "data": [["AAAA", "/tmp/out.nii.gz"]]}}):
-        status, reply = post(f"{url}/invocations", body)
-        assert 400 <= status < 600, reply
-        message = json.dumps(reply)
-        assert "path" in message and ("never reads server paths" in message or "never server paths" in message), \
-            message
+    for path in (str(folder / "x.nii.gz"), "/etc/passwd", str(folder)):
+        status, reply = post(f"{url}/invocations", {"dataframe_split": {"columns": ["image"], "data": [[path]]}})
+        assert status == 400, reply
+        assert "never reads server paths" in reply["message"] and "looks like a file path" in reply["message"]
+        assert str(folder) not in reply["message"]
+
+
+def test_other_columns_are_refused_before_any_work():
+    """MLflow drops columns outside the signature; called directly, the model refuses them by name."""
+    import pandas as pd
+
+    from pipelines.serving import RequestError, decode_request
+
+    with pytest.raises(RequestError, match="never server paths or output locations"):
+        decode_request(pd.DataFrame({"source": ["/data/ct"], "output": ["/tmp/x.nii.gz"]}))
+    with pytest.raises(RequestError, match="not base64"):
+        decode_request(pd.DataFrame({"image": ["not base64!"]}))
 
 
 def test_signature_and_input_example_are_logged(pipeline_run):

@@ -112,7 +112,10 @@ def pacs_sensor(context: SensorEvaluationContext, settings: PipelineSettings, pa
     from pipelines.steps.ingest import deidentifier
 
     params = settings.params()
-    name, version = champion_version(params)
+    try:
+        name, version = champion_version(params)
+    except RuntimeError as error:  # no champion yet: nothing to segment with
+        return SensorResult(skip_reason=SkipReason(str(error)), cursor=context.cursor)
     cursor = json.loads(context.cursor) if context.cursor else {}
     skip = set(cursor.get("seen", [])) if cursor.get("version") == version else set()
     studies = pending_studies(pacs.client(params), deidentifier(params), name, version, params["pacs"]["modality"],

@@ -154,7 +154,7 @@ def test_second_run_stores_nothing_new(first_run, pipeline_run, orthanc, studies
     assert len(seg_instances(pacs)) == 2
 
 
-def test_sensor_adds_one_partition_and_one_run(pipeline_run, studies, deid_key):
+def test_sensor_adds_one_partition_and_one_run(pipeline_run, deid_key, tmp_path):
     from dagster import build_sensor_context
 
     from pipelines.definitions import make_definitions
@@ -164,9 +164,12 @@ def test_sensor_adds_one_partition_and_one_run(pipeline_run, studies, deid_key):
     params, instance = pipeline_run["params"], pipeline_run["instance"]
     server = start_orthanc()
     try:
+        from medcore.data.synthetic import write_synthetic_studies
+
         pacs = Pacs(PacsSettings(server.dicomweb_url))
-        study = studies["good"][0]
-        upload(pacs, studies["root"] / Path(study.folder).parent)
+        fresh_study = write_synthetic_studies(tmp_path, n_patients=1, seed=23, shape=(32, 32, 12),
+                                              studies_per_patient=(1,), localizer=False)
+        upload(pacs, fresh_study.root / "dicom")
         resources = {"settings": PipelineSettings(params_file=params["params_file"],
                                                   output_dir=str(params["output_dir"])),
                      "pacs": PacsResource(url=server.dicomweb_url)}

@@ -124,7 +124,12 @@ class Orthanc:
 
 
 def serve_forever() -> int:
-    """``python -m pipelines pacs``: run a private Orthanc until Ctrl-C; print where it listens."""
+    """``python -m pipelines pacs``: run a private Orthanc until Ctrl-C (or SIGTERM); print where it listens."""
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)  # a plain `kill` stops Orthanc too and removes its storage
     with Orthanc() as pacs:
         print(f"Orthanc (PACS) at {pacs.url}, DICOMweb {pacs.dicomweb_url}, DICOM {pacs.aet}@127.0.0.1:"
               f"{pacs.dicom_port}; storage in {pacs.root} (removed on exit). Ctrl-C stops it.", flush=True)

@@ -101,9 +101,10 @@ def unpack(content: bytes, folder: Path) -> Path:
 
 def predict_content(model, spec, content: bytes, params: dict, device) -> dict:
     """One reply row for one request row (see the module docstring)."""
+    from medcore.data import load_volume
     from medcore.dicom.seg import SegAlgorithm, build_seg
     from medcore.inferers.predict import predict_volume
-    from medcore.io import load_image, save_image
+    from medcore.io import save_image
 
     fmt = params["output_format"]
     if fmt not in FORMATS:
@@ -112,7 +113,7 @@ def predict_content(model, spec, content: bytes, params: dict, device) -> dict:
         source = unpack(content, Path(tmp))
         if fmt == "seg" and not source.is_dir():
             raise RequestError("output_format 'seg' needs a DICOM series (a zip): a SEG references its source images")
-        image = load_image(source)
+        image = load_volume(source)
         labels = predict_volume(model, spec, image, device=device)
         array = labels.data[0].numpy()
         if fmt == "seg":

@@ -81,13 +81,13 @@ def _device(name: str):
 
 def predict_seg(model, spec, source: Path, target: Path, algorithm, device=None, pre=None) -> Path:
     """Predict a DICOM series folder and write the labels as a DICOM SEG on the series' grid."""
+    from medcore.data import load_volume
     from medcore.dicom.seg import write_seg
     from medcore.inferers.predict import predict_volume
-    from medcore.io import load_image
 
     if not source.is_dir():
         raise ValueError(f"{source}: --format seg needs a DICOM series folder (a SEG references its source images)")
-    image = load_image(source)
+    image = load_volume(source)
     labels = predict_volume(model, spec, image, device=device, pre=pre)
     names = {value: name for name, value in spec.labels.items()}
     return write_seg(labels.data[0].numpy(), source, target, names, algorithm=algorithm,

@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
 
             return run_demo(params)
         if args.stage == "infer":
-            from pipelines.pacs import run_infer
+            from pipelines.infer import run_infer
 
             return run_infer(params, args.pacs)
         result = run_stage(args.stage, params)

@@ -196,8 +196,8 @@ def test_sensor_adds_one_partition_and_one_run(pipeline_run, deid_key, tmp_path)
 
 
 def test_a_pacs_that_is_down_fails_with_a_clear_message(pipeline_run, capsys):
+    from pipelines.infer import run_infer
     from pipelines.orthanc import free_port
-    from pipelines.pacs import run_infer
     from pipelines.params import load_params
 
     url = f"http://127.0.0.1:{free_port()}/dicom-web"

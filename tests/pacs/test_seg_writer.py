@@ -90,3 +90,12 @@ def test_refusals(case):
         build_seg(mask, folder, {1: "liver"})
     empty = build_seg(np.zeros_like(mask), folder, LABEL_NAMES, algorithm=ALGORITHM)
     assert int(empty.NumberOfFrames) == 4 * mask.shape[2]  # every segment stays, with empty frames
+
+
+def test_manual_segs_of_the_synthetic_studies_pass_dciodvfy(tmp_path):
+    """The SEGs the test data generator writes (axial, oblique, non-square pixels) are valid too."""
+    m = write_synthetic_studies(tmp_path, n_patients=3, seed=2, shape=(20, 24, 5), seg=True)
+    segs = sorted((m.root / "labels").glob("seg-*.dcm"))
+    assert len(segs) >= 3
+    for path in segs:
+        assert dciodvfy_errors(path) == [], path.name

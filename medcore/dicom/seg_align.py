@@ -95,7 +95,7 @@ def image_grid(image: Any) -> tuple[tuple[int, int, int], np.ndarray]:
         import nibabel as nib
 
         try:
-            img = nib.load(str(image))
+            img: Any = nib.load(str(image))
         except Exception as exc:
             raise ValueError(f"{image}: cannot read the image as NIfTI ({exc})") from exc
         shape, affine = img.shape[:3], img.affine

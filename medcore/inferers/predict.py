@@ -46,7 +46,8 @@ def build_preprocessing(configs: list[dict]):
 
     pre = from_config(_image_only(copy.deepcopy(list(configs))))
     if pre.is_random:
-        random = [t.config()["name"] for t in pre.transforms if t.is_random]
+        steps = getattr(pre, "transforms", [pre])
+        random = [t.config()["name"] for t in steps if t.is_random]
         raise ValueError(f"model preprocessing contains random transforms {random}; inference needs the "
                          "deterministic part only - save the model with Compose.split_deterministic()[0]")
     return pre

@@ -5,6 +5,7 @@ into the inbox and materialises the whole Dagster graph in-process against ``dag
 ``recover`` marks FAILED the Dagster runs left STARTED by a killed process (``demo`` does it first too).
 ``pacs`` runs a private Orthanc PACS until Ctrl-C; ``infer --pacs URL`` segments, with the current champion,
 every PACS study it has not segmented yet (the ``inference`` job, in-process) and prints a line per study.
+``federate --sites DIR ...`` trains one model across sites with Flower (``pipelines/federated``).
 """
 
 from __future__ import annotations
@@ -42,6 +43,11 @@ def run_stage(stage: str, params: dict) -> object:
 def main(argv: list[str] | None = None) -> int:
     from pipelines.params import load_params
 
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["federate"]:
+        from pipelines.federated.cli import main as federate_main
+
+        return federate_main(argv[1:])
     parser = argparse.ArgumentParser(prog="python -m pipelines", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("stage", choices=(*STAGES, "demo", "recover", "infer", "pacs"))

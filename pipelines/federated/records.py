@@ -1,0 +1,124 @@
+"""What travels between a site and the server, as Flower records, and the audit of every reply a site sends.
+
+Site to server, by message type:
+
+- ``query`` (once): ConfigRecord ``identity`` = site name, dataset hash, modality, class names; MetricRecord
+  ``fingerprint`` = shape, spacing and foreground-intensity statistics, case count, label values.
+- ``train``: ArrayRecord ``arrays`` (the locally trained parameters) and MetricRecord ``metrics``
+  (``num-examples``, ``train_loss``).
+- ``evaluate``: MetricRecord ``metrics`` (``num-examples``, Dice per class and their mean).
+
+:data:`ALLOWED` states exactly that; :func:`audit_mod`, a ClientApp mod, writes a description of each
+outgoing reply when ``$MEDCORE_FED_AUDIT`` names a folder, so a test can check every message of a run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+
+AUDIT_ENV = "MEDCORE_FED_AUDIT"
+SITE_ENV = "MEDCORE_SITE_DIR"
+IDENTITY_KEYS = ("site", "dataset_hash", "modality", "class_names")
+FINGERPRINT_KEYS = ("num_cases", "median_shape", "min_shape", "max_shape", "median_spacing", "spacing_varies",
+                    "fg_mean", "fg_std", "fg_p00_5", "fg_p99_5", "foreground_max_ratio", "labels_present")
+# message type -> {record name: record kind}
+ALLOWED = {
+    "query": {"identity": "ConfigRecord", "fingerprint": "MetricRecord"},
+    "train": {"arrays": "ArrayRecord", "metrics": "MetricRecord"},
+    "evaluate": {"metrics": "MetricRecord"},
+}
+
+
+def fingerprint_records(fp: dict) -> RecordDict:
+    """A site fingerprint (``pipelines.federated.site.site_fingerprint``) as a query reply."""
+    fi = fp["foreground_intensity"]
+    identity = ConfigRecord({"site": fp["site"], "dataset_hash": fp["dataset_hash"], "modality": fp["modality"],
+                             "class_names": [f"{int(v)}:{k}" for k, v in sorted(fp["labels"].items(),
+                                                                                   key=lambda kv: kv[1])]})
+    stats = MetricRecord({
+        "num_cases": int(fp["num_cases"]), "median_shape": [float(v) for v in fp["median_shape"]],
+        "min_shape": [int(v) for v in fp["min_shape"]], "max_shape": [int(v) for v in fp["max_shape"]],
+        "median_spacing": [float(v) for v in fp["median_spacing"]], "spacing_varies": int(fp["spacing_varies"]),
+        "fg_mean": float(fi["mean"]), "fg_std": float(fi["std"]), "fg_p00_5": float(fi["p00_5"]),
+        "fg_p99_5": float(fi["p99_5"]), "foreground_max_ratio": float(fp["foreground_max_ratio"]),
+        "labels_present": [int(v) for v in fp["labels_present"]] or [0],
+    })
+    return RecordDict({"identity": identity, "fingerprint": stats})
+
+
+def read_fingerprint(content: RecordDict) -> dict:
+    """The fingerprint dict back from a query reply (the fields the planner reads)."""
+    identity, stats = content["identity"], content["fingerprint"]
+    labels = {}
+    for item in identity["class_names"]:
+        value, name = str(item).split(":", 1)
+        labels[name] = int(value)
+    return {"site": str(identity["site"]), "dataset_hash": str(identity["dataset_hash"]),
+            "modality": str(identity["modality"]), "labels": labels,
+            "num_cases": int(stats["num_cases"]), "median_shape": list(stats["median_shape"]),
+            "min_shape": list(stats["min_shape"]), "max_shape": list(stats["max_shape"]),
+            "median_spacing": list(stats["median_spacing"]), "spacing_varies": bool(stats["spacing_varies"]),
+            "foreground_intensity": {"mean": stats["fg_mean"], "std": stats["fg_std"], "p00_5": stats["fg_p00_5"],
+                                     "p99_5": stats["fg_p99_5"]},
+            "foreground_max_ratio": stats["foreground_max_ratio"], "labels_present": list(stats["labels_present"])}
+
+
+def weights_record(weights: dict) -> ArrayRecord:
+    return ArrayRecord({k: v.detach().cpu().contiguous() for k, v in weights.items()})
+
+
+def describe(message: Message) -> dict:
+    """Every record of a message: its kind, and per entry the dtype and shape (arrays) or the value."""
+    out: dict = {"type": message.metadata.message_type, "error": message.has_error(), "records": {}}
+    if message.has_error():
+        out["reason"] = message.error.reason
+        return out
+    for name, record in message.content.items():
+        entry: dict = {"kind": type(record).__name__, "items": {}}
+        for key, value in record.items():
+            if isinstance(record, ArrayRecord):
+                entry["items"][key] = {"dtype": value.dtype, "shape": list(value.shape)}
+            else:
+                entry["items"][key] = value
+        out["records"][name] = entry
+    return out
+
+
+def violations(described: dict) -> list[str]:
+    """What in one described reply is not in :data:`ALLOWED` (empty when it only carries what it may)."""
+    if described["error"]:
+        return []
+    kind = described["type"].split(".")[0]
+    allowed = ALLOWED.get(kind)
+    if allowed is None:
+        return [f"unexpected message type {described['type']!r}"]
+    out = []
+    for name, record in described["records"].items():
+        if allowed.get(name) != record["kind"]:
+            out.append(f"{kind}: record {name!r} of kind {record['kind']} is not allowed")
+        elif record["kind"] == "MetricRecord":
+            bad = [k for k, v in record["items"].items()
+                   if not (isinstance(v, (int, float)) or (isinstance(v, list) and
+                                                            all(isinstance(x, (int, float)) for x in v)))]
+            if kind != "query" and any(isinstance(v, list) for v in record["items"].values()):
+                bad += [k for k, v in record["items"].items() if isinstance(v, list)]
+            out += [f"{kind}: metric {k!r} is not a scalar" for k in bad]
+        elif record["kind"] == "ConfigRecord" and sorted(record["items"]) != sorted(IDENTITY_KEYS):
+            out.append(f"{kind}: identity keys {sorted(record['items'])} are not {sorted(IDENTITY_KEYS)}")
+    return out
+
+
+def audit_mod(message: Message, context: Context, call_next) -> Message:
+    """ClientApp mod: pass the message on; append a description of the reply to ``$MEDCORE_FED_AUDIT/<site>.jsonl``."""
+    reply = call_next(message, context)
+    folder = os.environ.get(AUDIT_ENV)
+    if folder:
+        site = Path(os.environ.get(SITE_ENV, "unknown")).name
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        with open(Path(folder) / f"{site}.jsonl", "a") as fh:
+            fh.write(json.dumps(describe(reply), default=str) + "\n")
+    return reply

@@ -1,0 +1,223 @@
+"""The Flower ServerApp: plan from the sites' fingerprints, rounds of local training and FedAvg, evaluation.
+
+The server folder comes from the SuperLink's environment (``$MEDCORE_FED_DIR``), never from a site.
+After every round the global weights and the round number are written as a safetensors checkpoint
+(``checkpoints/last.safetensors``, medcore's checkpoint format: tensors and JSON, no pickle); a
+server started again with the same plan resumes after that round. A site that does not answer
+within ``round-timeout`` (or whose SuperNode leaves) is named as missing in the log, and the round
+is aggregated from the others. Files: ``plan.json``, ``sites.json``, ``federation.log``,
+``rounds.json``, ``per_site.json`` and ``result.json`` (written last).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from flwr.app import ConfigRecord, Context, Message, RecordDict
+from flwr.serverapp import Grid, ServerApp
+from flwr.serverapp.strategy import FedAvg, FedProx
+
+from pipelines.federated.plan import federated_plan
+from pipelines.federated.records import read_fingerprint, weights_record
+from pipelines.steps.layout import write_json
+
+SERVER_DIR_ENV = "MEDCORE_FED_DIR"
+AGGREGATIONS = ("fedavg", "fedprox")
+
+app = ServerApp()
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The run config (``[tool.flwr.app.config]`` of the app, overridden by ``flwr run --run-config``)."""
+
+    rounds: int
+    local_steps: int
+    fraction: float
+    num_sites: int
+    min_sites: int
+    aggregation: str
+    proximal_mu: float
+    lr: float
+    round_timeout: float
+    prepare_timeout: float
+    seed: int
+    plan_overrides: dict
+
+    @classmethod
+    def from_run_config(cls, cfg: dict) -> Settings:
+        s = cls(int(cfg["rounds"]), int(cfg["local-steps"]), float(cfg["fraction"]), int(cfg["num-sites"]),
+                int(cfg["min-sites"]), str(cfg["aggregation"]), float(cfg["proximal-mu"]), float(cfg["lr"]),
+                float(cfg["round-timeout"]), float(cfg["prepare-timeout"]), int(cfg["seed"]),
+                json.loads(str(cfg["plan-overrides"]) or "{}"))
+        if s.aggregation not in AGGREGATIONS:
+            raise ValueError(f"aggregation {s.aggregation!r}: choose one of {AGGREGATIONS}")
+        if not 0 < s.fraction <= 1 or s.rounds < 1 or s.local_steps < 1:
+            raise ValueError(f"need 0 < fraction <= 1, rounds >= 1 and local-steps >= 1; got {s}")
+        return s
+
+
+class Log:
+    """Lines to ``federation.log`` and stdout (which ``flwr run --stream`` shows)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __call__(self, line: str) -> None:
+        line = f"{time.strftime('%H:%M:%S')} {line}"
+        print(line, flush=True)
+        with open(self.path, "a") as fh:
+            fh.write(line + "\n")
+
+
+def exchange(grid: Grid, sites: dict[int, str], message_type: str, content: RecordDict, group: str,
+             timeout: float) -> tuple[dict[str, Message], dict[str, str]]:
+    """Send ``content`` to every node in ``sites``; ``({site: reply}, {site: why it is missing})``.
+
+    Waits until all replied, ``timeout`` passed, or the nodes still owed a reply left the SuperLink."""
+    sent = {}
+    for node in sites:
+        msg = Message(content, dst_node_id=node, message_type=message_type, group_id=group)
+        sent[next(iter(grid.push_messages([msg])))] = node
+    replies: dict[str, Message] = {}
+    missing: dict[str, str] = {}
+    end = time.time() + timeout
+    while sent and time.time() < end:
+        for reply in grid.pull_messages(list(sent)):
+            node = sent.pop(reply.metadata.reply_to_message_id)
+            if reply.has_error():
+                missing[sites[node]] = f"error: {reply.error.reason}"
+            else:
+                replies[sites[node]] = reply
+        online = set(grid.get_node_ids())
+        for mid, node in list(sent.items()):
+            if node not in online:
+                missing[sites[node]] = "its SuperNode left the federation"
+                sent.pop(mid)
+        if sent:
+            time.sleep(1.0)
+    for node in sent.values():
+        missing[sites[node]] = f"no reply within {timeout:.0f} s"
+    return replies, missing
+
+
+def wait_for_sites(grid: Grid, settings: Settings, log: Log) -> list[int]:
+    end = time.time() + settings.prepare_timeout
+    while len(list(grid.get_node_ids())) < settings.num_sites and time.time() < end:
+        time.sleep(0.5)
+    nodes = sorted(grid.get_node_ids())
+    if len(nodes) < settings.min_sites:
+        raise RuntimeError(f"{len(nodes)} SuperNode(s) connected, fewer than min-sites={settings.min_sites}")
+    log(f"{len(nodes)} of {settings.num_sites} SuperNodes connected")
+    return nodes
+
+
+def plan_key(plan: dict) -> str:
+    return hashlib.sha256(json.dumps(plan, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def sample_sites(sites: dict[int, str], fraction: float, min_sites: int, seed: int, rnd: int) -> dict[int, str]:
+    """``fraction`` of the sites (at least ``min_sites``), drawn reproducibly per round."""
+    k = min(len(sites), max(min_sites, round(fraction * len(sites))))
+    chosen = random.Random(seed * 100003 + rnd).sample(sorted(sites), k)
+    return {n: sites[n] for n in sorted(chosen)}
+
+
+def initial_weights(plan: dict, out: Path, seed: int, log: Log) -> tuple[int, dict, list]:
+    """``(last completed round, weights, round history)``: from the checkpoint when it matches the plan."""
+    import torch
+
+    from medcore.engine.checkpoint import load_checkpoint
+    from pipelines.federated.site import new_model
+
+    path = out / "checkpoints" / "last.safetensors"
+    if path.is_file():
+        state = load_checkpoint(path)
+        if state["plan_key"] == plan_key(plan):
+            log(f"resuming after round {state['round']} from {path.name}")
+            return int(state["round"]), state["weights"], list(state["history"])
+        log(f"{path.name} was written for another plan; starting from round 0")
+    torch.manual_seed(seed)
+    return 0, new_model(plan).state_dict(), []
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    import os
+
+    from medcore.engine.checkpoint import save_checkpoint
+
+    settings = Settings.from_run_config(dict(context.run_config))
+    out = Path(os.environ[SERVER_DIR_ENV])
+    out.mkdir(parents=True, exist_ok=True)
+    log = Log(out / "federation.log")
+    nodes = wait_for_sites(grid, settings, log)
+    node_names = {n: f"node-{i}" for i, n in enumerate(nodes)}
+    replies, missing = exchange(grid, node_names, "query", RecordDict(), "fingerprint", settings.prepare_timeout)
+    fps = {}
+    for node, name in node_names.items():
+        if name in replies:
+            fp = read_fingerprint(replies[name].content)
+            node_names[node] = fp["site"]
+            fps[fp["site"]] = fp
+    for why in missing.values():
+        log(f"a SuperNode sent no fingerprint ({why})")
+    fed = federated_plan(fps, settings.plan_overrides)
+    for name, reason in fed.refused.items():
+        log(f"site {name} refused: {reason}")
+    sites = {n: s for n, s in node_names.items() if s in fed.accepted}
+    log(f"federation of {len(sites)} sites: {sorted(sites.values())}; aggregation {settings.aggregation}")
+    plan = fed.plan
+    write_json(out / "plan.json", plan)
+    write_json(out / "sites.json", {"accepted": list(fed.accepted), "refused": fed.refused,
+                                    "cases": {s: fps[s]["num_cases"] for s in fed.accepted},
+                                    "dataset_hashes": {s: fps[s]["dataset_hash"] for s in fed.accepted}})
+    done, weights, history = initial_weights(plan, out, settings.seed, log)
+    strategy = FedProx(proximal_mu=settings.proximal_mu) if settings.aggregation == "fedprox" else FedAvg()
+    base_lr = settings.lr or float(plan["optimizer"]["lr"])
+    mu = settings.proximal_mu if settings.aggregation == "fedprox" else 0.0
+    for rnd in range(done + 1, settings.rounds + 1):
+        chosen = sample_sites(sites, settings.fraction, settings.min_sites, settings.seed, rnd)
+        lr = base_lr * (1 - (rnd - 1) / settings.rounds) ** 0.9  # poly decay over rounds
+        config = ConfigRecord({"plan": json.dumps(plan), "round": rnd, "local-steps": settings.local_steps,
+                               "lr": lr, "proximal-mu": mu, "seed": settings.seed + rnd})
+        log(f"round {rnd}: training at {sorted(chosen.values())}")
+        content = RecordDict({"arrays": weights_record(weights), "config": config})
+        replies, missing = exchange(grid, chosen, "train", content, str(rnd), settings.round_timeout)
+        for name, why in sorted(missing.items()):
+            log(f"round {rnd}: site {name} missing ({why})")
+        if not replies:
+            log(f"round {rnd}: no site replied; the global model is unchanged")
+            metrics = {}
+        else:
+            arrays, aggregated = strategy.aggregate_train(rnd, list(replies.values()))
+            weights = arrays.to_torch_state_dict()
+            metrics = dict(aggregated or {})
+        history.append({"round": rnd, "sites": sorted(replies), "missing": missing, "lr": lr, **metrics})
+        log(f"round {rnd}: aggregated {sorted(replies)} ({settings.aggregation}); train_loss "
+            f"{metrics.get('train_loss', float('nan')):.4f}")
+        save_checkpoint({"round": rnd, "weights": weights, "plan_key": plan_key(plan), "history": history},
+                        out / "checkpoints" / "last.safetensors")
+    write_json(out / "rounds.json", history)
+    config = ConfigRecord({"plan": json.dumps(plan)})
+    replies, missing = exchange(grid, sites, "evaluate", RecordDict({"arrays": weights_record(weights),
+                                                                     "config": config}),
+                                "evaluate", settings.round_timeout)
+    for name, why in sorted(missing.items()):
+        log(f"evaluation: site {name} missing ({why})")
+    per_site = {name: dict(reply.content["metrics"]) for name, reply in sorted(replies.items())}
+    write_json(out / "per_site.json", per_site)
+    save_checkpoint({"weights": weights}, out / "global.safetensors")
+    result = {"rounds": settings.rounds, "aggregation": settings.aggregation, "sites": list(fed.accepted),
+              "refused": fed.refused, "per_site": per_site,
+              "dataset_hashes": {s: fps[s]["dataset_hash"] for s in fed.accepted}, "evaluation_missing": missing,
+              "missing_by_round": {str(h["round"]): h["missing"] for h in history if h["missing"]},
+              "plan_key": plan_key(plan), "settings": {k: v for k, v in settings.__dict__.items()}}
+    write_json(out / "result.json", result)
+    log(f"federation finished: {settings.rounds} rounds; per-site test Dice "
+        f"{ {k: round(v.get('dice_mean', float('nan')), 4) for k, v in per_site.items()} }")

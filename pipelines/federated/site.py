@@ -1,0 +1,210 @@
+"""One site of a federation: its data (prepared by the site's own pipeline), local training and evaluation.
+
+A site folder holds ``params.yaml`` (inbox, output folder, de-identification key file: the same
+params a single-site pipeline uses). The folder's name is the site's name, the only identity that
+leaves it. Preparation runs the site's ingest, convert and dataset stages (skipped when the inbox
+has not changed since the last preparation), then splits the cases into training and held-out test
+cases. Nothing here sends anything: :mod:`pipelines.federated.client_app` decides what leaves.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from pipelines.params import load_params, resolve
+from pipelines.steps.layout import Layout, read_json, write_json
+
+SITE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+TEST_SEED = 0
+
+
+def site_name(site_dir: str | Path) -> str:
+    """The site's name: its folder's name, which must be a plain identifier (it is sent and registered)."""
+    name = Path(site_dir).resolve().name
+    if not SITE_NAME.match(name):
+        raise ValueError(f"site folder {site_dir}: its name {name!r} is not a plain site name (letters, digits, "
+                         "'.', '_', '-'); it is what the server and the registry see, so rename the folder")
+    return name
+
+
+@dataclass(frozen=True)
+class SiteData:
+    """A prepared site: name, dataset hash and labels, its training and held-out test cases, its output folder."""
+
+    name: str
+    dataset_hash: str
+    modality: str
+    labels: dict[str, int]
+    train: tuple[dict, ...]
+    test: tuple[dict, ...]
+    out: Path
+
+    @property
+    def cache_dir(self) -> Path:
+        return self.out / "cache"
+
+    @property
+    def work_dir(self) -> Path:
+        return self.out / "federated"
+
+
+def site_params(site_dir: str | Path) -> dict:
+    path = Path(site_dir) / "params.yaml"
+    if not path.is_file():
+        raise FileNotFoundError(f"site folder {site_dir} has no params.yaml; a site is a pipeline project folder "
+                                "(inbox, output_dir, deid_key_file), see README 'Federated training'")
+    return load_params(path)
+
+
+def prepare_site(site_dir: str | Path) -> SiteData:
+    """Ingest, convert and assemble the site's inbox (unless unchanged since last time); split train/test."""
+    from medcore.data.datalist import case_id, load_datalist
+    from medcore.engine.presets import split_cases
+    from pipelines.steps.convert import convert_all
+    from pipelines.steps.dataset import DATASET_JSON, assemble_dataset
+    from pipelines.steps.ingest import folder_signature, ingest_all
+
+    name = site_name(site_dir)
+    params = site_params(site_dir)
+    layout = Layout.from_params(params)
+    inbox = resolve(params, params["source"]["dicom_dir"])
+    manifest = resolve(params, params["source"]["label_manifest"])
+    signature = {"inbox": folder_signature(inbox) if inbox.is_dir() else None,
+                 "labels": folder_signature(manifest.parent) if manifest.parent.is_dir() else None}
+    marker = layout.out / "federated" / "prepared.json"
+    dataset_json = layout.dataset_dir / DATASET_JSON
+    if not (marker.is_file() and read_json(marker) == signature and dataset_json.is_file()):
+        if signature["inbox"] is None:
+            raise FileNotFoundError(f"site {name}: inbox {inbox} does not exist")
+        ingest_all(params)
+        convert_all(params)
+        assemble_dataset(params)
+        write_json(marker, signature)
+    dataset = read_json(dataset_json)
+    items = load_datalist(dataset_json)
+    cases = [{"id": case_id(i), "image": i["image"], "label": i["label"]} for i in items]
+    if len(cases) < 2:
+        raise ValueError(f"site {name}: {len(cases)} labelled case(s); a site needs at least one training and one "
+                         "test case")
+    train, test = split_cases(cases, float(params["train"]["val_fraction"]), TEST_SEED)
+    modality = str((dataset.get("modality") or {}).get("0", "unknown"))
+    labels = {str(n): int(v) for v, n in dataset["labels"].items()}
+    version = read_json(layout.out / "dataset_version.json")["dataset_hash"]
+    return SiteData(name, version, modality, labels, tuple(train), tuple(test), layout.out)
+
+
+def site_fingerprint(site: SiteData) -> dict:
+    """medcore's own dataset fingerprint of the training cases: statistics only, no voxels, no case ids."""
+    from medcore.engine.presets import fingerprint
+
+    fp = fingerprint(list(site.train))
+    return {"site": site.name, "dataset_hash": site.dataset_hash, "modality": site.modality, "labels": site.labels,
+            **fp}
+
+
+def cached_cases(site: SiteData, plan: dict):
+    """``(train, test)`` as ``CachedCases`` preprocessed as ``plan`` says (in the site's content-addressed cache);
+    a case that cannot be preprocessed is left out with its reason."""
+    from medcore.data.dataset import ItemError
+    from medcore.engine.segmentation import CachedCases, case_dataset, preprocessing_configs
+
+    cases = list(site.train) + list(site.test)
+    dataset = case_dataset(cases, preprocessing_configs(plan), site.cache_dir)
+    out = []
+    for part in (range(len(site.train)), range(len(site.train), len(cases))):
+        usable, skipped = [], []
+        for i in part:
+            try:
+                dataset.prepared(i)
+                usable.append(i)
+            except ItemError as error:
+                skipped.append({"id": cases[i]["id"], "reason": str(error)})
+        out.append(CachedCases(dataset, usable, skipped))
+    if not len(out[0]):
+        raise ValueError(f"site {site.name}: none of its {len(site.train)} training cases could be preprocessed")
+    return out[0], out[1]
+
+
+class ProximalLoss(torch.nn.Module):
+    """FedProx: ``loss + mu / 2 * ||w - w_global||^2`` over the model's parameters."""
+
+    def __init__(self, loss: torch.nn.Module, model: torch.nn.Module, mu: float) -> None:
+        super().__init__()
+        self.loss, self.model, self.mu = loss, [model], float(mu)  # a list: not a registered submodule
+        self.reference = [p.detach().clone() for p in model.parameters()]
+
+    def forward(self, prediction, target) -> torch.Tensor:
+        prox = sum(((p - r.to(p.device)) ** 2).sum() for p, r in zip(self.model[0].parameters(), self.reference))
+        return self.loss(prediction, target) + 0.5 * self.mu * prox
+
+
+@dataclass(frozen=True)
+class LocalUpdate:
+    """What local training produced: the new weights, the number of training cases and the mean loss."""
+
+    weights: dict[str, torch.Tensor]
+    num_examples: int
+    train_loss: float
+
+
+def new_model(plan: dict, weights: dict[str, torch.Tensor] | None = None) -> torch.nn.Module:
+    import medcore.networks.dynunet  # noqa: F401  (registers "dynunet")
+    from medcore.networks import build_network
+
+    model = build_network(plan["network"])
+    if weights is not None:
+        model.load_state_dict(weights)
+    return model
+
+
+def train_locally(site: SiteData, plan: dict, weights: dict[str, torch.Tensor], steps: int, lr: float,
+                  proximal_mu: float = 0.0, seed: int = 0) -> LocalUpdate:
+    """``steps`` optimiser steps of the medcore trainer from ``weights`` on the site's training cases."""
+    from medcore.engine.data import EpochDataset
+    from medcore.engine.segmentation import PatchAugment
+    from medcore.engine.trainer import Trainer, TrainerConfig
+    from medcore.losses import build_loss
+
+    train, _ = cached_cases(site, plan)
+    torch.manual_seed(seed)
+    model = new_model(plan, weights)
+    loss = build_loss(plan["loss"])
+    if proximal_mu > 0:
+        loss = ProximalLoss(loss, model, proximal_mu)
+    config = TrainerConfig(max_epochs=1, batch_size=int(plan["batch_size"]),
+                           samples_per_epoch=int(steps) * int(plan["batch_size"]), val_every=1,
+                           optimizer={**plan["optimizer"], "lr": float(lr)}, schedule={"kind": "constant"},
+                           seed=seed, progress=False)
+    augment = PatchAugment(plan["patch_size"], plan["foreground_oversample"], **plan.get("augmentation", {}))
+    site.work_dir.mkdir(parents=True, exist_ok=True)
+    run_dir = Path(tempfile.mkdtemp(prefix="round-", dir=site.work_dir))
+    try:
+        trainer = Trainer(model, loss, EpochDataset(train, augment, seed=seed), run_dir, config)
+        trainer.fit(resume=False)
+        record = trainer.history.records[-1] if trainer.history.records else {}
+    finally:
+        shutil.rmtree(run_dir, ignore_errors=True)
+    weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    return LocalUpdate(weights, len(train), float(record.get("train_loss", float("nan"))))
+
+
+def evaluate_locally(site: SiteData, plan: dict, weights: dict[str, torch.Tensor]) -> dict[str, float]:
+    """Dice per class and their mean on the site's held-out test cases (numbers only), and their count."""
+    from medcore.engine.amp import choose_precision
+    from medcore.engine.distributed import DistContext
+    from medcore.engine.segmentation import SegmentationEvaluator
+
+    _, test = cached_cases(site, plan)
+    if not len(test):
+        return {"num-examples": 0}
+    model = new_model(plan, weights).eval()
+    with torch.no_grad():
+        metrics = SegmentationEvaluator(test, plan)(model, DistContext(), choose_precision("cpu", "auto"))
+    out = {k.removeprefix("val_"): float(v) for k, v in metrics.items() if k.startswith("val_dice")}
+    return {**out, "num-examples": len(test)}

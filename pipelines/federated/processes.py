@@ -51,6 +51,7 @@ def base_env(flwr_home: Path, **extra: str) -> dict[str, str]:
     """The environment of a Flower process: the project importable, its own FLWR_HOME, ``extra`` set."""
     path = os.environ.get("PYTHONPATH", "")
     return {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(PROJECT_ROOT), path) if p),
+            "PATH": os.pathsep.join((str(BIN), os.environ.get("PATH", ""))),  # Flower starts its own helpers
             "FLWR_HOME": str(flwr_home), "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": os.environ.get(
                 "OMP_NUM_THREADS", "1"), **extra}
 
@@ -107,11 +108,13 @@ def toml_value(value) -> str:
 
 
 def flwr_run(run_config: dict, env: dict, log: Path) -> int:
-    """``flwr run APP medcore --stream`` with ``run_config``; its output goes to ``log``; returns its exit code."""
-    config = " ".join(f"{k}={toml_value(v)}" for k, v in run_config.items())
+    """``flwr run APP medcore --stream`` with ``run_config`` (written beside ``log`` as TOML); its output goes to
+    ``log``; returns its exit code."""
+    config = log.parent / "run_config.toml"
+    config.write_text("".join(f"{k} = {toml_value(v)}\n" for k, v in run_config.items()))
     with open(log, "ab") as fh:
-        return subprocess.run([str(BIN / "flwr"), "run", str(APP_DIR), "medcore", "--stream", "--run-config", config],
-                              env=env, stdout=fh, stderr=subprocess.STDOUT, cwd=log.parent).returncode
+        return subprocess.run([str(BIN / "flwr"), "run", str(APP_DIR), "medcore", "--stream", "--run-config",
+                               str(config)], env=env, stdout=fh, stderr=subprocess.STDOUT, cwd=log.parent).returncode
 
 
 def stop(proc: subprocess.Popen, grace: float = 10.0) -> None:

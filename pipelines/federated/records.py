@@ -113,12 +113,14 @@ def violations(described: dict) -> list[str]:
 
 
 def audit_mod(message: Message, context: Context, call_next) -> Message:
-    """ClientApp mod: pass the message on; append a description of the reply to ``$MEDCORE_FED_AUDIT/<site>.jsonl``."""
-    reply = call_next(message, context)
+    """ClientApp mod: pass the message on; when ``$MEDCORE_FED_AUDIT`` is set, append a description of the
+    message received and of the reply sent to ``$MEDCORE_FED_AUDIT/<site>.jsonl``."""
     folder = os.environ.get(AUDIT_ENV)
+    reply = call_next(message, context)
     if folder:
         site = Path(os.environ.get(SITE_ENV, "unknown")).name
         Path(folder).mkdir(parents=True, exist_ok=True)
         with open(Path(folder) / f"{site}.jsonl", "a") as fh:
-            fh.write(json.dumps(describe(reply), default=str) + "\n")
+            for direction, msg in (("received", message), ("sent", reply)):
+                fh.write(json.dumps({"direction": direction, **describe(msg)}, default=str) + "\n")
     return reply

@@ -16,7 +16,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --quiet --upgrade pip
 	# CPU PyTorch from the wheel on disk: never let a plain `torch` requirement pull a CUDA build.
 	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e '.[dev,pipelines,scale]'
+	$(PY) -m pip install --quiet -e '.[dev,pipelines,scale,federated]'
 	touch $@
 
 dvc-tool: $(DVC_VENV)/.installed

@@ -13,6 +13,7 @@ from dagster import Definitions, PipesSubprocessClient
 from pipelines.assets import STUDY_ASSETS, TRAINING_ASSETS
 from pipelines.checks import ALL_CHECKS
 from pipelines.executors import EXECUTOR_ENV, EXECUTORS, select_executor  # noqa: F401 (re-exported)
+from pipelines.federated.assets import federate_job, federated_model
 from pipelines.jobs import retrain_job, study_job
 from pipelines.pacs import PacsResource, inference_job, pacs_segmentation, pacs_sensor
 from pipelines.resources import PipelineSettings
@@ -24,8 +25,8 @@ def make_definitions(settings: PipelineSettings | None = None, executor: str | N
                      pacs: PacsResource | None = None) -> Definitions:
     """All assets, checks, jobs, schedule and sensors; ``executor`` overrides ``$MEDCORE_DAGSTER_EXECUTOR``."""
     return Definitions(
-        assets=[*STUDY_ASSETS, *TRAINING_ASSETS, pacs_segmentation], asset_checks=ALL_CHECKS,
-        jobs=[study_job, retrain_job, inference_job], schedules=[weekly_retraining],
+        assets=[*STUDY_ASSETS, *TRAINING_ASSETS, pacs_segmentation, federated_model], asset_checks=ALL_CHECKS,
+        jobs=[study_job, retrain_job, inference_job, federate_job], schedules=[weekly_retraining],
         sensors=[inbox_sensor, pacs_sensor],
         resources={"settings": settings or PipelineSettings(), "pipes_subprocess_client": PipesSubprocessClient(),
                    "pacs": pacs or PacsResource()},

@@ -13,7 +13,9 @@ from pipelines.federated.processes import TLS
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m pipelines federate", description=__doc__)
     d = FederationSettings()
-    p.add_argument("--sites", nargs="+", required=True, help="site folders, each with its own params.yaml")
+    p.add_argument("--sites", nargs="+", default=[], help="site folders, each with its own params.yaml")
+    p.add_argument("--register-only", action="store_true",
+                   help="register the result a server wrote in --out (a federation run across machines)")
     p.add_argument("--params", default=None, help="params.yaml of the coordinating project (MLflow registry)")
     p.add_argument("--out", default=None, help="server folder (default: OUTPUT_DIR/federated)")
     p.add_argument("--rounds", type=int, default=d.rounds)
@@ -33,10 +35,33 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def register_only(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from pipelines.federated.federate import register_federated
+    from pipelines.params import load_params
+    from pipelines.steps.layout import read_json, write_json
+
+    if not args.out:
+        print("pipelines federate --register-only: pass --out, the server folder (MEDCORE_FED_DIR)", file=sys.stderr)
+        return 1
+    out = Path(args.out).resolve()
+    try:
+        registered = register_federated(load_params(args.params), out, read_json(out / "result.json"))
+    except (OSError, ValueError, RuntimeError) as error:
+        print(f"pipelines federate --register-only: {error}", file=sys.stderr)
+        return 1
+    write_json(out / "registered_model.json", registered)
+    print(json.dumps(registered, indent=1))
+    return 0
+
+
 def main(argv: list[str]) -> int:
     from pipelines.params import load_params
 
     args = parser().parse_args(argv)
+    if args.register_only:
+        return register_only(args)
     try:
         settings = FederationSettings(args.rounds, args.local_steps, args.fraction, args.min_sites, args.aggregation,
                                       args.proximal_mu, args.lr, args.round_timeout, args.prepare_timeout, args.seed,

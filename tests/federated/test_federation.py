@@ -2,6 +2,7 @@
 
 One run (module scope) is read by every test: three sites train two rounds, a fourth site with other
 class names is refused, one SuperNode is killed during round 2. The run then registers its model.
+The last test runs the Dagster job on the same server folder with a third round: it resumes.
 """
 
 from __future__ import annotations
@@ -156,3 +157,27 @@ def test_every_message_carries_only_weights_and_metrics_and_no_pseudonym(federat
     texts = [json.dumps(lines)] + [p.read_text(errors="ignore") for p in federation["out"].rglob("*")
                                    if p.is_file() and p.suffix in (".json", ".log", ".csv", ".toml")]
     assert not [p for p in pseudonyms for t in texts if p in t]
+
+
+def test_dagster_job_resumes_from_the_last_round_checkpoint(federation):
+    """The ``federate`` Dagster job on the same server folder with one more round resumes after round 2."""
+    from dagster import DagsterInstance
+
+    from pipelines.definitions import make_definitions
+    from pipelines.resources import PipelineSettings
+
+    root, out = federation["root"], federation["out"]
+    settings = PipelineSettings(params_file=str(root / "coordinator" / "params.yaml"))
+    config = {"sites": [str(s) for s in federation["sites"]], "out": str(out), "rounds": 3, "local_steps": 2,
+              "round_timeout": 120.0, "plan_overrides": json.dumps(PLAN)}
+    (root / "dagster_home").mkdir(exist_ok=True)
+    with DagsterInstance.local_temp(str(root / "dagster_home")) as instance:
+        job = make_definitions(settings).resolve_job_def("federate")
+        result = job.execute_in_process(instance=instance, run_config={"ops": {"federated_model": {"config": config}}})
+    assert result.success
+    log = (out / "federation.log").read_text()
+    assert "resuming after round 2 from last.safetensors" in log
+    rounds = read_json(out / "rounds.json")
+    assert [r["round"] for r in rounds] == [1, 2, 3] and rounds[2]["sites"] == ["site-a", "site-b", "site-c"]
+    meta = result.asset_materializations_for_node("federated_model")[0].metadata
+    assert meta["version"].value == "2" and meta["rounds"].value == 3

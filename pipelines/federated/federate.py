@@ -27,9 +27,9 @@ from pipelines.federated.processes import (
 )
 from pipelines.federated.records import SITE_ENV
 from pipelines.federated.server_app import AGGREGATIONS, SERVER_DIR_ENV
-from pipelines.federated.site import site_name, site_params
+from pipelines.federated.site import site_name, site_out, site_params
 from pipelines.params import resolve
-from pipelines.steps.layout import Layout, read_json, write_json
+from pipelines.steps.layout import read_json, write_json
 
 
 @dataclass(frozen=True)
@@ -98,7 +98,7 @@ def run_federation(site_dirs: list[str | Path], out: str | Path, settings: Feder
     nodes = {}
     try:
         for name, folder in sites.items():
-            work = Layout.from_params(site_params(folder)).out / "federated"
+            work = site_out(folder) / "federated"
             node_env = base_env(work / "flwr-home", **{SITE_ENV: str(folder)}, **extra)
             node_env.pop(KEY_ENV, None)  # each site de-identifies with its own key (its params' deid_key_file)
             nodes[name] = start_supernode(folder, work, address, node_env, tls)
@@ -120,6 +120,21 @@ def mean_dice(per_site: dict[str, dict]) -> float:
     return sum(m["dice_mean"] * int(m["num-examples"]) for m in per_site.values() if "dice_mean" in m) / max(n, 1)
 
 
+def export_model_dir(out: Path, result: dict) -> Path:
+    """``out/model``: the global model as a medcore MODEL_DIR (network config, safetensors, preprocessing)."""
+    from medcore.engine.checkpoint import load_checkpoint
+    from medcore.engine.segmentation import preprocessing_configs
+    from medcore.inferers.model_dir import save_model_dir
+    from pipelines.federated.site import new_model
+
+    plan = read_json(out / "plan.json")
+    model = new_model(plan, load_checkpoint(out / "global.safetensors")["weights"])
+    save_model_dir(out / "model", model, preprocessing=preprocessing_configs(plan), inference=plan["inference"],
+                   labels=plan["labels"], provenance={"federated": True, "sites": result["sites"],
+                                                      "rounds": result["rounds"], "aggregation": result["aggregation"]})
+    return out / "model"
+
+
 def register_federated(params: dict, out: Path, result: dict) -> dict:
     """Register the global model in MLflow (same pyfunc as single-site training) with its federation lineage."""
     import hashlib
@@ -127,19 +142,9 @@ def register_federated(params: dict, out: Path, result: dict) -> dict:
     import mlflow
     import pandas as pd
 
-    from medcore.engine.checkpoint import load_checkpoint
-    from medcore.engine.segmentation import preprocessing_configs
-    from medcore.inferers.model_dir import save_model_dir
-    from pipelines.federated.site import new_model
     from pipelines.steps.register import MODEL_CODE, client_for, code_commit, decide_promotion
 
-    plan = read_json(out / "plan.json")
-    model = new_model(plan, load_checkpoint(out / "global.safetensors")["weights"])
-    model_dir = out / "model"
-    save_model_dir(model_dir, model, preprocessing=preprocessing_configs(plan), inference=plan["inference"],
-                   labels=plan["labels"], provenance={"federated": True, "sites": result["sites"],
-                                                      "rounds": result["rounds"],
-                                                      "aggregation": result["aggregation"]})
+    model_dir = export_model_dir(out, result)
     per_site = result["per_site"]
     rows = [{"site": s, **m} for s, m in sorted(per_site.items())]
     pd.DataFrame(rows).to_csv(out / "per_site.csv", index=False)

@@ -71,21 +71,25 @@ def weights_record(weights: dict) -> ArrayRecord:
     return ArrayRecord({k: v.detach().cpu().contiguous() for k, v in weights.items()})
 
 
-def describe(message: Message) -> dict:
-    """Every record of a message: its kind, and per entry the dtype and shape (arrays) or the value."""
-    out: dict = {"type": message.metadata.message_type, "error": message.has_error(), "records": {}}
-    if message.has_error():
-        out["reason"] = message.error.reason
-        return out
-    for name, record in message.content.items():
+def describe_records(content: RecordDict) -> dict:
+    """Every record: its kind, and per entry the dtype and shape (arrays) or the value."""
+    out = {}
+    for name, record in content.items():
         entry: dict = {"kind": type(record).__name__, "items": {}}
         for key, value in record.items():
             if isinstance(record, ArrayRecord):
                 entry["items"][key] = {"dtype": value.dtype, "shape": list(value.shape)}
             else:
                 entry["items"][key] = value
-        out["records"][name] = entry
+        out[name] = entry
     return out
+
+
+def describe(message: Message) -> dict:
+    """A message's type, and its error or its records (:func:`describe_records`)."""
+    if message.has_error():
+        return {"type": message.metadata.message_type, "error": True, "reason": message.error.reason, "records": {}}
+    return {"type": message.metadata.message_type, "error": False, "records": describe_records(message.content)}
 
 
 def violations(described: dict) -> list[str]:

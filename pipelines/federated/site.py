@@ -1,14 +1,17 @@
 """One site of a federation: its data (prepared by the site's own pipeline), local training and evaluation.
 
 A site folder holds ``params.yaml`` (inbox, output folder, de-identification key file: the same
-params a single-site pipeline uses). The folder's name is the site's name, the only identity that
-leaves it. Preparation runs the site's ingest, convert and dataset stages (skipped when the inbox
-has not changed since the last preparation), then splits the cases into training and held-out test
-cases. Nothing here sends anything: :mod:`pipelines.federated.client_app` decides what leaves.
+params a single-site pipeline uses), or, for data converted and de-identified already, an MSD-layout
+dataset (``dataset.json``, ``imagesTr/``, ``labelsTr/``; outputs go to ``outputs/`` beside them).
+The folder's name is the site's name, the only identity that leaves it. Preparation runs the site's
+ingest, convert and dataset stages (skipped when the inbox has not changed since the last
+preparation), then splits the cases into training and held-out test cases. Nothing here sends
+anything: :mod:`pipelines.federated.client_app` decides what leaves.
 """
 
 from __future__ import annotations
 
+import hashlib
 import re
 import shutil
 import tempfile
@@ -18,10 +21,12 @@ from pathlib import Path
 import torch
 
 from pipelines.params import load_params, resolve
-from pipelines.steps.layout import Layout, read_json, write_json
+from pipelines.steps.dataset import DATASET_JSON
+from pipelines.steps.layout import Layout, read_json, sha256_file, tree_hash, write_json
 
 SITE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 TEST_SEED = 0
+MSD_TEST_FRACTION = 0.1  # held out per MSD-layout site (a pipeline site uses its train.val_fraction)
 
 
 def site_name(site_dir: str | Path) -> str:
@@ -54,24 +59,62 @@ class SiteData:
         return self.out / "federated"
 
 
-def site_params(site_dir: str | Path) -> dict:
-    path = Path(site_dir) / "params.yaml"
-    if not path.is_file():
-        raise FileNotFoundError(f"site folder {site_dir} has no params.yaml; a site is a pipeline project folder "
-                                "(inbox, output_dir, deid_key_file), see README 'Federated training'")
-    return load_params(path)
+def site_params(site_dir: str | Path) -> dict | None:
+    """The site's pipeline params, or None for an MSD-layout dataset folder; anything else is refused."""
+    folder = Path(site_dir)
+    if (folder / "params.yaml").is_file():
+        return load_params(folder / "params.yaml")
+    if (folder / DATASET_JSON).is_file():
+        return None
+    raise FileNotFoundError(f"site folder {site_dir} has neither params.yaml (a pipeline project: inbox, output_dir, "
+                            f"deid_key_file) nor {DATASET_JSON} (a converted MSD-layout dataset); see README "
+                            "'Federated training'")
+
+
+def site_out(site_dir: str | Path) -> Path:
+    """Where the site writes: its pipeline output folder, or ``outputs/`` in an MSD-layout site."""
+    params = site_params(site_dir)
+    return Layout.from_params(params).out if params is not None else Path(site_dir).resolve() / "outputs"
+
+
+def dataset_version(folder: Path) -> str:
+    """Content hash of an MSD-layout dataset: ``dataset.json``, ``imagesTr`` and ``labelsTr``."""
+    parts = [sha256_file(folder / DATASET_JSON), tree_hash(folder / "imagesTr"), tree_hash(folder / "labelsTr")]
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()
 
 
 def prepare_site(site_dir: str | Path) -> SiteData:
-    """Ingest, convert and assemble the site's inbox (unless unchanged since last time); split train/test."""
+    """The site's labelled cases split into training and test; a pipeline site first ingests, converts and
+    assembles its inbox (unless unchanged since last time)."""
     from medcore.data.datalist import case_id, load_datalist
     from medcore.engine.presets import split_cases
-    from pipelines.steps.convert import convert_all
-    from pipelines.steps.dataset import DATASET_JSON, assemble_dataset
-    from pipelines.steps.ingest import folder_signature, ingest_all
 
     name = site_name(site_dir)
     params = site_params(site_dir)
+    if params is None:
+        dataset_json, fraction = Path(site_dir).resolve() / DATASET_JSON, MSD_TEST_FRACTION
+        version = dataset_version(dataset_json.parent)
+    else:
+        dataset_json, fraction = assembled_dataset(name, params), float(params["train"]["val_fraction"])
+        version = read_json(Layout.from_params(params).out / "dataset_version.json")["dataset_hash"]
+    dataset = read_json(dataset_json)
+    items = load_datalist(dataset_json)
+    cases = [{"id": case_id(i), "image": i["image"], "label": i["label"]} for i in items]
+    if len(cases) < 2:
+        raise ValueError(f"site {name}: {len(cases)} labelled case(s); a site needs at least one training and one "
+                         "test case")
+    train, test = split_cases(cases, fraction, TEST_SEED)
+    modality = str((dataset.get("modality") or {}).get("0", "unknown"))
+    labels = {str(n): int(v) for v, n in dataset["labels"].items()}
+    return SiteData(name, version, modality, labels, tuple(train), tuple(test), site_out(site_dir))
+
+
+def assembled_dataset(name: str, params: dict) -> Path:
+    """Ingest, convert and assemble the site's inbox unless it is unchanged since the last time; the dataset.json."""
+    from pipelines.steps.convert import convert_all
+    from pipelines.steps.dataset import assemble_dataset
+    from pipelines.steps.ingest import folder_signature, ingest_all
+
     layout = Layout.from_params(params)
     inbox = resolve(params, params["source"]["dicom_dir"])
     manifest = resolve(params, params["source"]["label_manifest"])
@@ -86,17 +129,7 @@ def prepare_site(site_dir: str | Path) -> SiteData:
         convert_all(params)
         assemble_dataset(params)
         write_json(marker, signature)
-    dataset = read_json(dataset_json)
-    items = load_datalist(dataset_json)
-    cases = [{"id": case_id(i), "image": i["image"], "label": i["label"]} for i in items]
-    if len(cases) < 2:
-        raise ValueError(f"site {name}: {len(cases)} labelled case(s); a site needs at least one training and one "
-                         "test case")
-    train, test = split_cases(cases, float(params["train"]["val_fraction"]), TEST_SEED)
-    modality = str((dataset.get("modality") or {}).get("0", "unknown"))
-    labels = {str(n): int(v) for v, n in dataset["labels"].items()}
-    version = read_json(layout.out / "dataset_version.json")["dataset_hash"]
-    return SiteData(name, version, modality, labels, tuple(train), tuple(test), layout.out)
+    return dataset_json
 
 
 def site_fingerprint(site: SiteData) -> dict:

@@ -36,6 +36,7 @@ class FederateConfig(Config):
     proximal_mu: float = Field(_D.proximal_mu, description="FedProx's mu")
     round_timeout: float = Field(_D.round_timeout, description="seconds a round waits for a site")
     plan_overrides: str = Field("{}", description="plan overrides as JSON")
+    secagg: bool = Field(False, description="SecAgg+: the server sees only the sum of masked updates")
 
 
 @asset(group_name="federated")
@@ -46,7 +47,8 @@ def federated_model(context: AssetExecutionContext, config: FederateConfig,
 
     fed = FederationSettings(rounds=config.rounds, local_steps=config.local_steps, fraction=config.fraction,
                              aggregation=config.aggregation, proximal_mu=config.proximal_mu,
-                             round_timeout=config.round_timeout, plan_overrides=json.loads(config.plan_overrides))
+                             round_timeout=config.round_timeout, plan_overrides=json.loads(config.plan_overrides),
+                             secagg=config.secagg)
     done = federate(config.sites, settings.params(), fed, config.out or None)
     for name, reason in done.result["refused"].items():
         context.log.warning(f"site {name} refused: {reason}")

@@ -30,6 +30,7 @@ def parser() -> argparse.ArgumentParser:
                    help="seconds to wait for SuperNodes and for each site's preparation and fingerprint")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--plan", default="{}", help='plan overrides as JSON, e.g. \'{"patch_size": [32, 32, 16]}\'')
+    p.add_argument("--secagg", action="store_true", help="Flower's SecAgg+: the server sees only summed masked updates")
     p.add_argument("--tls-dir", default=None, help="folder with ca.crt, server.pem, server.key (default: insecure "
                                                    "loopback connections)")
     return p
@@ -65,7 +66,7 @@ def main(argv: list[str]) -> int:
     try:
         settings = FederationSettings(args.rounds, args.local_steps, args.fraction, args.min_sites, args.aggregation,
                                       args.proximal_mu, args.lr, args.round_timeout, args.prepare_timeout, args.seed,
-                                      json.loads(args.plan))
+                                      json.loads(args.plan), args.secagg)
         done = federate(args.sites, load_params(args.params), settings, args.out,
                         TLS.from_dir(args.tls_dir) if args.tls_dir else None)
     except (OSError, ValueError, RuntimeError) as error:

@@ -9,14 +9,23 @@ from __future__ import annotations
 
 import json
 import os
+from typing import Any, cast
 
-from flwr.app import Context, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from pipelines.federated.records import SITE_ENV, audit_mod, fingerprint_records, weights_record
-from pipelines.federated.site import SiteData, evaluate_locally, prepare_site, site_fingerprint, train_locally
+from pipelines.federated.secure import fit_inputs, fit_reply, is_secure_fit, secagg_mod
+from pipelines.federated.site import (
+    SiteData,
+    evaluate_locally,
+    new_model,
+    prepare_site,
+    site_fingerprint,
+    train_locally,
+)
 
-app = ClientApp(mods=[audit_mod])
+app = ClientApp(mods=[audit_mod, secagg_mod])  # the audit sees exactly what leaves, after SecAgg+ masking
 
 
 def this_site() -> SiteData:
@@ -29,7 +38,8 @@ def this_site() -> SiteData:
 def received(message: Message) -> tuple[dict, dict, dict]:
     """The server's plan, round config and global weights from a train/evaluate message."""
     config = message.content["config"]
-    return json.loads(str(config["plan"])), dict(config), message.content["arrays"].to_torch_state_dict()
+    arrays = cast(ArrayRecord, message.content["arrays"])
+    return json.loads(str(config["plan"])), dict(config), arrays.to_torch_state_dict()
 
 
 @app.query()
@@ -39,15 +49,26 @@ def fingerprint(message: Message, context: Context) -> Message:
 
 @app.train()
 def train(message: Message, context: Context) -> Message:
+    if is_secure_fit(message.content):  # a SecAgg+ round: Flower's fit records, masked by secagg_mod
+        arrays, config = fit_inputs(message.content)
+        plan = json.loads(str(config["plan"]))
+        keys = list(new_model(plan).state_dict())
+        update = local_update(plan, config, dict(zip(keys, arrays)))
+        return Message(fit_reply(update.weights, keys, update.num_examples, update.train_loss), reply_to=message)
     plan, config, weights = received(message)
-    update = train_locally(this_site(), plan, weights, int(config["local-steps"]), float(config["lr"]),
-                           float(config["proximal-mu"]), int(config["seed"]))
+    update = local_update(plan, config, weights)
     metrics = MetricRecord({"num-examples": update.num_examples, "train_loss": update.train_loss})
     return Message(RecordDict({"arrays": weights_record(update.weights), "metrics": metrics}), reply_to=message)
+
+
+def local_update(plan: dict, config: dict, weights: dict):
+    return train_locally(this_site(), plan, weights, int(config["local-steps"]), float(config["lr"]),
+                         float(config["proximal-mu"]), int(config["seed"]))
 
 
 @app.evaluate()
 def evaluate(message: Message, context: Context) -> Message:
     plan, _, weights = received(message)
-    return Message(RecordDict({"metrics": MetricRecord(evaluate_locally(this_site(), plan, weights))}),
+    metrics = cast(Any, evaluate_locally(this_site(), plan, weights))
+    return Message(RecordDict({"metrics": MetricRecord(metrics)}),
                    reply_to=message)

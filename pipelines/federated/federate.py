@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -47,6 +48,7 @@ class FederationSettings:
     prepare_timeout: float = 900.0
     seed: int = 0
     plan_overrides: dict = field(default_factory=dict)
+    secagg: bool = False  # SecAgg+: the server sees only the sum of the sites' masked updates
 
     def run_config(self, num_sites: int) -> dict:
         if self.aggregation not in AGGREGATIONS:
@@ -66,7 +68,7 @@ class FederationResult:
     registered: dict
 
 
-def check_sites(site_dirs: list[str | Path]) -> dict[str, Path]:
+def check_sites(site_dirs: Sequence[str | Path]) -> dict[str, Path]:
     """``{site name: folder}``; names must be unique (they are the sites' only identity)."""
     sites: dict[str, Path] = {}
     for d in site_dirs:
@@ -80,7 +82,7 @@ def check_sites(site_dirs: list[str | Path]) -> dict[str, Path]:
     return sites
 
 
-def run_federation(site_dirs: list[str | Path], out: str | Path, settings: FederationSettings,
+def run_federation(site_dirs: Sequence[str | Path], out: str | Path, settings: FederationSettings,
                    tls: TLS | None = None, env: dict[str, str] | None = None) -> dict:
     """Run the federation with real processes on 127.0.0.1; return the server's ``result.json``.
 
@@ -189,10 +191,10 @@ def register_federated(params: dict, out: Path, result: dict) -> dict:
             "model_uri": f"models:/{name}@{alias}", "mean_dice": score, **lineage}
 
 
-def federate(site_dirs: list[str | Path], params: dict, settings: FederationSettings, out: str | Path | None = None,
+def federate(site_dirs: Sequence[str | Path], params: dict, settings: FederationSettings, out: str | Path | None = None,
              tls: TLS | None = None, env: dict[str, str] | None = None) -> FederationResult:
     """The federation, then its registration; ``out`` defaults to ``OUTPUT_DIR/federated`` of ``params``."""
-    out = Path(out) if out else resolve(params, params["output_dir"]) / "federated"
+    out = Path(out) if out else Path(resolve(params, params["output_dir"]) or ".") / "federated"
     result = run_federation(site_dirs, out, settings, tls, env)
     registered = register_federated(params, out.resolve(), result)
     write_json(out / "registered_model.json", registered)

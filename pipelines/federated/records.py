@@ -7,6 +7,8 @@ Site to server, by message type:
 - ``train``: ArrayRecord ``arrays`` (the locally trained parameters) and MetricRecord ``metrics``
   (``num-examples``, ``train_loss``).
 - ``evaluate``: MetricRecord ``metrics`` (``num-examples``, Dice per class and their mean).
+- ``train`` under SecAgg+: ConfigRecord ``secaggplus_configs`` (the protocol's keys, key shares and the masked
+  parameter vector) and Flower's ``fitres.*`` records, whose parameters the mod has emptied.
 
 :data:`ALLOWED` states exactly that; :func:`audit_mod`, a ClientApp mod, writes a description of each
 outgoing reply when ``$MEDCORE_FED_AUDIT`` names a folder, so a test can check every message of a run.
@@ -17,8 +19,10 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Any, cast
 
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Key
 
 AUDIT_ENV = "MEDCORE_FED_AUDIT"
 SITE_ENV = "MEDCORE_SITE_DIR"
@@ -31,6 +35,10 @@ ALLOWED = {
     "train": {"arrays": "ArrayRecord", "metrics": "MetricRecord"},
     "evaluate": {"metrics": "MetricRecord"},
 }
+SECAGG_TRAIN = {RECORD_KEY_CONFIGS: "ConfigRecord", "fitres.parameters": "ArrayRecord",
+                "fitres.num_examples": "MetricRecord", "fitres.metrics": "ConfigRecord",
+                "fitres.status": "ConfigRecord"}
+SECAGG_KEYS = {v for k, v in vars(Key).items() if k.isupper()}
 
 
 def fingerprint_records(fp: dict) -> RecordDict:
@@ -52,7 +60,7 @@ def fingerprint_records(fp: dict) -> RecordDict:
 
 def read_fingerprint(content: RecordDict) -> dict:
     """The fingerprint dict back from a query reply (the fields the planner reads)."""
-    identity, stats = content["identity"], content["fingerprint"]
+    identity, stats = cast(Any, content["identity"]), cast(Any, content["fingerprint"])
     labels = {}
     for item in identity["class_names"]:
         value, name = str(item).split(":", 1)
@@ -78,7 +86,8 @@ def describe_records(content: RecordDict) -> dict:
         entry: dict = {"kind": type(record).__name__, "items": {}}
         for key, value in record.items():
             if isinstance(record, ArrayRecord):
-                entry["items"][key] = {"dtype": value.dtype, "shape": list(value.shape)}
+                array = cast(Any, value)
+                entry["items"][key] = {"dtype": array.dtype, "shape": list(array.shape)}
             else:
                 entry["items"][key] = value
         out[name] = entry
@@ -97,6 +106,8 @@ def violations(described: dict) -> list[str]:
     if described["error"]:
         return []
     kind = described["type"].split(".")[0]
+    if kind == "train" and RECORD_KEY_CONFIGS in described["records"]:
+        return secagg_violations(described["records"])
     allowed = ALLOWED.get(kind)
     if allowed is None:
         return [f"unexpected message type {described['type']!r}"]
@@ -113,6 +124,26 @@ def violations(described: dict) -> list[str]:
             out += [f"{kind}: metric {k!r} is not a scalar" for k in bad]
         elif record["kind"] == "ConfigRecord" and sorted(record["items"]) != sorted(IDENTITY_KEYS):
             out.append(f"{kind}: identity keys {sorted(record['items'])} are not {sorted(IDENTITY_KEYS)}")
+    return out
+
+
+def secagg_violations(records: dict) -> list[str]:
+    """A SecAgg+ train reply may carry protocol values and the masked vector, never plain parameters."""
+    out = []
+    for name, record in records.items():
+        items = record["items"]
+        if SECAGG_TRAIN.get(name) != record["kind"]:
+            out.append(f"secagg train: record {name!r} of kind {record['kind']} is not allowed")
+        elif name == RECORD_KEY_CONFIGS:
+            out += [f"secagg train: key {k!r} is not a SecAgg+ key" for k in items
+                    if k.split(":")[0] not in SECAGG_KEYS]
+        elif name == "fitres.parameters" and items:
+            out.append("secagg train: unmasked parameters left in fitres.parameters")
+        elif name == "fitres.status" and sorted(items) != ["code", "message"]:
+            out.append(f"secagg train: status keys {sorted(items)}")
+        elif name in ("fitres.metrics", "fitres.num_examples"):
+            out += [f"secagg train: {name} {k!r} is not a scalar" for k, v in items.items()
+                    if not isinstance(v, (int, float))]
     return out
 
 

@@ -17,6 +17,7 @@ import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 from flwr.app import ConfigRecord, Context, Message, RecordDict
 from flwr.serverapp import Grid, ServerApp
@@ -48,17 +49,21 @@ class Settings:
     prepare_timeout: float
     seed: int
     plan_overrides: dict
+    secagg: bool
 
     @classmethod
     def from_run_config(cls, cfg: dict) -> Settings:
         s = cls(int(cfg["rounds"]), int(cfg["local-steps"]), float(cfg["fraction"]), int(cfg["num-sites"]),
                 int(cfg["min-sites"]), str(cfg["aggregation"]), float(cfg["proximal-mu"]), float(cfg["lr"]),
                 float(cfg["round-timeout"]), float(cfg["prepare-timeout"]), int(cfg["seed"]),
-                json.loads(str(cfg["plan-overrides"]) or "{}"))
+                json.loads(str(cfg["plan-overrides"]) or "{}"), bool(cfg["secagg"]))
         if s.aggregation not in AGGREGATIONS:
             raise ValueError(f"aggregation {s.aggregation!r}: choose one of {AGGREGATIONS}")
         if not 0 < s.fraction <= 1 or s.rounds < 1 or s.local_steps < 1:
             raise ValueError(f"need 0 < fraction <= 1, rounds >= 1 and local-steps >= 1; got {s}")
+        if s.secagg and s.aggregation != "fedavg":
+            raise ValueError("secagg runs FedAvg (the server sees only the sum of masked updates); set aggregation "
+                             "to fedavg")
         return s
 
 
@@ -115,6 +120,37 @@ def wait_for_sites(grid: Grid, settings: Settings, log: Log) -> list[int]:
         raise RuntimeError(f"{len(nodes)} SuperNode(s) connected, fewer than min-sites={settings.min_sites}")
     log(f"{len(nodes)} of {settings.num_sites} SuperNodes connected")
     return nodes
+
+
+def plain_training(grid: Grid, chosen: dict[int, str], weights: dict, config: ConfigRecord, rnd: int,
+                   settings: Settings, strategy, log: Log) -> tuple[dict, dict]:
+    """One round: every chosen site trains from ``weights``; the strategy averages the replies."""
+    content = RecordDict({"arrays": weights_record(weights), "config": config})
+    replies, missing = exchange(grid, chosen, "train", content, str(rnd), settings.round_timeout)
+    for name, why in sorted(missing.items()):
+        log(f"round {rnd}: site {name} missing ({why})")
+    metrics = {}
+    if replies:
+        arrays, aggregated = strategy.aggregate_train(rnd, list(replies.values()))
+        weights, metrics = arrays.to_torch_state_dict(), dict(aggregated or {})
+    log(f"round {rnd}: aggregated {sorted(replies) or 'no site; the global model is unchanged'} "
+        f"({settings.aggregation}); train_loss {metrics.get('train_loss', float('nan')):.4f}")
+    return weights, {"sites": sorted(replies), "missing": missing, **metrics}
+
+
+def secure_training(grid: Grid, context: Context, chosen: dict[int, str], weights: dict, config: ConfigRecord,
+                    plan: dict, rnd: int, settings: Settings, log: Log) -> tuple[dict, dict]:
+    """One SecAgg+ round: the server receives masked updates and learns only their weighted sum."""
+    from pipelines.federated.secure import secure_round
+    from pipelines.federated.site import new_model
+
+    keys = list(new_model(plan).state_dict())
+    new = secure_round(grid, context, sorted(chosen), weights, keys, dict(config), rnd, settings.round_timeout)
+    if new is None:
+        log(f"round {rnd}: SecAgg+ halted (too few sites answered); the global model is unchanged")
+        return weights, {"sites": [], "missing": {}, "secagg": 1}
+    log(f"round {rnd}: aggregated {len(chosen)} sites with SecAgg+ (fedavg of masked updates)")
+    return new, {"sites": sorted(chosen.values()), "missing": {}, "secagg": 1}
 
 
 def plan_key(plan: dict) -> str:
@@ -186,21 +222,12 @@ def main(grid: Grid, context: Context) -> None:
         lr = base_lr * (1 - (rnd - 1) / settings.rounds) ** 0.9  # poly decay over rounds
         config = ConfigRecord({"plan": json.dumps(plan), "round": rnd, "local-steps": settings.local_steps,
                                "lr": lr, "proximal-mu": mu, "seed": settings.seed + rnd})
-        log(f"round {rnd}: training at {sorted(chosen.values())}")
-        content = RecordDict({"arrays": weights_record(weights), "config": config})
-        replies, missing = exchange(grid, chosen, "train", content, str(rnd), settings.round_timeout)
-        for name, why in sorted(missing.items()):
-            log(f"round {rnd}: site {name} missing ({why})")
-        if not replies:
-            log(f"round {rnd}: no site replied; the global model is unchanged")
-            metrics = {}
+        log(f"round {rnd}: training at {sorted(chosen.values())}{' with SecAgg+' if settings.secagg else ''}")
+        if settings.secagg:
+            weights, record = secure_training(grid, context, chosen, weights, config, plan, rnd, settings, log)
         else:
-            arrays, aggregated = strategy.aggregate_train(rnd, list(replies.values()))
-            weights = arrays.to_torch_state_dict()
-            metrics = dict(aggregated or {})
-        history.append({"round": rnd, "sites": sorted(replies), "missing": missing, "lr": lr, **metrics})
-        log(f"round {rnd}: aggregated {sorted(replies)} ({settings.aggregation}); train_loss "
-            f"{metrics.get('train_loss', float('nan')):.4f}")
+            weights, record = plain_training(grid, chosen, weights, config, rnd, settings, strategy, log)
+        history.append({"round": rnd, "lr": lr, **record})
         save_checkpoint({"round": rnd, "weights": weights, "plan_key": plan_key(plan), "history": history},
                         out / "checkpoints" / "last.safetensors")
     write_json(out / "rounds.json", history)
@@ -220,4 +247,4 @@ def main(grid: Grid, context: Context) -> None:
               "plan_key": plan_key(plan), "settings": {k: v for k, v in settings.__dict__.items()}}
     write_json(out / "result.json", result)
     log(f"federation finished: {settings.rounds} rounds; per-site test Dice "
-        f"{ {k: round(v.get('dice_mean', float('nan')), 4) for k, v in per_site.items()} }")
+        f"{ {k: round(float(cast(float, v.get('dice_mean', float('nan')))), 4) for k, v in per_site.items()} }")

@@ -116,8 +116,8 @@ def assembled_dataset(name: str, params: dict) -> Path:
     from pipelines.steps.ingest import folder_signature, ingest_all
 
     layout = Layout.from_params(params)
-    inbox = resolve(params, params["source"]["dicom_dir"])
-    manifest = resolve(params, params["source"]["label_manifest"])
+    inbox = Path(resolve(params, params["source"]["dicom_dir"]) or "")
+    manifest = Path(resolve(params, params["source"]["label_manifest"]) or "")
     signature = {"inbox": folder_signature(inbox) if inbox.is_dir() else None,
                  "labels": folder_signature(manifest.parent) if manifest.parent.is_dir() else None}
     marker = layout.out / "federated" / "prepared.json"

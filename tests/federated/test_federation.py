@@ -159,8 +159,9 @@ def test_every_message_carries_only_weights_and_metrics_and_no_pseudonym(federat
     assert not [p for p in pseudonyms for t in texts if p in t]
 
 
-def test_dagster_job_resumes_from_the_last_round_checkpoint(federation):
-    """The ``federate`` Dagster job on the same server folder with one more round resumes after round 2."""
+def test_dagster_job_resumes_from_the_last_round_checkpoint_with_secagg(federation, monkeypatch):
+    """The ``federate`` Dagster job on the same server folder with one more round resumes after round 2; that
+    round runs SecAgg+, and what the sites send then is masked (audited as above)."""
     from dagster import DagsterInstance
 
     from pipelines.definitions import make_definitions
@@ -169,7 +170,9 @@ def test_dagster_job_resumes_from_the_last_round_checkpoint(federation):
     root, out = federation["root"], federation["out"]
     settings = PipelineSettings(params_file=str(root / "coordinator" / "params.yaml"))
     config = {"sites": [str(s) for s in federation["sites"]], "out": str(out), "rounds": 3, "local_steps": 2,
-              "round_timeout": 120.0, "plan_overrides": json.dumps(PLAN)}
+              "round_timeout": 120.0, "plan_overrides": json.dumps(PLAN), "secagg": True}
+    audit = federation["root"] / "audit-secagg"
+    monkeypatch.setenv(AUDIT_ENV, str(audit))
     (root / "dagster_home").mkdir(exist_ok=True)
     with DagsterInstance.local_temp(str(root / "dagster_home")) as instance:
         job = make_definitions(settings).resolve_job_def("federate")
@@ -177,7 +180,14 @@ def test_dagster_job_resumes_from_the_last_round_checkpoint(federation):
     assert result.success
     log = (out / "federation.log").read_text()
     assert "resuming after round 2 from last.safetensors" in log
+    assert "round 3: aggregated 3 sites with SecAgg+" in log
     rounds = read_json(out / "rounds.json")
     assert [r["round"] for r in rounds] == [1, 2, 3] and rounds[2]["sites"] == ["site-a", "site-b", "site-c"]
     meta = result.asset_materializations_for_node("federated_model")[0].metadata
     assert meta["version"].value == "2" and meta["rounds"].value == 3
+    sent = [json.loads(line) for f in sorted(audit.glob("*.jsonl")) for line in f.read_text().splitlines()]
+    sent = [m for m in sent if m["direction"] == "sent" and m["type"] == "train"]
+    assert len(sent) == 3 * 4 and all("secaggplus_configs" in m["records"] for m in sent)  # 4 stages per site
+    assert [v for m in sent for v in violations(m)] == []
+    masked = [m for m in sent if "fitres.parameters" in m["records"]]
+    assert len(masked) == 3 and all(m["records"]["fitres.parameters"]["items"] == {} for m in masked)

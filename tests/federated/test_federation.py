@@ -63,7 +63,7 @@ OTHER_CLASSES = {"0": "background", "1": "liver", "2": "tumour"}
 
 
 def kill_site_in_round(out: Path, site: str, rnd: int, timeout: float = 400.0) -> threading.Thread:
-    """In the background: once the server logs round ``rnd``, stop the site's SuperNode (its process group)."""
+    """In the background: once the server logs round ``rnd``, SIGKILL the site's SuperNode and its ClientApp."""
 
     def watch() -> None:
         end = time.time() + timeout
@@ -72,7 +72,7 @@ def kill_site_in_round(out: Path, site: str, rnd: int, timeout: float = 400.0) -
             if log.is_file() and f"round {rnd}: training" in log.read_text() and processes.is_file():
                 pid = read_json(processes)["supernodes"][site]
                 time.sleep(2.0)  # the site is busy with the round
-                os.killpg(pid, signal.SIGTERM)
+                os.killpg(pid, signal.SIGKILL)
                 return
             time.sleep(0.5)
 

@@ -200,7 +200,7 @@ def train_locally(site: SiteData, plan: dict, weights: dict[str, torch.Tensor], 
                   proximal_mu: float = 0.0, seed: int = 0) -> LocalUpdate:
     """``steps`` optimiser steps of the medcore trainer from ``weights`` on the site's training cases."""
     from medcore.engine.data import EpochDataset
-    from medcore.engine.segmentation import PatchAugment
+    from medcore.engine.segmentation import TrainingSample, training_transforms
     from medcore.engine.trainer import Trainer, TrainerConfig
     from medcore.losses import build_loss
 
@@ -214,7 +214,7 @@ def train_locally(site: SiteData, plan: dict, weights: dict[str, torch.Tensor], 
                            samples_per_epoch=int(steps) * int(plan["batch_size"]), val_every=1,
                            optimizer={**plan["optimizer"], "lr": float(lr)}, schedule={"kind": "constant"},
                            seed=seed, progress=False)
-    augment = PatchAugment(plan["patch_size"], plan["foreground_oversample"], **plan.get("augmentation", {}))
+    augment = TrainingSample(training_transforms(plan))
     site.work_dir.mkdir(parents=True, exist_ok=True)
     run_dir = Path(tempfile.mkdtemp(prefix="round-", dir=site.work_dir))
     try:
@@ -239,5 +239,6 @@ def evaluate_locally(site: SiteData, plan: dict, weights: dict[str, torch.Tensor
     model = new_model(plan, weights).eval()
     with torch.no_grad():
         metrics = SegmentationEvaluator(test, plan)(model, DistContext(), choose_precision("cpu", "auto"))
-    out = {k.removeprefix("val_"): float(v) for k, v in metrics.items() if k.startswith("val_dice")}
+    out = {k.removeprefix("val_"): float(v) for k, v in metrics.items()
+           if k.startswith("val_dice") and not k.startswith("val_dice_largest")}
     return {**out, "num-examples": len(test)}

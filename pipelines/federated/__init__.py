@@ -5,7 +5,8 @@ Sites send the server parameter tensors and scalar metrics only, plus one finger
 (modality, class names, shape/spacing/intensity statistics) for the shared plan.
 
 Modules: ``site`` (a site's data, local training and evaluation), ``plan`` (one plan from the sites'
-fingerprints, refusals by name), ``records`` (what travels, and the audit of it), ``client_app`` and
-``server_app`` (the Flower apps), ``processes`` (SuperLink, SuperNodes and ``flwr run`` on this machine),
-``federate`` (the whole run, then MLflow registration) and ``assets`` (the Dagster job).
+fingerprints, refusals by name), ``records`` (what travels, and the audit of it), ``secure`` (SecAgg+
+rounds), ``client_app`` and ``server_app`` (the Flower apps; ``app/pyproject.toml`` is the Flower App),
+``processes`` (SuperLink, SuperNodes and ``flwr run`` on this machine), ``federate`` (the whole run,
+then MLflow registration), ``cli`` (``python -m pipelines federate``) and ``assets`` (the Dagster job).
 """

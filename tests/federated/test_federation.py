@@ -2,7 +2,7 @@
 
 One run (module scope) is read by every test: three sites train two rounds, a fourth site with other
 class names is refused, one SuperNode is killed during round 2. The run then registers its model.
-The last test runs the Dagster job on the same server folder with a third round: it resumes.
+The last test kills the server during a third round, then runs the Dagster job: it resumes.
 """
 
 from __future__ import annotations
@@ -62,15 +62,17 @@ PLAN = {"patch_size": [16, 16, 8], "base_filters": 4, "batch_size": 2}
 OTHER_CLASSES = {"0": "background", "1": "liver", "2": "tumour"}
 
 
-def kill_site_in_round(out: Path, site: str, rnd: int, timeout: float = 400.0) -> threading.Thread:
-    """In the background: once the server logs round ``rnd``, SIGKILL the site's SuperNode and its ClientApp."""
+def kill_in_round(out: Path, who: str, rnd: int, timeout: float = 400.0) -> threading.Thread:
+    """In the background: once the server logs round ``rnd``, SIGKILL ``who`` (a site's SuperNode and its
+    ClientApp, or ``superlink``: the server) by its process group."""
 
     def watch() -> None:
         end = time.time() + timeout
         log, processes = out / "federation.log", out / "processes.json"
         while time.time() < end:
             if log.is_file() and f"round {rnd}: training" in log.read_text() and processes.is_file():
-                pid = read_json(processes)["supernodes"][site]
+                pids = read_json(processes)
+                pid = pids["superlink"] if who == "superlink" else pids["supernodes"][who]
                 time.sleep(2.0)  # the site is busy with the round
                 os.killpg(pid, signal.SIGKILL)
                 return
@@ -90,7 +92,7 @@ def federation(tmp_path_factory):
     out = root / "server"
     settings = FederationSettings(rounds=2, local_steps=2, round_timeout=120.0, prepare_timeout=300.0,
                                   plan_overrides=PLAN)
-    killer = kill_site_in_round(out, "site-c", 2)
+    killer = kill_in_round(out, "site-c", 2)
     done = federate(sites, params, settings, out, env={AUDIT_ENV: str(root / "audit")})
     killer.join(timeout=1)
     return {"root": root, "sites": sites, "params": params, "done": done, "out": out, "audit": root / "audit"}
@@ -159,15 +161,25 @@ def test_every_message_carries_only_weights_and_metrics_and_no_pseudonym(federat
     assert not [p for p in pseudonyms for t in texts if p in t]
 
 
-def test_dagster_job_resumes_from_the_last_round_checkpoint_with_secagg(federation, monkeypatch):
-    """The ``federate`` Dagster job on the same server folder with one more round resumes after round 2; that
-    round runs SecAgg+, and what the sites send then is masked (audited as above)."""
+def test_killed_server_resumes_from_its_last_round_checkpoint_through_dagster_with_secagg(federation, monkeypatch):
+    """A third round on the same server folder: its server is killed mid-round, so the run fails; the
+    ``federate`` Dagster job then resumes after round 2 and runs round 3 with SecAgg+, where what the sites
+    send is masked (audited as above)."""
     from dagster import DagsterInstance
 
+    from medcore.engine.checkpoint import load_checkpoint
     from pipelines.definitions import make_definitions
+    from pipelines.federated.federate import run_federation
     from pipelines.resources import PipelineSettings
 
     root, out = federation["root"], federation["out"]
+    killer = kill_in_round(out, "superlink", 3)
+    with pytest.raises(RuntimeError, match="without result.json"):
+        run_federation(federation["sites"], out, FederationSettings(rounds=3, local_steps=2, round_timeout=120.0,
+                                                                    plan_overrides=PLAN))
+    killer.join(timeout=1)
+    assert "round 3: training" in (out / "federation.log").read_text()
+    assert load_checkpoint(out / "checkpoints" / "last.safetensors")["round"] == 2
     settings = PipelineSettings(params_file=str(root / "coordinator" / "params.yaml"))
     config = {"sites": [str(s) for s in federation["sites"]], "out": str(out), "rounds": 3, "local_steps": 2,
               "round_timeout": 120.0, "plan_overrides": json.dumps(PLAN), "secagg": True}
@@ -179,7 +191,7 @@ def test_dagster_job_resumes_from_the_last_round_checkpoint_with_secagg(federati
         result = job.execute_in_process(instance=instance, run_config={"ops": {"federated_model": {"config": config}}})
     assert result.success
     log = (out / "federation.log").read_text()
-    assert "resuming after round 2 from last.safetensors" in log
+    assert log.count("resuming after round 2 from last.safetensors") == 2  # the killed server, then Dagster's
     assert "round 3: aggregated 3 sites with SecAgg+" in log
     rounds = read_json(out / "rounds.json")
     assert [r["round"] for r in rounds] == [1, 2, 3] and rounds[2]["sites"] == ["site-a", "site-b", "site-c"]

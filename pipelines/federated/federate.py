@@ -144,6 +144,7 @@ def register_federated(params: dict, out: Path, result: dict) -> dict:
     import mlflow
     import pandas as pd
 
+    from pipelines import serving
     from pipelines.steps.register import MODEL_CODE, client_for, code_commit, decide_promotion
 
     model_dir = export_model_dir(out, result)
@@ -169,9 +170,12 @@ def register_federated(params: dict, out: Path, result: dict) -> dict:
                                                         for s, m in per_site.items() if "dice_mean" in m}})
         mlflow.log_artifact(str(out / "per_site.csv"), "evaluation")
         mlflow.log_artifact(str(out / "plan.json"), "plan")
-        info = mlflow.pyfunc.log_model(name="model", python_model=str(MODEL_CODE),
+        info = mlflow.pyfunc.log_model(name="model", python_model=str(MODEL_CODE),  # as pipelines/steps/register.py
                                        artifacts={"model_dir": str(model_dir)},
-                                       pip_requirements=["medcore", "mlflow", "torch", "pandas"])
+                                       pip_requirements=["medcore", "mlflow", "torch", "pandas"],
+                                       signature=serving.signature(),
+                                       input_example=(pd.DataFrame({serving.IMAGE_COLUMN: [serving.example_request()]}),
+                                                      {"output_format": "nifti"}))
     version = mlflow.register_model(info.model_uri, name, tags=lineage)
     try:
         champ = client.get_model_version_by_alias(name, "champion")

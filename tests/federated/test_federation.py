@@ -7,6 +7,7 @@ The last test kills the server during a third round, then runs the Dagster job: 
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import signal
@@ -14,6 +15,7 @@ import threading
 import time
 from pathlib import Path
 
+import nibabel as nib
 import pytest
 import yaml
 
@@ -120,8 +122,10 @@ def test_federation_completes_and_registers_a_model_that_loads_by_alias(federati
     assert set(pd.read_csv(table)["site"]) <= {"site-a", "site-b", "site-c"}
     model = mlflow.pyfunc.load_model("models:/medcore-federated@champion")
     image = next((federation["sites"][0] / "outputs" / "dataset" / "imagesTr").glob("*.nii.gz"))
-    out = model.predict(pd.DataFrame({"source": [str(image)], "output": [str(federation["root"] / "pred.nii.gz")]}))
-    assert Path(out["output"][0]).is_file()
+    out = model.predict(pd.DataFrame({"image": [base64.b64encode(image.read_bytes()).decode("ascii")]}))
+    pred = federation["root"] / "pred.nii.gz"
+    pred.write_bytes(base64.b64decode(out["labels"][0]))  # the model takes and returns content, never a path
+    assert nib.load(pred).shape[:3] == nib.load(image).shape[:3]
 
 
 def test_site_with_other_class_names_is_refused_by_name_with_its_reason(federation):

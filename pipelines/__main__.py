@@ -18,30 +18,20 @@ STAGES = ("ingest", "convert", "dataset", "cache", "train", "evaluate", "registe
 
 
 def run_stage(stage: str, params: dict) -> object:
-    import importlib
+    """Run one stage's step function on ``params``; returns its typed result(s)."""
+    from pipelines.steps import cache, convert, dataset, evaluate, ingest, register, train
 
-    module = importlib.import_module(f"pipelines.steps.{stage}") if stage in STAGES else None
-    ingest = convert = dataset = cache = train = evaluate = register = module
-
-    if stage == "ingest":
-        return ingest.ingest_all(params)
-    if stage == "convert":
-        return convert.convert_all(params)
-    if stage == "dataset":
-        return dataset.assemble_dataset(params)
-    if stage == "cache":
-        return cache.build_preprocessed_cache(params)
-    if stage == "train":
-        return train.train(params)
-    if stage == "evaluate":
-        return evaluate.evaluate(params)
-    if stage == "register":
-        return register.register(params, run_tags={"runner": "dvc"})
-    raise ValueError(f"unknown stage {stage!r}; choose one of {STAGES}, demo or recover")
+    stages = {"ingest": ingest.ingest_all, "convert": convert.convert_all, "dataset": dataset.assemble_dataset,
+              "cache": cache.build_preprocessed_cache, "train": train.train, "evaluate": evaluate.evaluate,
+              "register": lambda p: register.register(p, run_tags={"runner": "dvc"})}
+    if stage not in stages:
+        raise ValueError(f"unknown stage {stage!r}; choose one of {STAGES}, demo or recover")
+    return stages[stage](params)
 
 
 def main(argv: list[str] | None = None) -> int:
     from pipelines.params import load_params
+    from pipelines.steps.results import to_json
 
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["federate"]:
@@ -80,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, ValueError, RuntimeError) as error:
         print(f"pipelines {args.stage}: {error}", file=sys.stderr)
         return 1
-    print(json.dumps(result, indent=1, default=str)[:4000])
+    print(json.dumps(to_json(result), indent=1)[:4000])
     return 0
 
 

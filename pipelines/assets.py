@@ -1,5 +1,9 @@
-"""Dagster assets: each calls one step function and reports metadata. No values go through an IO
-manager (nothing is pickled); assets hand over files in the output tree and declare ``deps``."""
+"""Dagster assets: each calls one step function and reports its typed result as metadata. No values go
+through an IO manager (nothing is pickled); assets hand over files in the output tree and declare ``deps``."""
+
+import base64
+from pathlib import Path
+from typing import Any
 
 from dagster import (
     AssetExecutionContext,
@@ -13,38 +17,35 @@ from dagster import (
 )
 from pydantic import Field
 
-from pipelines.params import load_params
 from pipelines.resources import PipelineSettings
 
-_P = load_params()
-study_partitions = DynamicPartitionsDefinition(name="study")
+STUDY_PARTITIONS = "study"
+study_partitions = DynamicPartitionsDefinition(name=STUDY_PARTITIONS)
 
 
 class TrainConfig(Config):
     """Training knobs for the Launchpad. Left empty, each takes its value from the params file of the
     ``settings`` resource (``params.yaml`` by default), so Dagster and ``dvc repro`` agree."""
 
-    nproc: int | None = Field(
-        None, description=f"torchrun processes (params.yaml: {_P['train']['nproc']}; 0 = one per GPU)"
-    )
-    max_epochs: int | None = Field(None, description=f"epochs (params.yaml: {_P['train']['max_epochs']})")
+    nproc: int | None = Field(None, description="torchrun processes (empty: train.nproc of the params file; "
+                                                "0 = one per GPU)")
+    max_epochs: int | None = Field(None, description="epochs (empty: train.max_epochs of the params file)")
     samples_per_epoch: int | None = Field(
-        None, description=f"patches per epoch (params.yaml: {_P['train']['samples_per_epoch']})"
+        None, description="patches per epoch (empty: train.samples_per_epoch of the params file)"
     )
+
+    def overrides(self) -> dict:
+        """The Launchpad values that were set, as params overrides; the params file supplies the rest."""
+        chosen = {"nproc": self.nproc, "max_epochs": self.max_epochs, "samples_per_epoch": self.samples_per_epoch}
+        return {"train": {k: v for k, v in chosen.items() if v is not None}}
 
 
 class EvaluateConfig(Config):
-    """The registration gate; left empty it takes ``evaluate.min_dice`` from the params file."""
+    """The registration gate."""
 
     min_dice: float | None = Field(
-        None, description=f"minimum mean foreground Dice (params.yaml: {_P['evaluate']['min_dice']})"
+        None, description="minimum mean foreground Dice (empty: evaluate.min_dice of the params file)"
     )
-
-
-def _deid(settings: PipelineSettings):
-    from pipelines.steps.ingest import deidentifier
-
-    return deidentifier(settings.params())
 
 
 @asset(partitions_def=study_partitions, group_name="ingestion")
@@ -52,9 +53,9 @@ def raw_dicom(context: AssetExecutionContext, settings: PipelineSettings) -> Mat
     """The incoming DICOM of one study (observed, never copied): file count, bytes and content hash."""
     from pipelines.steps.ingest import record_raw
 
-    info = record_raw(settings.params(), context.partition_key, _deid(settings))
-    return MaterializeResult(metadata={"files": info["files"], "bytes": info["bytes"]},
-                             data_version=DataVersion(info["content_hash"]))
+    info = record_raw(settings.params(), context.partition_key, settings.deidentifier())
+    return MaterializeResult(metadata={"files": info.files, "bytes": info.bytes},
+                             data_version=DataVersion(info.content_hash))
 
 
 @asset(partitions_def=study_partitions, deps=[raw_dicom], group_name="ingestion")
@@ -62,8 +63,9 @@ def series_index(context: AssetExecutionContext, settings: PipelineSettings) -> 
     """De-identified header index of the study (parquet)."""
     from pipelines.steps.ingest import ingest_study
 
-    info = ingest_study(settings.params(), context.partition_key, _deid(settings))
-    return MaterializeResult(metadata={k: info[k] for k in ("files", "frames", "series", "skipped_files")})
+    info = ingest_study(settings.params(), context.partition_key, settings.deidentifier())
+    return MaterializeResult(metadata={"files": info.files, "frames": info.frames, "series": info.series,
+                                       "skipped_files": info.skipped_files})
 
 
 @asset(partitions_def=study_partitions, deps=[series_index], group_name="ingestion")
@@ -71,25 +73,23 @@ def nifti_volumes(context: AssetExecutionContext, settings: PipelineSettings) ->
     """Converted NIfTI volumes, JSON sidecars and the quarantine table of the study."""
     from pipelines.steps.convert import convert_study
 
-    info = convert_study(settings.params(), context.partition_key, _deid(settings))
-    context.log.info(f"study {info['study']}: {info['series_written']} series written, "
-                     f"{info['files_quarantined']} files quarantined, {info['segmentation_objects']} DICOM SEG "
-                     "kept for labels")
+    info = convert_study(settings.params(), context.partition_key, settings.deidentifier())
+    context.log.info(f"study {info.study}: {info.series_written} series written, {info.files_quarantined} files "
+                     f"quarantined, {info.segmentation_objects} DICOM SEG kept for labels")
     return MaterializeResult(metadata={
-        "series_written": info["series_written"], "stacks_refused": info["stacks_refused"],
-        "files_in": info["files_in"], "files_quarantined": info["files_quarantined"],
-        "segmentation_objects": info["segmentation_objects"],
-        "quarantine": MetadataValue.json(info["quarantine"])})
+        "series_written": info.series_written, "stacks_refused": info.stacks_refused, "files_in": info.files_in,
+        "files_quarantined": info.files_quarantined, "segmentation_objects": info.segmentation_objects,
+        "quarantine": MetadataValue.json(info.quarantine)})
 
 
 @asset(partitions_def=study_partitions, deps=[nifti_volumes], group_name="ingestion")
 def labels(context: AssetExecutionContext, settings: PipelineSettings) -> MaterializeResult:
-    """Label masks matched to converted series through the label manifest (by de-identified UID)."""
+    """Label maps matched to converted series: from the label manifest or the study's own DICOM SEG."""
     from pipelines.steps.convert import match_labels
 
-    info = match_labels(settings.params(), context.partition_key, _deid(settings))
-    return MaterializeResult(metadata={"labelled_series": info["labelled_series"],
-                                       "misaligned": len(info["misaligned"])})
+    info = match_labels(settings.params(), context.partition_key, settings.deidentifier())
+    return MaterializeResult(metadata={"labelled_series": info.labelled_series, "misaligned": len(info.misaligned),
+                                       "label_names": MetadataValue.json(info.label_names)})
 
 
 @asset(deps=[nifti_volumes, labels], group_name="training")
@@ -98,14 +98,14 @@ def training_dataset(context: AssetExecutionContext, settings: PipelineSettings)
     from pipelines.steps.dataset import assemble_dataset, available_studies, track_dataset
 
     params = settings.params()
-    known = set(context.instance.get_dynamic_partitions(study_partitions.name))
+    known = set(context.instance.get_dynamic_partitions(STUDY_PARTITIONS))
     studies = [s for s in available_studies(params) if s in known]
     info = assemble_dataset(params, studies)
     dvc = track_dataset(params)
-    return MaterializeResult(metadata={"cases": info["cases"], "studies": len(studies),
-                                       "dataset_hash": info["dataset_hash"], "dvc_md5": str(dvc["dvc_md5"]),
-                                       "dvc_file": dvc["dvc_file"]},
-                             data_version=DataVersion(info["dataset_hash"]))
+    return MaterializeResult(metadata={"cases": info.cases, "studies": len(info.studies),
+                                       "dataset_hash": info.dataset_hash, "dvc_md5": dvc.dvc_md5,
+                                       "dvc_file": dvc.dvc_file},
+                             data_version=DataVersion(info.dataset_hash))
 
 
 @asset(deps=[training_dataset], group_name="training")
@@ -114,37 +114,29 @@ def preprocessed_cache(settings: PipelineSettings) -> MaterializeResult:
     from pipelines.steps.cache import build_preprocessed_cache
 
     info = build_preprocessed_cache(settings.params())
-    return MaterializeResult(metadata={"cache_key": info["cache_key"], "bytes": info["bytes"],
-                                       "train_cases": info["train_cases"], "val_cases": info["val_cases"]},
-                             data_version=DataVersion(info["cache_key"]))
-
-
-def _train_overrides(config: TrainConfig) -> dict:
-    """The Launchpad values that were set; the params file supplies the rest."""
-    chosen = {k: getattr(config, k) for k in ("nproc", "max_epochs", "samples_per_epoch")}
-    return {"train": {k: v for k, v in chosen.items() if v is not None}}
+    return MaterializeResult(metadata={"cache_key": info.cache_key, "bytes": info.bytes,
+                                       "train_cases": info.train_cases, "val_cases": info.val_cases},
+                             data_version=DataVersion(info.cache_key))
 
 
 @asset(deps=[preprocessed_cache], group_name="training")
 def trained_model(context: AssetExecutionContext, config: TrainConfig, settings: PipelineSettings,
-                  pipes_subprocess_client: PipesSubprocessClient):
+                  pipes_subprocess_client: PipesSubprocessClient) -> MaterializeResult:
     """``torchrun --nproc_per_node N`` via Dagster Pipes; rank 0 streams epochs into the Dagster log."""
     from pipelines.steps.train import finish_training, prepare_training
 
-    params = settings.params(**_train_overrides(config))
+    params = settings.params(**config.overrides())
     job = prepare_training(params)
-    context.log.info(f"launching {job['nproc']} training process(es): {' '.join(job['command'][2:])}")
-    result = pipes_subprocess_client.run(context=context, command=job["command"], env=job["env"],
+    context.log.info(f"launching {job.nproc} training process(es): {' '.join(job.command[2:])}")
+    result = pipes_subprocess_client.run(context=context, command=list(job.command), env=job.env,
                                          cwd=str(params["root"])).get_materialize_result()
-    latest = finish_training(params, job["run_dir"])
-    return MaterializeResult(metadata={**(result.metadata or {}), "run_dir": latest["run_dir"],
-                                       "model_dir": latest["model_dir"], "nproc": job["nproc"]},
-                             data_version=DataVersion(latest["run_key"]))
+    latest = finish_training(params, job.run_dir)
+    return MaterializeResult(metadata={**(result.metadata or {}), "run_dir": latest.run_dir,
+                                       "model_dir": latest.model_dir, "nproc": job.nproc},
+                             data_version=DataVersion(latest.run_key))
 
 
-def _img(path) -> str:
-    import base64
-
+def _img(path: Path) -> str:
     return f"![{path.stem}](data:image/png;base64,{base64.b64encode(path.read_bytes()).decode()})"
 
 
@@ -156,15 +148,15 @@ def evaluation(context: AssetExecutionContext, config: TrainConfig, settings: Pi
     from pipelines.steps.evaluate import evaluate
     from pipelines.steps.layout import Layout
 
-    params = settings.params(**_train_overrides(config))
+    params = settings.params(**config.overrides())
     summary = evaluate(params)
     out = Layout.from_params(params).evaluation_dir
     table = pd.read_csv(out / "per_case.csv")[["case", "class", "dice", "hausdorff_percentile"]]
-    meta = {"mean_dice": float(summary["mean_dice"]), "cases": summary["cases"],
-            "evaluation_set": summary["evaluation_set"],
-            "per_case": MetadataValue.md(table.to_markdown(index=False, floatfmt=".3f")),
-            **{k: float(v) for k, v in summary.items() if k.startswith("dice_")}}
-    for name, file in summary["plots"].items():
+    meta: dict[str, Any] = {
+        "mean_dice": summary.mean_dice, "cases": summary.cases, "evaluation_set": summary.evaluation_set,
+        "per_case": MetadataValue.md(table.to_markdown(index=False, floatfmt=".3f")),
+        **{f"dice_{k}": v for k, v in summary.class_dice.items()}}
+    for name, file in summary.plots.items():
         meta[f"plot_{name}"] = MetadataValue.md(_img(out / file))
     return MaterializeResult(metadata=meta)
 
@@ -176,12 +168,13 @@ def registered_model(
     """An MLflow model version with lineage; ``champion`` moves only if it beats the champion."""
     from pipelines.steps.register import register
 
-    params = settings.params(**_train_overrides(config))
+    params = settings.params(**config.overrides())
     result = register(params, run_tags={"dagster_run_id": context.run.run_id, "runner": "dagster"})
-    context.log.info(f"registered {result['model_name']} v{result['version']} as {result['alias']}: {result['reason']}")
-    return MaterializeResult(metadata={k: str(result[k]) for k in ("model_name", "version", "alias", "reason",
-                                                                  "model_uri", "tracking_uri", "dataset_hash",
-                                                                  "code_commit")})
+    context.log.info(f"registered {result.model_name} v{result.version} as {result.alias}: {result.reason}")
+    return MaterializeResult(metadata={
+        "model_name": result.model_name, "version": result.version, "alias": result.alias, "reason": result.reason,
+        "model_uri": result.model_uri, "tracking_uri": result.tracking_uri,
+        "dataset_hash": result.lineage["dataset_hash"], "code_commit": result.lineage["code_commit"]})
 
 
 STUDY_ASSETS = [raw_dicom, series_index, nifti_volumes, labels]

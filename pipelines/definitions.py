@@ -1,4 +1,7 @@
-"""The one Dagster ``Definitions`` of the project (``dagster dev -m pipelines.definitions``).
+"""The one Dagster code location of the project (``dagster dev -m pipelines.definitions``).
+
+``defs`` is a ``@dg.definitions`` function: Dagster builds the ``Definitions`` when it loads the code
+location, not when this module is imported, and nothing reads a file until a step runs.
 
 The executor is configuration: ``$MEDCORE_DAGSTER_EXECUTOR`` = ``in_process`` (default, SQLite-safe),
 ``multiprocess``, ``celery`` (package ``dagster-celery``, broker ``$MEDCORE_CELERY_BROKER``) or ``k8s``
@@ -8,11 +11,11 @@ non-SQLite instance storage (``storage: postgres:`` in dagster.yaml, docs/pipeli
 
 from __future__ import annotations
 
-from dagster import Definitions, PipesSubprocessClient
+import dagster as dg
 
 from pipelines.assets import STUDY_ASSETS, TRAINING_ASSETS
 from pipelines.checks import ALL_CHECKS
-from pipelines.executors import EXECUTOR_ENV, EXECUTORS, select_executor  # noqa: F401 (re-exported)
+from pipelines.executors import select_executor
 from pipelines.federated.assets import federate_job, federated_model
 from pipelines.jobs import retrain_job, study_job
 from pipelines.pacs import PacsResource, inference_job, pacs_segmentation, pacs_sensor
@@ -22,17 +25,20 @@ from pipelines.sensors import inbox_sensor
 
 
 def make_definitions(settings: PipelineSettings | None = None, executor: str | None = None,
-                     pacs: PacsResource | None = None) -> Definitions:
+                     pacs: PacsResource | None = None) -> dg.Definitions:
     """All assets, checks, jobs, schedule and sensors; ``executor`` overrides ``$MEDCORE_DAGSTER_EXECUTOR``."""
-    return Definitions(
+    return dg.Definitions(
         assets=[*STUDY_ASSETS, *TRAINING_ASSETS, pacs_segmentation, federated_model], asset_checks=ALL_CHECKS,
         jobs=[study_job, retrain_job, inference_job, federate_job], schedules=[weekly_retraining],
         sensors=[inbox_sensor, pacs_sensor],
-        resources={"settings": settings or PipelineSettings(), "pipes_subprocess_client": PipesSubprocessClient(),
+        resources={"settings": settings or PipelineSettings(), "pipes_subprocess_client": dg.PipesSubprocessClient(),
                    "pacs": pacs or PacsResource()},
         # default in-process: SQLite locks under concurrent writers (ARCHITECTURE, Known traps)
         executor=select_executor(executor),
     )
 
 
-defs = make_definitions()
+@dg.definitions
+def defs() -> dg.Definitions:
+    """What ``dagster dev -m pipelines.definitions`` loads: the definitions with default settings."""
+    return make_definitions()

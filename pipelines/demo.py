@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from pipelines.params import PROJECT_ROOT, resolve
+from pipelines.steps.results import Registration, load
 
 
 def write_inbox(params: dict) -> Path:
@@ -39,25 +40,25 @@ def recover(instance) -> list:
     return done
 
 
-def run_pipeline(params: dict, instance, settings=None) -> dict:
+def run_pipeline(params: dict, instance, settings=None) -> Registration:
     """Fail runs left STARTED by a killed process, add a partition per inbox study, ingest each, then run
     the retraining job; return the registration. Every run is tagged with this process (pipelines/recovery.py)."""
-    from pipelines.assets import study_partitions
+    from pipelines.assets import STUDY_PARTITIONS
     from pipelines.definitions import make_definitions
     from pipelines.recovery import process_tags
     from pipelines.resources import PipelineSettings
     from pipelines.steps.ingest import deidentifier, list_studies
-    from pipelines.steps.layout import Layout, read_json
+    from pipelines.steps.layout import Layout
 
     recover(instance)
     tags = process_tags()
     settings = settings or PipelineSettings(params_file=params["params_file"], output_dir=str(params["output_dir"]))
     defs = make_definitions(settings)
     keys = sorted(list_studies(params, deidentifier(params)))
-    known = set(instance.get_dynamic_partitions(study_partitions.name))
+    known = set(instance.get_dynamic_partitions(STUDY_PARTITIONS))
     new = [k for k in keys if k not in known]
     if new:
-        instance.add_dynamic_partitions(study_partitions.name, new)
+        instance.add_dynamic_partitions(STUDY_PARTITIONS, new)
     study_job = defs.resolve_job_def("ingest_study")
     for key in keys:
         result = study_job.execute_in_process(partition_key=key, instance=instance, tags=tags,
@@ -65,7 +66,7 @@ def run_pipeline(params: dict, instance, settings=None) -> dict:
         assert result.success
     result = defs.resolve_job_def("retrain").execute_in_process(instance=instance, tags=tags, raise_on_error=True)
     assert result.success
-    return read_json(Layout.from_params(params).registered_json) | {"dagster_run_id": result.run_id}
+    return load(Layout.from_params(params).registered_json, Registration)
 
 
 def dagster_home() -> Path:
@@ -99,12 +100,10 @@ def run_demo(params: dict) -> int:
     write_inbox(params)
     with DagsterInstance.get() as instance:
         reg = run_pipeline(params, instance)
-    print(f"\nRegistered model: {reg['model_name']} version {reg['version']} ({reg['alias']}: {reg['reason']})")
-    print(
-        f"  load it with mlflow.pyfunc.load_model('{reg['model_uri']}') "
-        f"after mlflow.set_tracking_uri('{reg['tracking_uri']}')"
-    )
-    print(f"  source {reg['source']}, artifacts under {reg['artifact_root']}")
-    print(f"  MLflow UI: .venv/bin/mlflow ui --backend-store-uri {reg['tracking_uri']}")
+    print(f"\nRegistered model: {reg.model_name} version {reg.version} ({reg.alias}: {reg.reason})")
+    print(f"  load it with mlflow.pyfunc.load_model('{reg.model_uri}') "
+          f"after mlflow.set_tracking_uri('{reg.tracking_uri}')")
+    print(f"  source {reg.source}, artifacts under {reg.artifact_root}")
+    print(f"  MLflow UI: .venv/bin/mlflow ui --backend-store-uri {reg.tracking_uri}")
     print(f"  Dagster UI: DAGSTER_HOME={home} .venv/bin/dagster dev -m pipelines.definitions")
     return 0

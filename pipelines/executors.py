@@ -35,7 +35,7 @@ EXECUTORS: dict[str, tuple[str, str, str] | None] = {
 }
 
 
-def _env_or(name: str, default: str, env: Mapping[str, str]) -> str | dict:
+def _env_or(name: str, default: str | dict, env: Mapping[str, str]) -> str | dict:
     """``{"env": name}`` when set (resolved at run time, never shown in the UI), else ``default``."""
     return {"env": name} if env.get(name, "").strip() else default
 
@@ -75,7 +75,9 @@ def select_executor(name: str | None = None) -> ExecutorDefinition:
         return in_process_executor
     if name == "multiprocess":
         return multiprocess_executor
-    module, attribute, package = EXECUTORS[name]
+    spec = EXECUTORS[name]
+    assert spec is not None  # only the built-in executors have none, handled above
+    module, attribute, package = spec
     try:
         base: ExecutorDefinition = getattr(importlib.import_module(module), attribute)
     except ImportError as exc:

@@ -70,10 +70,8 @@ def load_params(path: str | os.PathLike | None = None, root: str | os.PathLike |
     return params
 
 
-def resolve(params: dict, value: str | os.PathLike | None) -> Path | None:
+def resolve(params: dict, value: str | os.PathLike) -> Path:
     """``value`` as an absolute path (relative ones are under the params' root)."""
-    if value is None:
-        return None
     p = Path(value).expanduser()
     return p if p.is_absolute() else Path(params["root"]) / p
 

@@ -11,14 +11,13 @@ without our tags (launched from the UI) are left alone: the daemon's ``run_monit
 
 from __future__ import annotations
 
+import json
 import os
 import socket
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
-PREFIX = "medcore/"
-HOST_TAG, BOOT_TAG, PIDNS_TAG = f"{PREFIX}host", f"{PREFIX}boot_id", f"{PREFIX}pid_ns"
-PID_TAG, START_TAG = f"{PREFIX}pid", f"{PREFIX}pid_start"
+PROCESS_TAG = "medcore/process"  # one tag, so the Runs page shows one medcore entry per run
 
 ALIVE, DEAD, UNKNOWN = "alive", "dead", "unknown"
 
@@ -58,13 +57,39 @@ def process_start(pid: int) -> str:
     return fields[19] if len(fields) > 19 else ""
 
 
+@dataclass(frozen=True)
+class ProcessRecord:
+    """The process that executes a run: where it ran (``machine``), its pid and the pid's start time."""
+
+    machine: Machine
+    pid: int
+    start: str = ""
+
+    @classmethod
+    def of(cls, pid: int | None = None, machine: Machine | None = None) -> ProcessRecord:
+        """This process (or ``pid``) on this machine (or ``machine``)."""
+        pid = os.getpid() if pid is None else pid
+        return cls(machine or Machine.current(), pid, process_start(pid))
+
+    def tag(self) -> dict[str, str]:
+        """The run tag that records it."""
+        return {PROCESS_TAG: json.dumps({**asdict(self.machine), "pid": self.pid, "start": self.start},
+                                        separators=(",", ":"))}
+
+    @classmethod
+    def from_tags(cls, tags: dict[str, str]) -> ProcessRecord | None:
+        """The record in a run's tags, or None when the run has none (or an unreadable one)."""
+        try:
+            doc = json.loads(tags[PROCESS_TAG])
+            return cls(Machine(str(doc["host"]), str(doc.get("boot_id", "")), str(doc.get("pid_ns", ""))),
+                       int(doc["pid"]), str(doc.get("start", "")))
+        except (KeyError, ValueError, TypeError):
+            return None
+
+
 def process_tags(pid: int | None = None, machine: Machine | None = None) -> dict[str, str]:
-    """Run tags naming the process that executes a run (default: this one)."""
-    pid = os.getpid() if pid is None else pid
-    machine = machine or Machine.current()
-    tags = {HOST_TAG: machine.host, BOOT_TAG: machine.boot_id, PIDNS_TAG: machine.pid_ns,
-            PID_TAG: str(pid), START_TAG: process_start(pid)}
-    return {k: v for k, v in tags.items() if v}
+    """The run tag naming the process that executes a run (default: this one)."""
+    return ProcessRecord.of(pid, machine).tag()
 
 
 def _pid_state(pid: int) -> str:
@@ -83,24 +108,23 @@ def _pid_state(pid: int) -> str:
     return ALIVE
 
 
-def process_verdict(tags: dict[str, str], here: Machine) -> tuple[str, str]:
-    """``(ALIVE|DEAD|UNKNOWN, why)`` for the process a run's tags record, seen from machine ``here``."""
-    pid = tags.get(PID_TAG, "")
-    if not pid.isdigit() or HOST_TAG not in tags:
-        return UNKNOWN, ("no medcore process tags (launched elsewhere, e.g. from the UI); "
+def process_verdict(record: ProcessRecord | None, here: Machine) -> tuple[str, str]:
+    """``(ALIVE|DEAD|UNKNOWN, why)`` for the process a run's tag records, seen from machine ``here``."""
+    if record is None:
+        return UNKNOWN, ("no medcore process tag (launched elsewhere, e.g. from the UI); "
                          "the daemon's run monitoring covers it")
-    if tags[HOST_TAG] != here.host:
-        return UNKNOWN, f"recorded on another host ({tags[HOST_TAG]}); only that host can tell whether it still runs"
-    boot = tags.get(BOOT_TAG, "")
-    if boot and here.boot_id and boot != here.boot_id:
+    there, pid = record.machine, record.pid
+    if there.host != here.host:
+        return UNKNOWN, f"recorded on another host ({there.host}); only that host can tell whether it still runs"
+    if there.boot_id and here.boot_id and there.boot_id != here.boot_id:
         return DEAD, f"host {here.host} restarted since the run began (pid {pid})"
-    if tags.get(PIDNS_TAG, "") != here.pid_ns:  # both '' where /proc is missing
+    if there.pid_ns != here.pid_ns:  # both '' where /proc is missing
         return UNKNOWN, "recorded in another PID namespace (container) of this host; its pids are not visible here"
-    state = _pid_state(int(pid))
+    state = _pid_state(pid)
     if state == DEAD:
         return DEAD, f"process {pid} on host {here.host} no longer exists"
-    started = tags.get(START_TAG, "")
-    now_started = process_start(int(pid))
+    started = record.start
+    now_started = process_start(pid)
     if state == ALIVE and started and now_started and started != now_started:
         return DEAD, f"process {pid} on host {here.host} ended; the pid now belongs to a later process"
     if state == ALIVE:
@@ -140,8 +164,9 @@ def recover_dead_runs(instance, here: Machine | None = None) -> list[Recovered]:
     done: list[Recovered] = []
     for record in instance.get_run_records(filters=RunsFilter(statuses=statuses)):
         run = record.dagster_run
-        verdict, why = process_verdict(dict(run.tags), here)
-        if run.status == DagsterRunStatus.NOT_STARTED and PID_TAG not in run.tags:
+        record = ProcessRecord.from_tags(dict(run.tags))
+        verdict, why = process_verdict(record, here)
+        if run.status == DagsterRunStatus.NOT_STARTED and record is None:
             verdict, why = UNKNOWN, "not started and not ours (a run being created elsewhere)"
         action = "left"
         if verdict == DEAD:

@@ -1,4 +1,5 @@
-"""Dagster resources: the pipeline settings (defaults from params.yaml), editable in the Launchpad.
+"""Dagster resources: the pipeline settings (defaults from the params file, read when a step runs),
+editable in the Launchpad.
 
 Scaling out is configuration, not code: point ``tracking_uri`` at a Postgres-backed MLflow, switch
 ``dagster_home/dagster.yaml`` storage to ``postgres:`` and pick the executor with
@@ -10,12 +11,11 @@ from __future__ import annotations
 from dagster import ConfigurableResource
 
 from pipelines.params import load_params
-
-_P = load_params()
+from pipelines.steps.ingest import deidentifier
 
 
 class PipelineSettings(ConfigurableResource):
-    """Where data comes from and goes; empty strings mean params.yaml's value."""
+    """Where data comes from and goes; empty strings mean the params file's value."""
 
     params_file: str = ""
     output_dir: str = ""
@@ -25,7 +25,9 @@ class PipelineSettings(ConfigurableResource):
     artifact_root: str = ""
     dvc_remote: str = ""
 
-    def params(self, **overrides) -> dict:
+    def params(self, **overrides: dict) -> dict:
+        """The params file (``params_file``, else ``$MEDCORE_PARAMS``, else the project's) with these
+        settings and ``overrides`` (``{section: {key: value}}``) applied."""
         o: dict = {}
         if self.output_dir:
             o["output_dir"] = self.output_dir
@@ -41,3 +43,7 @@ class PipelineSettings(ConfigurableResource):
         for section, values in overrides.items():
             o.setdefault(section, {}).update(values)
         return load_params(self.params_file or None, overrides=o)
+
+    def deidentifier(self):
+        """The keyed de-identifier of these params (its key never leaves the process)."""
+        return deidentifier(self.params())

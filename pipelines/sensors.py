@@ -6,7 +6,7 @@ import time
 
 from dagster import DefaultSensorStatus, RunRequest, SensorEvaluationContext, SensorResult, SkipReason, sensor
 
-from pipelines.assets import study_partitions
+from pipelines.assets import STUDY_PARTITIONS, study_partitions
 from pipelines.jobs import study_job
 from pipelines.resources import PipelineSettings
 
@@ -33,7 +33,7 @@ def inbox_sensor(context: SensorEvaluationContext, settings: PipelineSettings):
 
     params = settings.params()
     studies = list_studies(params, deidentifier(params))
-    known = set(context.instance.get_dynamic_partitions(study_partitions.name))
+    known = set(context.instance.get_dynamic_partitions(STUDY_PARTITIONS))
     pending = {k: v for k, v in studies.items() if k not in known}
     previous = json.loads(context.cursor) if context.cursor else {}
     ready, state = stable_studies(pending, {k: folder_signature(v) for k, v in pending.items()}, previous,

@@ -33,23 +33,19 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
 from pydicom.uid import UID, CTImageStorage, ExplicitVRLittleEndian, PYDICOM_IMPLEMENTATION_UID, generate_uid
 
+from medcore.data.labels import LABEL_MANIFEST_FORMAT, LABEL_MANIFEST_NAME
 from medcore.dicom.geometry import affine_ras, slice_normal
 from medcore.utils.atomic import atomic_path, atomic_write_text
 
 __all__ = [
     "LABEL_NAMES",
-    "LABEL_MANIFEST_NAME",
     "SyntheticManifest",
     "SyntheticSeries",
     "new_dicom_dataset",
-    "read_label_manifest",
-    "read_label_sources",
     "write_synthetic_studies",
 ]
 
 LABEL_NAMES: dict[int, str] = {0: "background", 1: "liver", 2: "spleen", 3: "kidney_left", 4: "kidney_right"}
-LABEL_MANIFEST_NAME = "labels.json"
-LABEL_MANIFEST_FORMAT = "medcore-label-manifest/1"
 RESCALE_INTERCEPT = -1024
 STUDY_DATE = "20240229"  # every non-birth date: a shifted date can then never equal a planted one
 AIR_HU, FAT_HU, SOFT_HU, CANCELLOUS_HU, CORTICAL_HU = -1000.0, -100.0, 40.0, 250.0, 900.0
@@ -663,41 +659,3 @@ def write_synthetic_studies(
         "series": entries,
     }, indent=1))
     return SyntheticManifest(root, dicom_dir, label_manifest, all_series, phi.values, original_uids)
-
-
-def read_label_sources(path: str | os.PathLike, uid_map=None) -> tuple[dict[int, str], dict[str, dict[str, Path]]]:
-    """Label names and ``SeriesInstanceUID -> {"mask": NIfTI path, "seg": DICOM SEG path}`` (either or both).
-
-    An entry needs ``series_instance_uid`` and at least one of ``mask`` (NIfTI on the series' voxel
-    grid) and ``seg`` (a DICOM SEG referencing the series). ``uid_map`` as in :func:`read_label_manifest`.
-    """
-    path = Path(path)
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise ValueError(f"{path}: cannot read label manifest ({exc}); expected JSON written by "
-                         "write_synthetic_studies or the same layout") from exc
-    if not isinstance(doc, dict) or doc.get("format") != LABEL_MANIFEST_FORMAT:
-        raise ValueError(f"{path}: label manifest format {doc.get('format') if isinstance(doc, dict) else None!r}, "
-                         f"expected {LABEL_MANIFEST_FORMAT!r}")
-    names = {int(k): str(v) for k, v in doc.get("label_names", {}).items()}
-    sources: dict[str, dict[str, Path]] = {}
-    for i, entry in enumerate(doc.get("series", [])):
-        if not isinstance(entry, dict) or "series_instance_uid" not in entry or not ({"mask", "seg"} & set(entry)):
-            raise ValueError(f"{path}: series entry {i} lacks 'series_instance_uid' or both 'mask' and 'seg'; "
-                             "give the series UID and a NIfTI mask and/or a DICOM SEG file")
-        uid = str(entry["series_instance_uid"])
-        files = {kind: path.parent / str(entry[kind]) for kind in ("mask", "seg") if entry.get(kind)}
-        sources[uid_map(uid) if uid_map else uid] = files
-    return names, sources
-
-
-def read_label_manifest(path: str | os.PathLike, uid_map=None) -> tuple[dict[int, str], dict[str, Path]]:
-    """Label names and ``SeriesInstanceUID -> mask path`` from a label manifest (JSON).
-
-    Pass ``uid_map=Deidentifier(key).uid`` to key the result by de-identified UIDs, which is how
-    converted series are named after ingestion. Entries with only a DICOM SEG are left out (see
-    :func:`read_label_sources`).
-    """
-    names, sources = read_label_sources(path, uid_map)
-    return names, {uid: files["mask"] for uid, files in sources.items() if "mask" in files}

@@ -31,8 +31,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,7 +38,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from medcore.utils.atomic import atomic_write_bytes, atomic_write_text
+from medcore.utils.atomic import atomic_dir, atomic_write_bytes, atomic_write_text
 
 FORMAT_VERSION = 2  # 2: ``postprocessing``
 SPEC_FILE = "model.json"
@@ -125,22 +123,10 @@ def save_model_dir(directory: str | os.PathLike, model: nn.Module, preprocessing
                                (any(directory.iterdir()) and not (directory / SPEC_FILE).is_file())):
         raise FileExistsError(f"{directory}: exists and is not a model directory (no {SPEC_FILE}); refusing to "
                               "replace it - choose a new path or remove it")
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", suffix=".tmp", dir=directory.parent))
-    try:
-        state = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
+    state = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
+    with atomic_dir(directory) as staging:
         atomic_write_bytes(staging / WEIGHTS_FILE, save(state, metadata={"format": "pt"}))
         atomic_write_text(staging / SPEC_FILE, spec.to_json())
-        old = None
-        if directory.exists():
-            old = directory.with_name(f".{directory.name}.old-{os.getpid()}")
-            os.replace(directory, old)
-        os.replace(staging, directory)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return directory
 
 

@@ -6,7 +6,9 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pipelines.steps.layout import Layout, sweep_tmp, write_json
+from medcore.utils.atomic import sweep_tmp
+from pipelines.steps.layout import Layout
+from pipelines.steps.results import CacheInfo, save
 
 if TYPE_CHECKING:
     from medcore.engine.run import Prepared
@@ -39,7 +41,7 @@ def expected_cache(params: dict) -> Prepared:
     return prepare_run(training_config(params, layout, layout.cache_dir))
 
 
-def build_preprocessed_cache(params: dict) -> dict:
+def build_preprocessed_cache(params: dict) -> CacheInfo:
     """Preprocess every case once into ``cache/`` (cases already cached, by content, are reused)."""
     layout = Layout.from_params(params)
     layout.cache_dir.mkdir(parents=True, exist_ok=True)
@@ -50,11 +52,10 @@ def build_preprocessed_cache(params: dict) -> dict:
     manifest = prep.build_cache(progress=True)
     entries = [k for split in ("train", "val") for k in manifest[split]["entries"]]
     files = [prep.manifest_path.name] + [f"{k}.safetensors" for k in entries]
-    info = {"cache_key": prep.cache_key, "train_cases": len(manifest["train"]["ids"]),
-            "val_cases": len(manifest["val"]["ids"]),
-            "skipped": [c["id"] for split in ("train", "val") for c in manifest[split]["skipped"]],
-            "files": files, "bytes": sum((layout.cache_dir / f).stat().st_size for f in files)}
-    write_json(layout.cache_dir / "cache.json", info)
+    info = CacheInfo(prep.cache_key, len(manifest["train"]["ids"]), len(manifest["val"]["ids"]),
+                     tuple(c["id"] for split in ("train", "val") for c in manifest[split]["skipped"]),
+                     tuple(files), sum((layout.cache_dir / f).stat().st_size for f in files))
+    save(layout.cache_dir / "cache.json", info)
     return info
 
 

@@ -5,16 +5,21 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import torch
 
+from medcore.data.labels import read_label_sources
+from medcore.io import Image, load_image, save_image
+from medcore.io.checks import grid_mismatch
+from medcore.utils.atomic import atomic_dir, sweep_tmp
 from pipelines.params import resolve
 from pipelines.steps.ingest import deidentifier, list_studies, study_folder
-from pipelines.steps.layout import Layout, atomic_dir, labels_dir, read_json, sweep_tmp, write_json
+from pipelines.steps.layout import Layout, read_json, write_json
+from pipelines.steps.results import ConvertedStudy, Misaligned, SeriesWritten, StudyLabels, to_json
 
 LABELS_JSON = "labels.json"
-AFFINE_TOLERANCE_MM = 1e-3
 
 
-def convert_study(params: dict, key: str, deid) -> dict:
+def convert_study(params: dict, key: str, deid) -> ConvertedStudy:
     """Convert one study into ``converted/<key>/`` (replaced as a whole, so a crash leaves no partial tree)."""
     from medcore.dicom.convert import convert_tree
     from medcore.dicom.scan import SEGMENTATION_CODE
@@ -25,12 +30,10 @@ def convert_study(params: dict, key: str, deid) -> dict:
     with atomic_dir(final) as tmp:
         report = convert_tree(folder, tmp, deid=deid, progress=False, workers=1)
     bad = {k: v for k, v in report.quarantine_counts().items() if k != SEGMENTATION_CODE}
-    return {"study": key, "series_written": len(report.series), "stacks_refused": len(report.refused),
-            "files_in": report.files_in, "files_converted": report.files_converted,
-            "files_quarantined": report.files_quarantined - report.files_segmentation, "quarantine": bad,
-            "segmentation_objects": report.files_segmentation,
-            "series": [{"series_id": r.series_id, "nifti": r.nifti, "shape": r.shape, "voxel_size": r.voxel_size}
-                       for r in report.series]}
+    series = tuple(SeriesWritten(r.series_id, r.nifti, tuple(r.shape), tuple(r.voxel_size)) for r in report.series)
+    return ConvertedStudy(key, len(report.series), len(report.refused), report.files_in, report.files_converted,
+                          report.files_quarantined - report.files_segmentation, bad, report.files_segmentation,
+                          series)
 
 
 def converted_series(params: dict, key: str):
@@ -41,19 +44,6 @@ def converted_series(params: dict, key: str):
     if not path.is_file():
         raise FileNotFoundError(f"study {key}: {path} is missing; materialise nifti_volumes for this study first")
     return pd.read_parquet(path)
-
-
-def alignment_problem(image_path: Path, mask_path: Path) -> str | None:
-    """Why a mask does not lie on its image's voxel grid, or None when it does."""
-    import nibabel as nib
-
-    img, mask = nib.load(str(image_path)), nib.load(str(mask_path))
-    if tuple(img.shape[:3]) != tuple(mask.shape[:3]):
-        return f"shape {tuple(mask.shape)} differs from the image's {tuple(img.shape)}"
-    diff = float(np.abs(np.asarray(img.affine) - np.asarray(mask.affine)).max())
-    if diff > AFFINE_TOLERANCE_MM:
-        return f"affine differs from the image's by up to {diff:.4g} mm"
-    return None
 
 
 def study_seg_files(params: dict, key: str, deid) -> list[Path]:
@@ -122,17 +112,22 @@ def _label_source(series_uid: str, manifest: dict[str, dict[str, Path]], folder_
     return ("seg", found[0], None) if found else (None, None, None)
 
 
+def _manifest_mask(image: Path, mask: Path) -> tuple[np.ndarray | None, np.ndarray | None, str | None]:
+    """``(labels, affine, None)`` of a manifest NIfTI mask on its image's grid, or ``(None, None, reason)``."""
+    problem = grid_mismatch(image, mask)
+    if problem is not None:
+        return None, None, problem
+    src = load_image(mask)
+    return np.rint(src.data[0].numpy()).astype(np.uint8), src.affine.numpy(), None
+
+
 def _write_label(path: Path, data: np.ndarray, affine: np.ndarray) -> None:
     """A label NIfTI with a clean header: nothing from any source header is kept."""
-    import nibabel as nib
-
-    clean = nib.Nifti1Image(data, affine)
-    clean.set_qform(affine, code=1)
-    clean.set_sform(affine, code=1)
-    nib.save(clean, str(path))
+    save_image(Image(torch.from_numpy(np.ascontiguousarray(data, dtype=np.uint8))[None], torch.from_numpy(affine)),
+               path)
 
 
-def match_labels(params: dict, key: str, deid) -> dict:
+def match_labels(params: dict, key: str, deid) -> StudyLabels:
     """Write a label map for each converted series that has one into ``labels/<key>/``.
 
     Sources, one per series, in this order of preference: the label manifest's NIfTI ``mask``, the
@@ -144,10 +139,6 @@ def match_labels(params: dict, key: str, deid) -> dict:
     reaches an output. Labels that do not fit their image are left out and listed in ``misaligned``.
     ``labels.json`` records the source kind (``nifti`` or ``seg``) of each pair.
     """
-    import nibabel as nib
-
-    from medcore.data.synthetic import read_label_sources
-
     layout = Layout.from_params(params)
     manifest = resolve(params, params["source"]["label_manifest"])
     names, sources = read_label_sources(manifest, uid_map=deid.uid) if manifest.is_file() else ({}, {})
@@ -156,8 +147,9 @@ def match_labels(params: dict, key: str, deid) -> dict:
     converted_uids = set(series["series_uid"])
     unmatched = unreferenced + sum(len(v) for u, v in folder_segs.items() if u not in converted_uids)
     out_names = {int(k): v for k, v in names.items()}
-    entries, misaligned = [], []
-    final = labels_dir(layout, key)
+    entries: list[dict] = []
+    misaligned: list[Misaligned] = []
+    final = layout.labels_dir(key)
     sweep_tmp(final.parent)
     with atomic_dir(final) as tmp:
         for row in series.itertuples():
@@ -167,11 +159,9 @@ def match_labels(params: dict, key: str, deid) -> dict:
             image_path = layout.converted_dir(key) / row.nifti
             entry = {"series_id": row.series_id, "image": str(Path("converted") / key / row.nifti),
                      "label": str(Path("labels") / key / f"{row.series_id}.nii.gz"), "source": kind}
+            data = affine = None
             if problem is None and kind == "nifti":
-                problem = alignment_problem(image_path, source)
-                if problem is None:
-                    src = nib.load(str(source))
-                    data, affine = np.rint(np.asarray(src.dataobj)).astype(np.uint8), src.affine
+                data, affine, problem = _manifest_mask(image_path, source)
             elif problem is None:
                 aligned, problem = _seg_on_image(source, image_path, row.series_uid, deid, names)
                 if aligned is not None:
@@ -181,31 +171,27 @@ def match_labels(params: dict, key: str, deid) -> dict:
                     for v in aligned.values.values():
                         out_names.setdefault(v, f"segment_{v}")
                     out_names.setdefault(0, "background")
-            if problem:
-                misaligned.append({"series_id": row.series_id, "source": kind, "reason": problem})
+            if problem or data is None or affine is None:
+                misaligned.append(Misaligned(row.series_id, kind, problem or "no label data"))
                 continue
             _write_label(tmp / f"{row.series_id}.nii.gz", data, affine)
             entries.append(entry)
         label_names = {str(k): v for k, v in sorted(out_names.items())}
-        write_json(tmp / LABELS_JSON, {"label_names": label_names, "pairs": entries, "misaligned": misaligned,
-                                       "unmatched_seg_files": unmatched})
-    return {"study": key, "labelled_series": len(entries), "misaligned": misaligned, "label_names": label_names,
-            "sources": {k: sum(e["source"] == k for e in entries) for k in ("nifti", "seg")},
-            "unmatched_seg_files": unmatched}
+        write_json(tmp / LABELS_JSON, {"label_names": label_names, "pairs": entries,
+                                       "misaligned": to_json(misaligned), "unmatched_seg_files": unmatched})
+    return StudyLabels(key, len(entries), tuple(misaligned), label_names,
+                       {k: sum(e["source"] == k for e in entries) for k in ("nifti", "seg")}, unmatched)
 
 
 def study_labels(params: dict, key: str) -> dict:
-    path = labels_dir(Layout.from_params(params), key) / LABELS_JSON
+    """The study's ``labels.json``: label names, image/label pairs, misaligned labels (as written by match_labels)."""
+    path = Layout.from_params(params).labels_dir(key) / LABELS_JSON
     if not path.is_file():
         raise FileNotFoundError(f"study {key}: {path} is missing; materialise labels for this study first")
     return read_json(path)
 
 
-def convert_all(params: dict) -> list[dict]:
+def convert_all(params: dict) -> list[tuple[ConvertedStudy, StudyLabels]]:
+    """Convert every inbox study and match its labels (the DVC stage)."""
     deid = deidentifier(params)
-    out = []
-    for key in list_studies(params, deid):
-        info = convert_study(params, key, deid)
-        info["labels"] = match_labels(params, key, deid)
-        out.append(info)
-    return out
+    return [(convert_study(params, key, deid), match_labels(params, key, deid)) for key in list_studies(params, deid)]

@@ -11,9 +11,11 @@ import shutil
 import subprocess
 from pathlib import Path
 
+from medcore.utils.atomic import atomic_dir, sweep_tmp
 from pipelines.params import PROJECT_ROOT, resolve
 from pipelines.steps.convert import study_labels
-from pipelines.steps.layout import Layout, atomic_dir, labels_dir, sweep_tmp, tree_hash, write_json
+from pipelines.steps.layout import Layout, tree_hash, write_json
+from pipelines.steps.results import DatasetVersion, DvcTracking, save
 
 DATASET_JSON = "dataset.json"
 
@@ -25,10 +27,10 @@ def available_studies(params: dict) -> list[str]:
     if not root.is_dir():
         return []
     return sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")
-                  and (labels_dir(layout, p.name) / "labels.json").is_file())
+                  and (layout.labels_dir(p.name) / "labels.json").is_file())
 
 
-def assemble_dataset(params: dict, studies: list[str] | None = None) -> dict:
+def assemble_dataset(params: dict, studies: list[str] | None = None) -> DatasetVersion:
     """Write ``dataset/`` (imagesTr, labelsTr, dataset.json) from ``studies`` (default: all available)."""
     layout = Layout.from_params(params)
     studies = available_studies(params) if studies is None else sorted(studies)
@@ -52,9 +54,9 @@ def assemble_dataset(params: dict, studies: list[str] | None = None) -> dict:
         write_json(tmp / DATASET_JSON, {"name": "medcore-pipeline", "modality": {"0": "CT"}, "labels": label_names,
                                         "numTraining": len(training), "training": training})
     version = tree_hash(layout.dataset_dir)
-    info = {"dataset_hash": version, "cases": len(training), "studies": studies, "label_names": label_names}
-    write_json(layout.out / "dataset_version.json", info)
-    return info
+    result = DatasetVersion(version, len(training), tuple(studies), label_names)
+    save(layout.dataset_version, result)
+    return result
 
 
 def dvc_executable() -> str:
@@ -90,7 +92,7 @@ def ensure_dvc_repo(params: dict) -> Path:
     return root
 
 
-def track_dataset(params: dict) -> dict:
+def track_dataset(params: dict) -> DvcTracking:
     """``dvc add`` the dataset folder and ``dvc push`` it; return the DVC directory hash."""
     import yaml
 
@@ -100,4 +102,4 @@ def track_dataset(params: dict) -> dict:
     dvc_file = dataset.with_name(dataset.name + ".dvc")
     _dvc(["push", "--quiet", str(dvc_file)], root)
     outs = yaml.safe_load(dvc_file.read_text())["outs"][0]
-    return {"dvc_file": str(dvc_file.relative_to(root)), "dvc_md5": outs.get("md5"), "dvc_files": outs.get("nfiles")}
+    return DvcTracking(str(dvc_file.relative_to(root)), str(outs.get("md5")), int(outs.get("nfiles") or 0))

@@ -14,7 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
-from pipelines.steps.layout import Layout, atomic_dir, read_json, sha256_file, sweep_tmp, write_json
+from medcore.utils.atomic import atomic_dir, sweep_tmp
+from pipelines.steps.layout import Layout, read_json, sha256_file
+from pipelines.steps.results import Evaluation, TrainedModel, load, save
 
 
 def evaluation_cases(params: dict) -> list[dict]:
@@ -22,8 +24,8 @@ def evaluation_cases(params: dict) -> list[dict]:
     from medcore.data.datalist import case_id, load_datalist
 
     layout = Layout.from_params(params)
-    latest = read_json(layout.train_dir / "latest.json")
-    split = read_json(layout.out / latest["run_dir"] / "split.json")
+    latest = load(layout.latest_json, TrainedModel)
+    split = read_json(layout.out / latest.run_dir / "split.json")
     items = {case_id(i): i for i in load_datalist(layout.dataset_dir / "dataset.json")}
     ids = split["val"] or split["train"]
     return [{"id": i, "image": items[i]["image"], "label": items[i]["label"]} for i in ids]
@@ -64,15 +66,15 @@ def measure_model(model_dir: Path, cases: list[dict], labels: dict[str, int]) ->
     return rows, volumes
 
 
-def summarise(rows: list[dict]) -> dict:
-    """Mean Dice per class (NaN for empty references left out) and their mean: ``mean_dice``."""
+def summarise(rows: list[dict]) -> tuple[float, dict[str, float], int]:
+    """Mean foreground Dice, mean Dice per class (NaN for empty references left out) and the case count."""
     per_class: dict[str, list[float]] = {}
     for row in rows:
         if not math.isnan(row["dice"]):
             per_class.setdefault(row["class"], []).append(row["dice"])
-    class_means = {f"dice_{k}": float(np.mean(v)) for k, v in sorted(per_class.items())}
+    class_means = {k: float(np.mean(v)) for k, v in sorted(per_class.items())}
     mean = float(np.mean(list(class_means.values()))) if class_means else 0.0
-    return {"mean_dice": mean, **class_means, "cases": len({r["case"] for r in rows})}
+    return mean, class_means, len({r["case"] for r in rows})
 
 
 def case_scores(rows: list[dict]) -> dict[str, float]:
@@ -107,7 +109,7 @@ def _plots(out: Path, rows: list[dict], volumes: dict, curves: Path | None) -> d
         written["training_curves"] = "training_curves.png"
     scores = case_scores(rows)
     if scores:
-        ranked = sorted(scores, key=scores.get)
+        ranked = sorted(scores, key=lambda case: scores[case])
         for tag, case in (("worst", ranked[0]), ("best", ranked[-1])):
             image, pred, ref = volumes[case]
             z = int(np.argmax((ref > 0).sum(axis=(0, 1)))) if ref.any() else image.shape[2] // 2
@@ -124,21 +126,22 @@ def _plots(out: Path, rows: list[dict], volumes: dict, curves: Path | None) -> d
     return written
 
 
-def evaluate(params: dict) -> dict:
+def evaluate(params: dict) -> Evaluation:
     """Evaluate the latest trained model; write ``evaluation/`` atomically and return the summary."""
     import pandas as pd
 
     layout = Layout.from_params(params)
-    latest = read_json(layout.train_dir / "latest.json")
+    latest = load(layout.latest_json, TrainedModel)
     cases = evaluation_cases(params)
-    rows, volumes = measure_model(layout.out / latest["model_dir"], cases, foreground_labels(params))
-    summary = {**summarise(rows), "evaluation_set": evaluation_set_hash(cases), "run_key": latest["run_key"]}
+    rows, volumes = measure_model(layout.out / latest.model_dir, cases, foreground_labels(params))
+    mean, per_class, n = summarise(rows)
     sweep_tmp(layout.out)
     with atomic_dir(layout.evaluation_dir) as tmp:
         pd.DataFrame(rows).to_csv(tmp / "per_case.csv", index=False)
-        summary["plots"] = _plots(tmp, rows, volumes, layout.out / latest["run_dir"] / "curves.png")
-        history = layout.out / latest["run_dir"] / "history.csv"
+        plots = _plots(tmp, rows, volumes, layout.out / latest.run_dir / "curves.png")
+        history = layout.out / latest.run_dir / "history.csv"
         if history.is_file():  # the training curves as data, for `dvc plots show`
             shutil.copyfile(history, tmp / "history.csv")
-        write_json(tmp / "summary.json", summary)
+        summary = Evaluation(mean, per_class, n, evaluation_set_hash(cases), latest.run_key, plots)
+        save(tmp / "summary.json", summary)
     return summary

@@ -6,8 +6,10 @@ import hashlib
 import os
 from pathlib import Path
 
+from medcore.utils.atomic import sweep_tmp
 from pipelines.params import resolve
-from pipelines.steps.layout import Layout, sweep_tmp, write_json
+from pipelines.steps.layout import Layout
+from pipelines.steps.results import RawStudy, StudyIndex, save
 
 SERIES_INDEX = "series_index.parquet"
 
@@ -16,10 +18,9 @@ def deidentifier(params: dict):
     """The keyed de-identifier (key from $MEDCORE_DEID_KEY or a key file outside data and outputs)."""
     from medcore.dicom.deid import Deidentifier, load_or_create_key
 
-    forbidden = [
-        p for p in (resolve(params, params["output_dir"]), resolve(params, params["source"]["dicom_dir"])) if p
-    ]
-    key = load_or_create_key(resolve(params, params["deid_key_file"]), forbidden_roots=forbidden)
+    forbidden = [resolve(params, params["output_dir"]), resolve(params, params["source"]["dicom_dir"])]
+    key_file = params["deid_key_file"]
+    key = load_or_create_key(resolve(params, key_file) if key_file else None, forbidden_roots=forbidden)
     return Deidentifier(key)
 
 
@@ -54,7 +55,7 @@ def folder_signature(folder: Path) -> dict:
     return {"files": n, "bytes": size, "mtime_ns": newest}
 
 
-def record_raw(params: dict, key: str, deid) -> dict:
+def record_raw(params: dict, key: str, deid) -> RawStudy:
     """Write ``raw/<key>.json`` (file count, bytes, content hash of the study; no names) and return it."""
     folder = study_folder(params, deid, key)
     h = hashlib.sha256()
@@ -62,13 +63,12 @@ def record_raw(params: dict, key: str, deid) -> dict:
     for p in files:
         h.update(hashlib.sha256(p.relative_to(folder).as_posix().encode()).digest())
         h.update(hashlib.sha256(p.read_bytes()).digest())
-    info = {"study": key, "files": len(files), "bytes": sum(p.stat().st_size for p in files),
-            "content_hash": h.hexdigest()}
-    write_json(Layout.from_params(params).raw_manifest(key), info)
+    info = RawStudy(key, len(files), sum(p.stat().st_size for p in files), h.hexdigest())
+    save(Layout.from_params(params).raw_manifest(key), info)
     return info
 
 
-def ingest_study(params: dict, key: str, deid) -> dict:
+def ingest_study(params: dict, key: str, deid) -> StudyIndex:
     """Scan one study and write its de-identified header index (parquet). Returns summary metadata."""
     from medcore.dicom.scan import deidentified_index, scan_tree
     from medcore.utils.atomic import atomic_path
@@ -82,11 +82,10 @@ def ingest_study(params: dict, key: str, deid) -> dict:
     with atomic_path(out / SERIES_INDEX) as tmp:
         index.to_parquet(tmp, index=False)
     n_series = int(index["series_uid"].nunique()) if "series_uid" in index and len(index) else 0
-    return {"study": key, "files": scan.n_files, "frames": len(index), "series": n_series,
-            "skipped_files": len(scan.skipped), "index": str(out / SERIES_INDEX)}
+    return StudyIndex(key, scan.n_files, len(index), n_series, len(scan.skipped), str(out / SERIES_INDEX))
 
 
-def ingest_all(params: dict) -> list[dict]:
+def ingest_all(params: dict) -> list[StudyIndex]:
     deid = deidentifier(params)
     results = []
     for key in list_studies(params, deid):

@@ -4,14 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
-import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from medcore.utils.atomic import atomic_write_text
 from pipelines.params import resolve
 
 
@@ -22,7 +18,8 @@ class Layout:
 
     @classmethod
     def from_params(cls, params: dict) -> Layout:
-        return cls(resolve(params, params["output_dir"]), resolve(params, params.get("dataset_dir")))
+        dataset = params.get("dataset_dir")
+        return cls(resolve(params, params["output_dir"]), resolve(params, dataset) if dataset else None)
 
     def raw_manifest(self, key: str) -> Path:
         return self.out / "raw" / f"{key}.json"
@@ -33,9 +30,16 @@ class Layout:
     def converted_dir(self, key: str) -> Path:
         return self.out / "converted" / key
 
+    def labels_dir(self, key: str) -> Path:
+        return self.out / "labels" / key
+
     @property
     def dataset_dir(self) -> Path:
         return self.dataset if self.dataset is not None else self.out / "dataset"
+
+    @property
+    def dataset_version(self) -> Path:
+        return self.out / "dataset_version.json"
 
     @property
     def cache_dir(self) -> Path:
@@ -50,13 +54,19 @@ class Layout:
         return self.out / "evaluation"
 
     @property
+    def latest_json(self) -> Path:
+        return self.train_dir / "latest.json"
+
+    @property
+    def summary_json(self) -> Path:
+        return self.evaluation_dir / "summary.json"
+
+    @property
     def registered_json(self) -> Path:
         return self.out / "registered_model.json"
 
 
 def write_json(path: Path, value) -> Path:
-    from medcore.utils.atomic import atomic_write_text
-
     atomic_write_text(path, json.dumps(value, indent=1, sort_keys=True, default=str) + "\n")
     return path
 
@@ -83,41 +93,3 @@ def tree_hash(folder: Path, exclude: tuple[str, ...] = ()) -> str:
         h.update(rel.encode() + b"\0" + sha256_file(path).encode() + b"\n")
     return h.hexdigest()
 
-
-@contextmanager
-def atomic_dir(final: Path) -> Iterator[Path]:
-    """Yield a temporary sibling folder; on success it replaces ``final`` in one rename.
-
-    A crash leaves only a ``.tmp-*`` sibling, never a half-written ``final``; stale ones are removed
-    by :func:`sweep_tmp` at the next start.
-    """
-    final = Path(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.parent / f".tmp-{final.name}-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
-    try:
-        yield tmp
-        old = None
-        if final.exists():
-            old = final.parent / f".tmp-old-{final.name}-{uuid.uuid4().hex[:8]}"
-            os.replace(final, old)
-        os.replace(tmp, final)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-
-
-def sweep_tmp(folder: Path) -> int:
-    """Remove leftovers of interrupted writes (``.tmp-*`` entries) directly under ``folder``."""
-    n = 0
-    if Path(folder).is_dir():
-        for p in Path(folder).glob(".tmp-*"):
-            shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
-            n += 1
-    return n
-
-
-def labels_dir(layout: Layout, key: str) -> Path:
-    return layout.out / "labels" / key

@@ -11,9 +11,11 @@ from __future__ import annotations
 import json
 import subprocess
 from pathlib import Path
+from typing import Any
 
 from pipelines.params import PROJECT_ROOT, resolve, tracking_uri
-from pipelines.steps.layout import Layout, read_json, write_json
+from pipelines.steps.layout import Layout, read_json
+from pipelines.steps.results import DatasetVersion, Evaluation, Registration, TrainedModel, load, save
 
 MODEL_CODE = Path(__file__).resolve().parents[1] / "mlflow_model.py"
 
@@ -81,7 +83,7 @@ def _find_version(client, name: str, key: str):
     return sorted(found, key=lambda v: int(v.version))[0] if found else None
 
 
-def champion_score(client, params: dict, name: str, evaluation: dict) -> tuple[object | None, float | None]:
+def champion_score(client, params: dict, name: str, evaluation: Evaluation) -> tuple[Any, float | None]:
     """The champion version and its mean Dice on ``evaluation``'s set (re-measured if it was scored elsewhere)."""
     from mlflow.exceptions import MlflowException
 
@@ -89,7 +91,7 @@ def champion_score(client, params: dict, name: str, evaluation: dict) -> tuple[o
         champ = client.get_model_version_by_alias(name, "champion")
     except MlflowException:
         return None, None
-    if champ.tags.get("evaluation_set") == evaluation["evaluation_set"]:
+    if champ.tags.get("evaluation_set") == evaluation.evaluation_set:
         return champ, float(champ.tags["mean_dice"])
     import mlflow
 
@@ -99,10 +101,10 @@ def champion_score(client, params: dict, name: str, evaluation: dict) -> tuple[o
     rows, _ = measure_model(
         Path(local) / "artifacts" / "model_dir", evaluation_cases(params), foreground_labels(params)
     )
-    return champ, summarise(rows)["mean_dice"]
+    return champ, summarise(rows)[0]
 
 
-def register(params: dict, run_tags: dict | None = None, evaluation: dict | None = None) -> dict:
+def register(params: dict, run_tags: dict | None = None, evaluation: Evaluation | None = None) -> Registration:
     """Log the training as an MLflow run, register its model, and apply the champion rule."""
     import mlflow
     import pandas as pd
@@ -110,14 +112,14 @@ def register(params: dict, run_tags: dict | None = None, evaluation: dict | None
     from pipelines import serving
 
     layout = Layout.from_params(params)
-    latest = read_json(layout.train_dir / "latest.json")
-    evaluation = evaluation or read_json(layout.evaluation_dir / "summary.json")
-    dataset = read_json(layout.out / "dataset_version.json")
-    key = latest["run_key"]
+    latest = load(layout.latest_json, TrainedModel)
+    evaluation = evaluation or load(layout.summary_json, Evaluation)
+    dataset = load(layout.dataset_version, DatasetVersion)
+    key = latest.run_key
     name = params["register"]["model_name"]
     client, exp_id = client_for(params)
-    lineage = {"training_key": key, "dataset_hash": dataset["dataset_hash"], "code_commit": code_commit(),
-               "evaluation_set": evaluation["evaluation_set"], "mean_dice": f"{evaluation['mean_dice']:.6f}",
+    lineage = {"training_key": key, "dataset_hash": dataset.dataset_hash, "code_commit": code_commit(),
+               "evaluation_set": evaluation.evaluation_set, "mean_dice": f"{evaluation.mean_dice:.6f}",
                **{k: str(v) for k, v in (run_tags or {}).items()}}
     version = _find_version(client, name, key)
     if version is None:
@@ -127,17 +129,17 @@ def register(params: dict, run_tags: dict | None = None, evaluation: dict | None
         )
         with mlflow.start_run(run_id=run_id):
             mlflow.log_params({k: v for k, v in _flat("", params["train"], {}).items()})
-            for record in read_json(layout.out / latest["run_dir"] / "history.json"):
+            for record in read_json(layout.out / latest.run_dir / "history.json"):
                 step = int(record["epoch"])
                 mlflow.log_metrics({k: float(v) for k, v in record.items() if k != "epoch"
                                     and isinstance(v, (int, float)) and v == v and abs(v) != float("inf")}, step=step)
-            mlflow.log_metrics({f"eval_{k}": float(v) for k, v in evaluation.items()
-                                if k.startswith(("mean_dice", "dice_"))})
-            for plot in evaluation.get("plots", {}).values():
+            mlflow.log_metrics({"eval_mean_dice": evaluation.mean_dice,
+                                **{f"eval_dice_{k}": v for k, v in evaluation.class_dice.items()}})
+            for plot in evaluation.plots.values():
                 mlflow.log_artifact(str(layout.evaluation_dir / plot), "evaluation")
             mlflow.log_artifact(str(layout.evaluation_dir / "per_case.csv"), "evaluation")
             info = mlflow.pyfunc.log_model(name="model", python_model=str(MODEL_CODE),
-                                           artifacts={"model_dir": str(layout.out / latest["model_dir"])},
+                                           artifacts={"model_dir": str(layout.out / latest.model_dir)},
                                            pip_requirements=["medcore", "mlflow", "torch", "pandas"],
                                            signature=serving.signature(),
                                            input_example=(pd.DataFrame({serving.IMAGE_COLUMN:
@@ -149,21 +151,26 @@ def register(params: dict, run_tags: dict | None = None, evaluation: dict | None
     if champ is not None and champ.version == version.version:
         promote, reason = True, "already champion"
     else:
-        promote, reason = decide_promotion(evaluation["mean_dice"], champ_dice,
+        promote, reason = decide_promotion(evaluation.mean_dice, champ_dice,
                                            float(params["register"]["min_improvement"]))
-    if promote:
-        client.set_registered_model_alias(name, "champion", version.version)
-        try:
-            if client.get_model_version_by_alias(name, "challenger").version == version.version:
-                client.delete_registered_model_alias(name, "challenger")
-        except Exception:  # no challenger alias: nothing to clear
-            pass
-    else:
-        client.set_registered_model_alias(name, "challenger", version.version)
+    alias = "champion" if promote else "challenger"
+    move_alias(client, name, version.version, alias)
     client.set_model_version_tag(name, version.version, "promotion", reason)
-    result = {"model_name": name, "version": str(version.version), "alias": "champion" if promote else "challenger",
-              "reason": reason, "model_uri": f"models:/{name}@{'champion' if promote else 'challenger'}",
-              "tracking_uri": tracking_uri(params), "run_id": version.run_id, "source": str(version.source),
-              "artifact_root": str(resolve(params, params["register"]["artifact_root"])), **lineage}
-    write_json(layout.registered_json, result)
+    artifact_root = str(resolve(params, params["register"]["artifact_root"]))
+    result = Registration(name, str(version.version), alias, reason, f"models:/{name}@{alias}", tracking_uri(params),
+                          version.run_id, str(version.source), artifact_root, lineage)
+    save(layout.registered_json, result)
     return result
+
+
+def move_alias(client, name: str, version: str, alias: str) -> None:
+    """Point ``alias`` at ``version``; a new champion also stops being the challenger."""
+    from mlflow.exceptions import MlflowException
+
+    client.set_registered_model_alias(name, alias, version)
+    if alias == "champion":
+        try:
+            if client.get_model_version_by_alias(name, "challenger").version == version:
+                client.delete_registered_model_alias(name, "challenger")
+        except MlflowException:  # no challenger alias: nothing to clear
+            pass

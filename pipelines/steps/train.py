@@ -14,7 +14,8 @@ import sys
 from pathlib import Path
 
 from pipelines.steps.cache import cache_ready, training_config
-from pipelines.steps.layout import Layout, read_json, write_json
+from pipelines.steps.layout import Layout, write_json
+from pipelines.steps.results import DatasetVersion, TrainedModel, TrainingJob, load, save
 
 
 def num_processes(params: dict) -> int:
@@ -28,12 +29,12 @@ def num_processes(params: dict) -> int:
 
 
 def run_key(params: dict) -> str:
-    dataset = read_json(Layout.from_params(params).out / "dataset_version.json")["dataset_hash"]
+    dataset = load(Layout.from_params(params).dataset_version, DatasetVersion).dataset_hash
     blob = json.dumps({"dataset": dataset, "train": params["train"]}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def prepare_training(params: dict) -> dict:
+def prepare_training(params: dict) -> TrainingJob:
     """Write the run's config; return the command (torchrun), its environment and the run folder."""
     layout = Layout.from_params(params)
     key = run_key(params)
@@ -45,31 +46,32 @@ def prepare_training(params: dict) -> dict:
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
                "-m", "pipelines.train_worker", "--config", str(config_path), "--run-dir", str(run_dir)]
     env = {"OMP_NUM_THREADS": str(params["train"]["threads"] or 1), "PYTHONUNBUFFERED": "1"}
-    return {"run_key": key, "run_dir": run_dir, "command": command, "env": env, "nproc": nproc}
+    return TrainingJob(key, str(run_dir), tuple(command), env, nproc)
 
 
-def finish_training(params: dict, run_dir: Path) -> dict:
+def finish_training(params: dict, run_dir: str | Path) -> TrainedModel:
     """Read the run's summary and point ``train/latest.json`` at it."""
     summary_path = Path(run_dir) / "summary.json"
     if not summary_path.is_file():
         raise RuntimeError(f"training in {run_dir} ended without summary.json; see the training log above")
-    summary = read_json(summary_path)
+    summary = json.loads(summary_path.read_text())
     layout = Layout.from_params(params)
-    latest = {"run_key": Path(run_dir).name, "run_dir": str(Path(run_dir).relative_to(layout.out)),
-              "model_dir": str(Path(summary["model_dir"]).relative_to(layout.out)),
-              "best_score": summary.get("best_score"), "best_epoch": summary.get("best_epoch"),
-              "epochs": summary.get("epochs"), "validation": summary.get("validation", {})}
-    write_json(layout.train_dir / "latest.json", latest)
+    latest = TrainedModel(Path(run_dir).name, str(Path(run_dir).relative_to(layout.out)),
+                          str(Path(summary["model_dir"]).relative_to(layout.out)), summary.get("best_score"),
+                          summary.get("best_epoch"), summary.get("epochs"),
+                          {k: float(v) for k, v in (summary.get("validation") or {}).items()
+                           if isinstance(v, (int, float))})
+    save(layout.latest_json, latest)
     return latest
 
 
-def train(params: dict) -> dict:
+def train(params: dict) -> TrainedModel:
     """Run training as a plain subprocess (the DVC path; Dagster launches the same command through Pipes)."""
     job = prepare_training(params)
-    if (job["run_dir"] / "summary.json").is_file():
-        return finish_training(params, job["run_dir"])
-    proc = subprocess.run(job["command"], env={**os.environ, **job["env"]})
+    if (Path(job.run_dir) / "summary.json").is_file():
+        return finish_training(params, job.run_dir)
+    proc = subprocess.run(list(job.command), env={**os.environ, **job.env})
     if proc.returncode != 0:
         raise RuntimeError(f"training failed (exit {proc.returncode}); rerun to resume from the last checkpoint "
-                           f"in {job['run_dir']}")
-    return finish_training(params, job["run_dir"])
+                           f"in {job.run_dir}")
+    return finish_training(params, job.run_dir)

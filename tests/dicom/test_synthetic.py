@@ -11,7 +11,8 @@ import pydicom
 import pytest
 import SimpleITK as sitk
 
-from medcore.data.synthetic import LABEL_NAMES, ORGAN_HU, read_label_manifest, write_synthetic_studies
+from medcore.data.labels import read_label_manifest
+from medcore.data.synthetic import LABEL_NAMES, ORGAN_HU, write_synthetic_studies
 from medcore.dicom.deid import Deidentifier
 from medcore.dicom.seg import SegmentationError, read_seg, write_seg
 

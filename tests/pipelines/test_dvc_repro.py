@@ -40,7 +40,7 @@ def test_dvc_repro_end_to_end_then_noop(tmp_path, deid_key, new_project):
     for stage in STAGES:
         assert f"Running stage '{stage}'" in first, stage
     reg = json.loads((root / "outputs" / "repro" / "registered_model.json").read_text())
-    assert reg["alias"] == "champion" and reg["runner"] == "dvc"
+    assert reg["alias"] == "champion" and reg["lineage"]["runner"] == "dvc"
     second = _dvc(["repro"], root, env)
     assert "Running stage" not in second
     status = _dvc(["status"], root, env)

@@ -19,9 +19,13 @@ ALL_ASSETS = ["raw_dicom", "series_index", "nifti_volumes", "labels", "training_
               "trained_model", "evaluation", "registered_model"]
 
 
-def test_definitions_load():
-    from pipelines.definitions import defs
+def test_definitions_load_lazily():
+    import dagster as dg
 
+    from pipelines.definitions import defs as lazy
+
+    defs = lazy()
+    assert isinstance(defs, dg.Definitions)
     keys = {k.to_user_string() for k in defs.resolve_asset_graph().get_all_asset_keys()}
     assert keys == {*ALL_ASSETS, "pacs_segmentation"}
     assert defs.resolve_job_def("retrain") is not None and defs.resolve_job_def("ingest_study") is not None
@@ -34,9 +38,9 @@ def test_string_asset_selection_works():
     """The antlr4 trap: string selections need antlr4 4.13 in the Dagster environment."""
     from dagster import AssetSelection
 
-    from pipelines.definitions import defs
+    from pipelines.definitions import make_definitions
 
-    selected = AssetSelection.from_string("key:training_dataset+").resolve(defs.resolve_asset_graph())
+    selected = AssetSelection.from_string("key:training_dataset+").resolve(make_definitions().resolve_asset_graph())
     assert AssetKey("registered_model") in selected
 
 
@@ -73,7 +77,7 @@ def test_training_ran_two_processes_with_live_progress(pipeline_run):
     instance = pipeline_run["instance"]
     meta = instance.get_latest_materialization_event(AssetKey("trained_model")).asset_materialization.metadata
     assert meta["world_size"].value == 2 and meta["nproc"].value == 2
-    run_id = pipeline_run["result"]["dagster_run_id"]
+    run_id = pipeline_run["result"].lineage["dagster_run_id"]
     logs = [e.user_message for e in instance.all_logs(run_id)]
     assert any("epoch finished: epoch=0" in m for m in logs)
     assert any("epoch finished: epoch=1" in m for m in logs)
@@ -101,16 +105,16 @@ def test_registered_model_loads_by_alias_and_predicts_dicom(pipeline_run, tmp_pa
     import mlflow
 
     reg = pipeline_run["result"]
-    assert reg["alias"] == "champion"
-    mlflow.set_tracking_uri(reg["tracking_uri"])
-    client = mlflow.MlflowClient(reg["tracking_uri"])
-    version = client.get_model_version_by_alias(reg["model_name"], "champion")
+    assert reg.alias == "champion"
+    mlflow.set_tracking_uri(reg.tracking_uri)
+    client = mlflow.MlflowClient(reg.tracking_uri)
+    version = client.get_model_version_by_alias(reg.model_name, "champion")
     for tag in ("dataset_hash", "code_commit", "dagster_run_id", "training_key", "evaluation_set"):
         assert version.tags.get(tag), tag
-    assert version.tags["dagster_run_id"] == reg["dagster_run_id"]
+    assert version.tags["dagster_run_id"] == reg.lineage["dagster_run_id"]
     run = client.get_run(version.run_id)
     assert run.data.params["max_epochs"] == "2"
-    model = mlflow.pyfunc.load_model(f"models:/{reg['model_name']}@champion")
+    model = mlflow.pyfunc.load_model(f"models:/{reg.model_name}@champion")
     series = next(s for s in pipeline_run["manifest"].series if s.kind == "axial")
     folder = Path(pipeline_run["root"]) / "inbox" / series.folder
     buffer = io.BytesIO()

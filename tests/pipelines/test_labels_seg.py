@@ -19,7 +19,8 @@ import pytest
 SEG_PHI = ["Quinhenvorlax SEGPHI4417", "Annotator Drabrymor SEGPHI8812", "SEG series note SEGPHI2290"]
 
 
-def _run_steps(params: dict) -> dict[str, dict]:
+def _run_steps(params: dict) -> dict:
+    """``{study key: (ConvertedStudy, StudyLabels)}`` of every inbox study."""
     from pipelines.steps.convert import convert_study, match_labels
     from pipelines.steps.ingest import deidentifier, ingest_study, list_studies, record_raw
 
@@ -28,9 +29,7 @@ def _run_steps(params: dict) -> dict[str, dict]:
     for key in list_studies(params, deid):
         record_raw(params, key, deid)
         ingest_study(params, key, deid)
-        info = convert_study(params, key, deid)
-        info["labels"] = match_labels(params, key, deid)
-        out[key] = info
+        out[key] = (convert_study(params, key, deid), match_labels(params, key, deid))
     return out
 
 
@@ -82,9 +81,9 @@ def test_seg_only_labels_match_the_ground_truth_and_leak_nothing(tmp_path, deid_
     layout = Layout.from_params(params)
     assert len(infos) == 3
     checked = 0
-    for key, info in infos.items():
+    for key, (converted, _) in infos.items():
         expected_segs = 1 if delivery == "dicom_folder" else 0
-        assert info["segmentation_objects"] == expected_segs and "segmentation_object" not in info["quarantine"]
+        assert converted.segmentation_objects == expected_segs and "segmentation_object" not in converted.quarantine
         labels = study_labels(params, key)
         assert labels["misaligned"] == [] and labels["unmatched_seg_files"] == 0
         assert labels["label_names"] == {"0": "background", "1": "liver", "2": "spleen", "3": "kidney_left",
@@ -131,6 +130,7 @@ def test_seg_only_labels_match_the_ground_truth_and_leak_nothing(tmp_path, deid_
 def test_misaligned_or_foreign_seg_is_listed_with_the_reason(tmp_path, deid_key, new_project):
     from pipelines.steps.convert import match_labels, study_labels
     from pipelines.steps.ingest import deidentifier
+    from pipelines.steps.results import to_json
 
     root, params, m, _ = _project(tmp_path, new_project, "manifest")
     infos = _run_steps(params)
@@ -149,13 +149,13 @@ def test_misaligned_or_foreign_seg_is_listed_with_the_reason(tmp_path, deid_key,
     reasons = []
     for key in infos:
         labels = match_labels(params, key, deid)
-        assert labels == {**labels, "misaligned": study_labels(params, key)["misaligned"]}
-        reasons += [(x["source"], x["reason"]) for x in labels["misaligned"]]
+        assert to_json(labels.misaligned) == study_labels(params, key)["misaligned"]
+        reasons += [(x.source, x.reason) for x in labels.misaligned]
     assert sorted(r for _, r in reasons) == ["DICOM SEG: SEG frames lie up to 0.4 mm off the image's voxel centres "
                                              "(tolerance 0.01 mm)",
                                              "DICOM SEG: the SEG references another series than this image"]
     assert {s for s, _ in reasons} == {"seg"}
-    assert sum(info["labels"]["labelled_series"] for info in infos.values()) == 3
+    assert sum(labels.labelled_series for _, labels in infos.values()) == 3
 
 
 def test_nifti_mask_wins_over_seg_for_the_same_series(tmp_path, deid_key, new_project):

@@ -45,18 +45,18 @@ def test_worse_candidate_does_not_take_champion(pipeline_run, tmp_path):
     from pipelines.steps.register import register
 
     first = register(_candidate(pipeline_run, tmp_path, "cand-a", 0.50))
-    assert first["alias"] == "champion"
+    assert first.alias == "champion"
     worse = register(_candidate(pipeline_run, tmp_path, "cand-b", 0.30))
-    assert worse["alias"] == "challenger" and "does not beat" in worse["reason"]
-    client = mlflow.MlflowClient(first["tracking_uri"])
-    assert str(client.get_model_version_by_alias("promotion-test", "champion").version) == first["version"]
-    assert str(client.get_model_version_by_alias("promotion-test", "challenger").version) == worse["version"]
-    assert "does not beat" in client.get_model_version("promotion-test", worse["version"]).tags["promotion"]
+    assert worse.alias == "challenger" and "does not beat" in worse.reason
+    client = mlflow.MlflowClient(first.tracking_uri)
+    assert str(client.get_model_version_by_alias("promotion-test", "champion").version) == first.version
+    assert str(client.get_model_version_by_alias("promotion-test", "challenger").version) == worse.version
+    assert "does not beat" in client.get_model_version("promotion-test", worse.version).tags["promotion"]
     better = register(_candidate(pipeline_run, tmp_path, "cand-c", 0.70))
-    assert better["alias"] == "champion"
-    assert str(client.get_model_version_by_alias("promotion-test", "champion").version) == better["version"]
+    assert better.alias == "champion"
+    assert str(client.get_model_version_by_alias("promotion-test", "champion").version) == better.version
     # registering the same training again neither duplicates the version nor moves the alias
     again = register(_candidate(pipeline_run, tmp_path / "rerun", "cand-c", 0.70))
-    assert again["version"] == better["version"]
+    assert again.version == better.version
     versions = client.search_model_versions("name = 'promotion-test'")
     assert len(versions) == 3

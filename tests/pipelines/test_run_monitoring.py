@@ -15,13 +15,11 @@ import pytest
 
 from pipelines.recovery import (
     ALIVE,
-    BOOT_TAG,
     DEAD,
-    PID_TAG,
-    PIDNS_TAG,
-    START_TAG,
+    PROCESS_TAG,
     UNKNOWN,
     Machine,
+    ProcessRecord,
     process_tags,
     process_verdict,
     recover_dead_runs,
@@ -100,7 +98,8 @@ def test_sigkilled_run_is_failed_and_live_run_left_alone(project):
     proc = _start(project)
     try:
         run = _freeze_while_started(proc, instance)
-        assert run.tags[PID_TAG] == str(proc.pid)  # the tag names the process that executes the run
+        assert ProcessRecord.from_tags(run.tags).pid == proc.pid  # the tag names the process that executes the run
+        assert [k for k in run.tags if k.startswith("medcore")] == [PROCESS_TAG]  # one tag in the UI, not five
 
         # alive (stopped, not dead): left alone
         seen = {r.run_id: r for r in recover_dead_runs(instance)}
@@ -158,19 +157,23 @@ def test_daemon_monitoring_pass_fails_dead_run_after_max_runtime(project):
 
 
 def test_verdicts_on_real_processes():
+    from dataclasses import replace
+
     here = Machine.current()
-    me = process_tags()
+    me = ProcessRecord.from_tags(process_tags())
+    assert me == ProcessRecord.of()  # the one tag round-trips
     assert process_verdict(me, here) == (ALIVE, f"process {os.getpid()} on host {here.host} is still running")
-    assert process_verdict({}, here)[0] == UNKNOWN
+    assert process_verdict(None, here)[0] == UNKNOWN
+    assert ProcessRecord.from_tags({PROCESS_TAG: "not json"}) is None
     assert process_verdict(me, Machine("another-host", here.boot_id, here.pid_ns))[0] == UNKNOWN
-    assert process_verdict({**me, PIDNS_TAG: "pid:[1]"}, here)[0] == UNKNOWN  # another container
+    assert process_verdict(replace(me, machine=replace(here, pid_ns="pid:[1]")), here)[0] == UNKNOWN  # a container
     if here.boot_id:
-        assert process_verdict({**me, BOOT_TAG: "an-earlier-boot"}, here)[0] == DEAD
-    if me.get(START_TAG):  # the pid reused by a later process
-        assert process_verdict({**me, START_TAG: str(int(me[START_TAG]) - 1)}, here)[0] == DEAD
+        assert process_verdict(replace(me, machine=replace(here, boot_id="an-earlier-boot")), here)[0] == DEAD
+    if me.start:  # the pid reused by a later process
+        assert process_verdict(replace(me, start=str(int(me.start) - 1)), here)[0] == DEAD
 
     child = subprocess.Popen([sys.executable, "-c", "pass"])
-    tags = process_tags(child.pid)
+    tags = ProcessRecord.of(child.pid)
     try:
         t0 = time.monotonic()  # a zombie (exited, not reaped) is dead
         while process_verdict(tags, here)[0] != DEAD:

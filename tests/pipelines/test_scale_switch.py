@@ -26,7 +26,8 @@ import pytest
 import yaml
 from dagster import DagsterEventType, DagsterInstance, in_process_executor, multiprocess_executor
 
-from pipelines.definitions import EXECUTOR_ENV, make_definitions, select_executor
+from pipelines.definitions import make_definitions
+from pipelines.executors import EXECUTOR_ENV, select_executor
 
 PROJECT = Path(__file__).resolve().parents[2]
 IN_CI = os.environ.get("CI") == "true"

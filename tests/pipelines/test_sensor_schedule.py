@@ -61,10 +61,10 @@ def test_sensor_adds_partition_once_copy_finished(tmp_path, deid_key, new_projec
 
 
 def test_schedule_targets_retraining_job():
-    from pipelines.definitions import defs
+    from pipelines.definitions import make_definitions
     from pipelines.schedules import weekly_retraining
 
     assert weekly_retraining.job_name == "retrain"
-    job = defs.resolve_job_def("retrain")
+    job = make_definitions().resolve_job_def("retrain")
     assert {k.to_user_string() for k in job.asset_layer.executable_asset_keys} == {
         "training_dataset", "preprocessed_cache", "trained_model", "evaluation", "registered_model"}

@@ -1,7 +1,9 @@
-"""``python -m pipelines STAGE --params params.yaml`` (what dvc.yaml calls) and ``python -m pipelines demo``.
+"""``python -m pipelines run --params FILE``, ``python -m pipelines demo`` and ``python -m pipelines STAGE``.
 
-Stages: ingest, convert, dataset, cache, train, evaluate, register. ``demo`` writes synthetic studies
-into the inbox and materialises the whole Dagster graph in-process against ``dagster_home/``.
+``run`` materialises the whole Dagster graph in-process against ``dagster_home/`` on whatever is in the
+inbox (ingestion per study, then retraining when the dataset or the parameters changed, or ``--force``).
+``demo`` writes synthetic studies into the inbox, then runs. Stages (what dvc.yaml calls): ingest,
+convert, dataset, cache, train, evaluate, register.
 ``recover`` marks FAILED the Dagster runs left STARTED by a killed process (``demo`` does it first too).
 ``pacs`` runs a private Orthanc PACS until Ctrl-C; ``infer --pacs URL`` segments, with the current champion,
 every PACS study it has not segmented yet (the ``inference`` job, in-process) and prints a line per study.
@@ -40,7 +42,8 @@ def main(argv: list[str] | None = None) -> int:
         return federate_main(argv[1:])
     parser = argparse.ArgumentParser(prog="python -m pipelines", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("stage", choices=(*STAGES, "demo", "recover", "infer", "pacs"))
+    parser.add_argument("stage", choices=(*STAGES, "run", "demo", "recover", "infer", "pacs"))
+    parser.add_argument("--force", action="store_true", help="run: train even when nothing changed")
     parser.add_argument("--pacs", default=None, help="infer: the PACS's DICOMweb URL (default: params pacs.url)")
     parser.add_argument("--params", default=None, help="params.yaml (default: the project's)")
     parser.add_argument(
@@ -58,10 +61,10 @@ def main(argv: list[str] | None = None) -> int:
             return serve_forever()
         params = load_params(args.params, overrides={"output_dir": args.output_dir, "dataset_dir": None}
                              if args.output_dir else None)
-        if args.stage == "demo":
-            from pipelines.demo import run_demo
+        if args.stage in ("run", "demo"):
+            from pipelines.demo import run_demo, run_inbox
 
-            return run_demo(params)
+            return run_demo(params) if args.stage == "demo" else run_inbox(params, force=args.force)
         if args.stage == "infer":
             from pipelines.infer import run_infer
 

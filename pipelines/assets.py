@@ -2,6 +2,8 @@
 through an IO manager (nothing is pickled); assets hand over files in the output tree and declare ``deps``."""
 
 import base64
+import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +20,7 @@ from dagster import (
 from pydantic import Field
 
 from pipelines.resources import PipelineSettings
+from pipelines.steps.layout import Layout
 
 STUDY_PARTITIONS = "study"
 study_partitions = DynamicPartitionsDefinition(name=STUDY_PARTITIONS)
@@ -29,15 +32,29 @@ class TrainConfig(Config):
 
     nproc: int | None = Field(None, description="torchrun processes (empty: train.nproc of the params file; "
                                                 "0 = one per GPU)")
-    max_epochs: int | None = Field(None, description="epochs (empty: train.max_epochs of the params file)")
+    time_budget_minutes: float | None = Field(
+        None, description="training time budget in minutes (empty: train.time_budget_minutes of the params file)")
+    max_epochs: int | None = Field(None, description="epochs (empty: train.max_epochs of the params file, "
+                                                     "or from the time budget)")
     samples_per_epoch: int | None = Field(
         None, description="patches per epoch (empty: train.samples_per_epoch of the params file)"
     )
+    plan: str = Field("", description='JSON object overriding planned fields, e.g. {"patch_size": [32, 32, 16], '
+                                      '"base_filters": 8} (empty: the params file\'s plan section; the rest is '
+                                      "planned from the data)")
+    force: bool = Field(False, description="train even when nothing changed since the last registered version")
 
     def overrides(self) -> dict:
         """The Launchpad values that were set, as params overrides; the params file supplies the rest."""
-        chosen = {"nproc": self.nproc, "max_epochs": self.max_epochs, "samples_per_epoch": self.samples_per_epoch}
-        return {"train": {k: v for k, v in chosen.items() if v is not None}}
+        chosen = {"nproc": self.nproc, "time_budget_minutes": self.time_budget_minutes,
+                  "max_epochs": self.max_epochs, "samples_per_epoch": self.samples_per_epoch}
+        out: dict = {"train": {k: v for k, v in chosen.items() if v is not None}}
+        if self.plan.strip():
+            plan = json.loads(self.plan)
+            if not isinstance(plan, dict):
+                raise ValueError(f"Launchpad plan must be a JSON object, got {self.plan!r}")
+            out["plan"] = plan
+        return out
 
 
 class EvaluateConfig(Config):
@@ -104,7 +121,10 @@ def training_dataset(context: AssetExecutionContext, settings: PipelineSettings)
     dvc = track_dataset(params)
     return MaterializeResult(metadata={"cases": info.cases, "studies": len(info.studies),
                                        "dataset_hash": info.dataset_hash, "dvc_md5": dvc.dvc_md5,
-                                       "dvc_file": dvc.dvc_file},
+                                       "dvc_file": dvc.dvc_file, "modality": info.modality,
+                                       "label_names": MetadataValue.json(info.label_names),
+                                       "train_patients": info.train_patients, "test_patients": info.test_patients,
+                                       "test_cases": info.test_cases},
                              data_version=DataVersion(info.dataset_hash))
 
 
@@ -119,21 +139,39 @@ def preprocessed_cache(settings: PipelineSettings) -> MaterializeResult:
                              data_version=DataVersion(info.cache_key))
 
 
-@asset(deps=[preprocessed_cache], group_name="training")
+@asset(deps=[preprocessed_cache], group_name="training", output_required=False)
 def trained_model(context: AssetExecutionContext, config: TrainConfig, settings: PipelineSettings,
-                  pipes_subprocess_client: PipesSubprocessClient) -> MaterializeResult:
-    """``torchrun --nproc_per_node N`` via Dagster Pipes; rank 0 streams epochs into the Dagster log."""
-    from pipelines.steps.train import finish_training, prepare_training
+                  pipes_subprocess_client: PipesSubprocessClient) -> Iterator[MaterializeResult]:
+    """``torchrun --nproc_per_node N`` via Dagster Pipes; rank 0 streams epochs into the Dagster log. When
+    nothing changed since the last training (and ``force`` is off), nothing runs: evaluation and
+    registration are skipped too, and the log says why."""
+    from pipelines.steps.train import finish_training, prepare_training, training_decision
 
     params = settings.params(**config.overrides())
-    job = prepare_training(params)
+    decision = training_decision(params, config.force)
+    context.log.info(decision.reason if not decision.train else f"training: {decision.reason}")
+    if not decision.train:
+        return
+    job = prepare_training(params, config.force)
     context.log.info(f"launching {job.nproc} training process(es): {' '.join(job.command[2:])}")
     result = pipes_subprocess_client.run(context=context, command=list(job.command), env=job.env,
                                          cwd=str(params["root"])).get_materialize_result()
     latest = finish_training(params, job.run_dir)
-    return MaterializeResult(metadata={**(result.metadata or {}), "run_dir": latest.run_dir,
-                                       "model_dir": latest.model_dir, "nproc": job.nproc},
-                             data_version=DataVersion(latest.run_key))
+    plan_file = Layout.from_params(params).out / latest.run_dir / "plan.json"
+    plan = json.loads(plan_file.read_text()) if plan_file.is_file() else {}
+    yield MaterializeResult(metadata={**(result.metadata or {}), "run_dir": latest.run_dir,
+                                      "model_dir": latest.model_dir, "nproc": job.nproc, **plan_metadata(plan)},
+                            data_version=DataVersion(latest.run_key))
+
+
+def plan_metadata(plan: dict) -> dict[str, Any]:
+    """The plan medcore chose, as Dagster metadata: the headline fields and every reason."""
+    if not plan:
+        return {}
+    shown = {k: plan[k] for k in ("modality", "labels", "target_spacing", "patch_size", "normalization",
+                                  "batch_size") if k in plan}
+    return {"plan": MetadataValue.json(shown), "plan_reasons": MetadataValue.md(
+        "\n".join(f"- {r}" for r in plan.get("reasons", [])))}
 
 
 def _img(path: Path) -> str:
@@ -146,7 +184,6 @@ def evaluation(context: AssetExecutionContext, config: TrainConfig, settings: Pi
     import pandas as pd
 
     from pipelines.steps.evaluate import evaluate
-    from pipelines.steps.layout import Layout
 
     params = settings.params(**config.overrides())
     summary = evaluate(params)

@@ -1,5 +1,6 @@
-"""``python -m pipelines demo``: synthetic studies into the inbox, then the whole graph in-process
-against the real SQLite Dagster instance under ``dagster_home/``; prints where the model is."""
+"""``python -m pipelines run``: the whole graph in-process on whatever is in the inbox (ingestion per study,
+then retraining), against the real SQLite Dagster instance under ``dagster_home/``; prints where the model
+is. ``python -m pipelines demo`` writes synthetic studies into the inbox first."""
 
 from __future__ import annotations
 
@@ -40,9 +41,11 @@ def recover(instance) -> list:
     return done
 
 
-def run_pipeline(params: dict, instance, settings=None) -> Registration:
+def run_pipeline(params: dict, instance, settings=None, force: bool = False) -> Registration | None:
     """Fail runs left STARTED by a killed process, add a partition per inbox study, ingest each, then run
     the retraining job; return the registration. Every run is tagged with this process (pipelines/recovery.py)."""
+    from dagster import AssetKey
+
     from pipelines.assets import STUDY_PARTITIONS
     from pipelines.definitions import make_definitions
     from pipelines.recovery import process_tags
@@ -64,8 +67,16 @@ def run_pipeline(params: dict, instance, settings=None) -> Registration:
         result = study_job.execute_in_process(partition_key=key, instance=instance, tags=tags,
                                               raise_on_error=True)
         assert result.success
-    result = defs.resolve_job_def("retrain").execute_in_process(instance=instance, tags=tags, raise_on_error=True)
+    config = {"ops": {name: {"config": {"force": force}} for name in ("trained_model", "evaluation",
+                                                                       "registered_model")}}
+    result = defs.resolve_job_def("retrain").execute_in_process(instance=instance, tags=tags, raise_on_error=True,
+                                                                run_config=config)
     assert result.success
+    if AssetKey("trained_model") not in {e.asset_key for e in result.get_asset_materialization_events()}:
+        reason = next((e.message for e in instance.all_logs(result.run_id) if (e.message or "").startswith(
+            "skipped:")), "skipped")
+        print(reason)
+        return None
     return load(Layout.from_params(params).registered_json, Registration)
 
 
@@ -94,12 +105,21 @@ def run_recover() -> int:
 
 
 def run_demo(params: dict) -> int:
+    """``python -m pipelines demo``: synthetic studies into the inbox, then :func:`run_inbox`."""
+    write_inbox(params)
+    return run_inbox(params)
+
+
+def run_inbox(params: dict, force: bool = False) -> int:
+    """``python -m pipelines run``: ingest every inbox study, retrain if anything changed, and say where the
+    model is (or why nothing was trained)."""
     from dagster import DagsterInstance
 
     home = dagster_home()
-    write_inbox(params)
     with DagsterInstance.get() as instance:
-        reg = run_pipeline(params, instance)
+        reg = run_pipeline(params, instance, force=force)
+    if reg is None:
+        return 0
     print(f"\nRegistered model: {reg.model_name} version {reg.version} ({reg.alias}: {reg.reason})")
     print(f"  load it with mlflow.pyfunc.load_model('{reg.model_uri}') "
           f"after mlflow.set_tracking_uri('{reg.tracking_uri}')")

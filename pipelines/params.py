@@ -18,11 +18,14 @@ DEFAULTS: dict[str, Any] = {
     "output_dir": "outputs/pipeline",
     "dataset_dir": None,
     "deid_key_file": None,
-    "train": {"nproc": 0, "max_epochs": 2, "samples_per_epoch": 8, "batch_size": 2, "patch_size": [32, 32, 16],
-              "base_filters": 4, "val_fraction": 0.25, "seed": 0, "threads": 1},
+    "train": {"nproc": 0, "time_budget_minutes": None, "max_epochs": None, "samples_per_epoch": None,
+              "checkpoint_every_steps": None, "val_fraction": 0.2, "seed": 0, "threads": 1},
+    "plan": {},  # overrides of any field of the plan medcore derives from the data (open mapping)
+    "dataset": {"test_fraction": 0.2},
     "evaluate": {"min_dice": 0.0},
     "register": {"model_name": "medcore-segmentation", "experiment": "medcore-training", "tracking_uri": None,
-                 "artifact_root": "mlartifacts", "min_improvement": 0.0},
+                 "artifact_root": "mlartifacts", "min_improvement": 0.0, "min_test_cases": 10,
+                 "bootstrap_samples": 2000},
     "dvc": {"remote": "outputs/dvc-remote"},
     "pacs": {"url": "http://127.0.0.1:8042/dicom-web", "auth_header_env": "MEDCORE_PACS_AUTH", "timeout_seconds": 30,
              "retries": 4, "backoff_seconds": 0.5, "modality": "CT", "min_slices": 8, "poll_seconds": 60},
@@ -34,7 +37,11 @@ def _merge(base: dict, override: dict, where: str) -> dict:
     for key, value in override.items():
         if key not in base:
             raise ValueError(f"{where}: unknown parameter {key!r}; allowed: {sorted(base)}")
-        if isinstance(base[key], dict):
+        if isinstance(base[key], dict) and not base[key]:  # an open mapping (plan): checked by its user
+            if not isinstance(value, dict):
+                raise ValueError(f"{where}: parameter {key!r} must be a mapping")
+            out[key] = {**base[key], **value}
+        elif isinstance(base[key], dict):
             if not isinstance(value, dict):
                 raise ValueError(f"{where}: parameter {key!r} must be a mapping")
             out[key] = _merge(base[key], value, f"{where}.{key}")

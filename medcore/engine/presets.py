@@ -33,6 +33,14 @@ PRESETS: dict[str, dict[str, Any]] = {
         "network": "dynunet",
         "num_cases": 24,
     },
+    "datalist": {
+        "description": "any labelled dataset given as a datalist: modality and class names come from its "
+                       "dataset.json (the workflow's preset)",
+        "data_dir": None,
+        "modality": None,  # from the datalist's "modality", or the plan override "modality"
+        "labels": None,  # from the datalist's "labels", or the plan override "labels"
+        "network": "dynunet",
+    },
 }
 
 
@@ -189,9 +197,14 @@ def make_plan(fp: dict, preset_name: str, device: str = "cpu", overrides: dict |
     patch = [int(v) for v in overrides.get("patch_size", patch)]
     reasons.append(f"patch {patch} covers the median shape {[round(v) for v in median_at_target]} at target spacing, "
                    f"rounded up to multiples of 8 within {budget} voxels")
-    labels = {str(k): int(v) for k, v in overrides.get("labels", info["labels"]).items()}
+    modality, labels_given = overrides.get("modality", info["modality"]), overrides.get("labels", info["labels"])
+    if modality is None or labels_given is None:
+        raise ValueError(f"preset {preset_name!r} takes the modality and class names from the data: give a "
+                         "datalist whose dataset.json has 'modality' and 'labels', or set the plan overrides "
+                         "'modality' and 'labels'")
+    labels = {str(k): int(v) for k, v in labels_given.items()}
     num_classes = max(max(labels.values()), max(fp["labels_present"] or [0])) + 1
-    if info["modality"] == "CT":
+    if modality == "CT":
         fi = fp["foreground_intensity"]
         normalization = {"kind": "ct", "clip": [fi["p00_5"], fi["p99_5"]], "mean": fi["mean"],
                          "std": max(fi["std"], 1e-3)}
@@ -199,7 +212,7 @@ def make_plan(fp: dict, preset_name: str, device: str = "cpu", overrides: dict |
                        "(one global scheme, since Hounsfield units are calibrated)")
     else:
         normalization = {"kind": "zscore"}
-        reasons.append(f"{info['modality']}: per-case z-score (intensity maxima differ "
+        reasons.append(f"{modality}: per-case z-score (intensity maxima differ "
                        f"{fp['foreground_max_ratio']:.0f}x between cases, so no global scale applies)")
     resample = bool(fp["spacing_varies"]) or any(abs(a - b) > 1e-3 * b for a, b in zip(fp["median_spacing"], spacing))
     reasons.append("resample every case to the target spacing" if resample else
@@ -220,7 +233,7 @@ def make_plan(fp: dict, preset_name: str, device: str = "cpu", overrides: dict |
     loss = {"name": "deep_supervision", "loss": {"name": "dice_ce", "to_onehot_y": True, "softmax": True,
                                                  "batch": True, "include_background": False}}
     plan = {
-        "preset": preset_name, "modality": info["modality"], "labels": labels, "num_classes": num_classes,
+        "preset": preset_name, "modality": modality, "labels": labels, "num_classes": num_classes,
         "target_spacing": spacing, "resample": resample, "patch_size": patch, "normalization": normalization,
         "network": network, "loss": overrides.get("loss", loss),
         "batch_size": int(overrides.get("batch_size", 2)),

@@ -96,6 +96,16 @@ def datalist_label_names(path: str | Path) -> dict[str, int]:
         raise ValueError(f"{path}: 'labels' must map integer values to names, got {labels!r}") from None
 
 
+def datalist_modality(path: str | Path) -> str | None:
+    """The modality of an MSD ``dataset.json`` (``{"modality": {"0": "MR"}}``: channel 0), or None."""
+    path = Path(path)
+    if path.suffix != ".json" or not path.is_file():
+        return None
+    modality = json.loads(path.read_text()).get("modality") or {}
+    value = modality.get("0") if isinstance(modality, dict) else modality
+    return str(value) if value else None
+
+
 @dataclasses.dataclass
 class Prepared:
     """A run's cases, split, plan (``plan["preprocessing"]`` included) and preprocessing cache.
@@ -198,6 +208,10 @@ def prepare_run(config: dict, run_dir: str | Path | None = None, ctx: DistContex
         names = datalist_label_names(config["datalist"])
         if names:
             overrides["labels"] = names
+    if config["datalist"] and "modality" not in overrides:
+        modality = datalist_modality(config["datalist"])
+        if modality:
+            overrides["modality"] = modality
     plan = make_plan(fingerprint(train_cases), config["preset"], ctx.device, overrides)
     pre = preprocessing_configs(plan)
     plan["preprocessing"] = pre

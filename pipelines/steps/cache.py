@@ -15,16 +15,18 @@ if TYPE_CHECKING:
 
 
 def training_config(params: dict, layout: Layout, cache_dir: Path | None, model_dir: Path | None = None) -> dict:
-    """The ``medcore train`` config for the pipeline's dataset and parameters."""
+    """The ``medcore train`` config for the pipeline's dataset and parameters: the plan comes from the data
+    through medcore's planner (preset ``datalist``: modality and class names from ``dataset.json``);
+    ``params["plan"]`` overrides any planned field; unset loop lengths come from the time budget."""
     t = params["train"]
+    loop = {k: int(t[k]) for k in ("max_epochs", "samples_per_epoch", "checkpoint_every_steps") if t[k] is not None}
     return {
-        "preset": "synthetic_ct",
+        "preset": "datalist",
         "datalist": str(layout.dataset_dir / "dataset.json"),
         "split": {"fraction": float(t["val_fraction"]), "seed": int(t["seed"])},
-        "plan": {"patch_size": list(t["patch_size"]), "base_filters": int(t["base_filters"]),
-                 "batch_size": int(t["batch_size"])},
-        "train": {"max_epochs": int(t["max_epochs"]), "samples_per_epoch": int(t["samples_per_epoch"]),
-                  "val_every": 1, "checkpoint_every_steps": 2, "seed": int(t["seed"])},
+        "plan": dict(params["plan"]),
+        "train": {**loop, "seed": int(t["seed"])},
+        "time_budget_minutes": float(t["time_budget_minutes"]) if t["time_budget_minutes"] else None,
         "device": "auto",
         "threads": int(t["threads"]) if t["threads"] else None,
         "cache_dir": str(cache_dir) if cache_dir else None,

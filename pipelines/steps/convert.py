@@ -8,6 +8,7 @@ import numpy as np
 import torch
 
 from medcore.data.labels import read_label_sources
+from medcore.dicom.phi import class_name, identifying_words, source_phi_values
 from medcore.io import Image, load_image, save_image
 from medcore.io.checks import grid_mismatch
 from medcore.utils.atomic import atomic_dir, sweep_tmp
@@ -121,6 +122,19 @@ def _manifest_mask(image: Path, mask: Path) -> tuple[np.ndarray | None, np.ndarr
     return np.rint(src.data[0].numpy()).astype(np.uint8), src.affine.numpy(), None
 
 
+def seg_class_names(seg: Path, identifying: set[str]) -> dict[int, str]:
+    """``{SegmentNumber: class name}`` for the SEG's SegmentLabels that :func:`medcore.dicom.phi.class_name`
+    accepts (no digits, no word of the study's identifying values); the others are left out."""
+    from medcore.dicom.seg import SegmentationError, read_seg_frames
+
+    try:
+        segments = read_seg_frames(seg).segments
+    except SegmentationError:
+        return {}
+    named = {n: class_name(label, identifying) for n, label in segments.items()}
+    return {n: name for n, name in named.items() if name}
+
+
 def _write_label(path: Path, data: np.ndarray, affine: np.ndarray) -> None:
     """A label NIfTI with a clean header: nothing from any source header is kept."""
     save_image(Image(torch.from_numpy(np.ascontiguousarray(data, dtype=np.uint8))[None], torch.from_numpy(affine)),
@@ -147,6 +161,8 @@ def match_labels(params: dict, key: str, deid) -> StudyLabels:
     converted_uids = set(series["series_uid"])
     unmatched = unreferenced + sum(len(v) for u, v in folder_segs.items() if u not in converted_uids)
     out_names = {int(k): v for k, v in names.items()}
+    any_seg = bool(folder_segs) or any("seg" in files for files in sources.values())
+    identifying = identifying_words(source_phi_values(study_folder(params, deid, key))) if any_seg else set()
     entries: list[dict] = []
     misaligned: list[Misaligned] = []
     final = layout.labels_dir(key)
@@ -158,7 +174,8 @@ def match_labels(params: dict, key: str, deid) -> StudyLabels:
                 continue
             image_path = layout.converted_dir(key) / row.nifti
             entry = {"series_id": row.series_id, "image": str(Path("converted") / key / row.nifti),
-                     "label": str(Path("labels") / key / f"{row.series_id}.nii.gz"), "source": kind}
+                     "label": str(Path("labels") / key / f"{row.series_id}.nii.gz"), "source": kind,
+                     "subject": row.subject, "modality": row.modality}
             data = affine = None
             if problem is None and kind == "nifti":
                 data, affine, problem = _manifest_mask(image_path, source)
@@ -168,8 +185,9 @@ def match_labels(params: dict, key: str, deid) -> StudyLabels:
                     data, affine = aligned.labels, aligned.affine
                     entry["segments"] = [{"number": n, "value": v, "matched_by": aligned.matched_by[n]}
                                          for n, v in sorted(aligned.values.items())]
-                    for v in aligned.values.values():
-                        out_names.setdefault(v, f"segment_{v}")
+                    seg_names = seg_class_names(source, identifying)
+                    for number, v in aligned.values.items():
+                        out_names.setdefault(v, seg_names.get(number) or f"segment_{v}")
                     out_names.setdefault(0, "background")
             if problem or data is None or affine is None:
                 misaligned.append(Misaligned(row.series_id, kind, problem or "no label data"))

@@ -6,18 +6,22 @@ Under Dagster the folder is also tracked with ``dvc add`` and pushed to the loca
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import subprocess
+from collections.abc import Mapping
 from pathlib import Path
 
 from medcore.utils.atomic import atomic_dir, sweep_tmp
 from pipelines.params import PROJECT_ROOT, resolve
 from pipelines.steps.convert import study_labels
-from pipelines.steps.layout import Layout, tree_hash, write_json
+from pipelines.steps.ingest import deidentifier
+from pipelines.steps.layout import Layout, read_json, tree_hash, write_json
 from pipelines.steps.results import DatasetVersion, DvcTracking, save
 
 DATASET_JSON = "dataset.json"
+SPLIT_JSON = "split.json"
 
 
 def available_studies(params: dict) -> list[str]:
@@ -30,31 +34,72 @@ def available_studies(params: dict) -> list[str]:
                   and (layout.labels_dir(p.name) / "labels.json").is_file())
 
 
+def split_unit(deid, subject: str) -> float:
+    """A number in [0, 1) from a keyed hash of a patient's pseudonym: the same patient, the same number."""
+    digest = hashlib.sha256(deid.uid("medcore-test-split:" + subject).encode()).hexdigest()
+    return int(digest[:13], 16) / 16 ** 13
+
+
+def assign_patients(units: Mapping[str, float], previous: Mapping[str, str], fraction: float) -> dict[str, str]:
+    """``{patient: "train" | "test"}``: a patient keeps the side it was given before; a new patient goes
+    to test when its unit (:func:`split_unit`) is below ``fraction``. While no patient is on the test
+    side, the new patient with the smallest unit is, so a small dataset still has a test set."""
+    sides = {p: previous[p] for p in units if p in previous}
+    new = sorted((p for p in units if p not in sides), key=lambda p: units[p])
+    sides |= {p: "test" if units[p] < fraction else "train" for p in new}
+    if new and len(units) > 1 and "test" not in sides.values():
+        sides[new[0]] = "test"
+    return dict(sorted(sides.items()))
+
+
+def _pairs(params: dict, studies: list[str]) -> tuple[list[dict], dict[str, str]]:
+    """Every labelled series of ``studies`` and the merged label names."""
+    names: dict[str, str] = {}
+    pairs = []
+    for key in studies:
+        info = study_labels(params, key)
+        names.update(info["label_names"])
+        pairs += info["pairs"]
+    return pairs, names
+
+
 def assemble_dataset(params: dict, studies: list[str] | None = None) -> DatasetVersion:
-    """Write ``dataset/`` (imagesTr, labelsTr, dataset.json) from ``studies`` (default: all available)."""
+    """Write ``dataset/`` (imagesTr, labelsTr, dataset.json with its ``training`` and ``test`` patients,
+    split.json) from ``studies`` (default: all available)."""
     layout = Layout.from_params(params)
     studies = available_studies(params) if studies is None else sorted(studies)
-    label_names: dict[str, str] = {}
-    training = []
+    pairs, label_names = _pairs(params, studies)
+    if not pairs:
+        raise ValueError(f"no labelled series in {len(studies)} studies under {layout.out}; give labels as DICOM "
+                         f"SEG in the study folders or through the label manifest {params['source']['label_manifest']}")
+    modalities = sorted({p["modality"] for p in pairs})
+    if len(modalities) != 1:
+        raise ValueError(f"the labelled series mix modalities {modalities}; one model is trained per modality: "
+                         "deliver the studies of one modality to this inbox")
+    old_split = layout.dataset_dir / SPLIT_JSON
+    previous = read_json(old_split)["patients"] if old_split.is_file() else {}
+    deid = deidentifier(params)
+    fraction = float(params["dataset"]["test_fraction"])
+    sides = assign_patients({p["subject"]: split_unit(deid, p["subject"]) for p in pairs}, previous, fraction)
     sweep_tmp(layout.dataset_dir.parent)
     with atomic_dir(layout.dataset_dir) as tmp:
         (tmp / "imagesTr").mkdir()
         (tmp / "labelsTr").mkdir()
-        for key in studies:
-            info = study_labels(params, key)
-            label_names.update(info["label_names"])
-            for pair in info["pairs"]:
-                name = f"{pair['series_id']}.nii.gz"
-                shutil.copyfile(layout.out / pair["image"], tmp / "imagesTr" / name)
-                shutil.copyfile(layout.out / pair["label"], tmp / "labelsTr" / name)
-                training.append({"image": f"./imagesTr/{name}", "label": f"./labelsTr/{name}"})
-        if not training:
-            raise ValueError(f"no labelled series in {len(studies)} studies under {layout.out}; check the label "
-                             f"manifest {params['source']['label_manifest']} matches the DICOM in the inbox")
-        write_json(tmp / DATASET_JSON, {"name": "medcore-pipeline", "modality": {"0": "CT"}, "labels": label_names,
-                                        "numTraining": len(training), "training": training})
-    version = tree_hash(layout.dataset_dir)
-    result = DatasetVersion(version, len(training), tuple(studies), label_names)
+        lists: dict[str, list[dict]] = {"train": [], "test": []}
+        for pair in pairs:
+            name = f"{pair['series_id']}.nii.gz"
+            shutil.copyfile(layout.out / pair["image"], tmp / "imagesTr" / name)
+            shutil.copyfile(layout.out / pair["label"], tmp / "labelsTr" / name)
+            lists[sides[pair["subject"]]].append({"image": f"./imagesTr/{name}", "label": f"./labelsTr/{name}"})
+        write_json(tmp / DATASET_JSON, {"name": "medcore-pipeline", "modality": {"0": modalities[0]},
+                                        "labels": label_names, "numTraining": len(lists["train"]),
+                                        "training": lists["train"], "numTest": len(lists["test"]),
+                                        "test": lists["test"]})
+        write_json(tmp / SPLIT_JSON, {"method": "keyed hash of the patient pseudonym; a patient never moves",
+                                      "test_fraction": fraction, "patients": sides})
+    result = DatasetVersion(tree_hash(layout.dataset_dir), len(pairs), tuple(studies), label_names, modalities[0],
+                            sum(s == "train" for s in sides.values()), sum(s == "test" for s in sides.values()),
+                            len(lists["test"]))
     save(layout.dataset_version, result)
     return result
 

@@ -18,17 +18,19 @@ from medcore.utils.atomic import atomic_dir, sweep_tmp
 from pipelines.steps.layout import Layout, read_json, sha256_file
 from pipelines.steps.results import Evaluation, TrainedModel, load, save
 
+PER_CASE = "per_case.csv"
+
 
 def evaluation_cases(params: dict) -> list[dict]:
-    """The validation cases of the latest training (same split as training): ``[{id, image, label}]``."""
+    """The test patients' cases of the dataset version (never seen in training): ``[{id, image, label}]``."""
     from medcore.data.datalist import case_id, load_datalist
 
-    layout = Layout.from_params(params)
-    latest = load(layout.latest_json, TrainedModel)
-    split = read_json(layout.out / latest.run_dir / "split.json")
-    items = {case_id(i): i for i in load_datalist(layout.dataset_dir / "dataset.json")}
-    ids = split["val"] or split["train"]
-    return [{"id": i, "image": items[i]["image"], "label": items[i]["label"]} for i in ids]
+    dataset = Layout.from_params(params).dataset_dir / "dataset.json"
+    items = load_datalist(dataset, section="test")
+    if not items:
+        raise ValueError(f"{dataset}: no test patients yet; the dataset needs at least two patients (one is held "
+                         "out for testing, by a keyed hash of its pseudonym)")
+    return [{"id": case_id(i), "image": i["image"], "label": i["label"]} for i in items]
 
 
 def evaluation_set_hash(cases: list[dict]) -> str:
@@ -137,7 +139,7 @@ def evaluate(params: dict) -> Evaluation:
     mean, per_class, n = summarise(rows)
     sweep_tmp(layout.out)
     with atomic_dir(layout.evaluation_dir) as tmp:
-        pd.DataFrame(rows).to_csv(tmp / "per_case.csv", index=False)
+        pd.DataFrame(rows).to_csv(tmp / PER_CASE, index=False)
         plots = _plots(tmp, rows, volumes, layout.out / latest.run_dir / "curves.png")
         history = layout.out / latest.run_dir / "history.csv"
         if history.is_file():  # the training curves as data, for `dvc plots show`

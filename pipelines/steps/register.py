@@ -10,12 +10,25 @@ from __future__ import annotations
 
 import json
 import subprocess
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from pipelines.params import PROJECT_ROOT, resolve, tracking_uri
+from pipelines.steps.evaluate import PER_CASE, case_scores, evaluation_cases, foreground_labels, measure_model
 from pipelines.steps.layout import Layout, read_json
-from pipelines.steps.results import DatasetVersion, Evaluation, Registration, TrainedModel, load, save
+from pipelines.steps.results import (
+    Bootstrap,
+    DatasetVersion,
+    Evaluation,
+    Registration,
+    TrainedModel,
+    load,
+    save,
+    to_json,
+)
 
 MODEL_CODE = Path(__file__).resolve().parents[1] / "mlflow_model.py"
 
@@ -48,14 +61,33 @@ def client_for(params: dict):
     return client, exp_id
 
 
-def decide_promotion(candidate: float, champion: float | None, min_improvement: float = 0.0) -> tuple[bool, str]:
+def paired_bootstrap(candidate: Mapping[str, float], champion: Mapping[str, float], samples: int = 2000,
+                     seed: int = 0, champion_rescored: bool = False) -> Bootstrap:
+    """Resample the shared test cases with replacement ``samples`` times; the 2.5th and 97.5th percentiles of
+    the mean (candidate - champion) Dice bound the improvement with 95% confidence (pure, seeded)."""
+    shared = sorted(set(candidate) & set(champion))
+    diffs = np.asarray([candidate[c] - champion[c] for c in shared], dtype=float)
+    if not len(diffs):
+        return Bootstrap(0, float("nan"), float("nan"), float("nan"), samples, champion_rescored)
+    draws = np.random.default_rng(seed).integers(0, len(diffs), size=(samples, len(diffs)))
+    lower, upper = np.percentile(diffs[draws].mean(axis=1), [2.5, 97.5])
+    return Bootstrap(len(diffs), float(diffs.mean()), float(lower), float(upper), samples, champion_rescored)
+
+
+def decide_promotion(stat: Bootstrap | None, min_improvement: float = 0.0, min_cases: int = 10) -> tuple[bool, str]:
     """Whether the candidate becomes champion, and why (pure: the rule the registry applies)."""
-    if champion is None:
+    if stat is None:
         return True, "no champion yet"
-    if candidate > champion + min_improvement:
-        return True, f"mean Dice {candidate:.4f} beats champion's {champion:.4f} on the same evaluation set"
-    return False, (f"mean Dice {candidate:.4f} does not beat champion's {champion:.4f} (+{min_improvement}) "
-                   "on the same evaluation set")
+    shown = (f"mean Dice difference {stat.mean_difference:+.4f}, 95% interval [{stat.lower:+.4f}, {stat.upper:+.4f}] "
+             f"over {stat.cases} paired test cases" + (", champion re-scored on this test set"
+                                                       if stat.champion_rescored else ""))
+    if stat.cases < min_cases:
+        return False, (f"too few test cases for a decision: {stat.cases} paired test cases, at least {min_cases} "
+                       f"needed (register.min_test_cases); stays challenger ({shown})")
+    if stat.lower > min_improvement:
+        return True, f"better than the champion with 95% confidence: {shown}; lower bound > {min_improvement}"
+    return False, (f"not better than the champion with 95% confidence: {shown}; lower bound {stat.lower:+.4f} "
+                   f"<= {min_improvement}")
 
 
 def _flat(prefix: str, value, out: dict) -> dict:
@@ -72,7 +104,7 @@ def _find_run(client, exp_id: str, key: str):
     return runs[0] if runs else None
 
 
-def _find_version(client, name: str, key: str):
+def find_version(client, name: str, key: str):
     from mlflow.exceptions import MlflowException
 
     try:
@@ -83,25 +115,31 @@ def _find_version(client, name: str, key: str):
     return sorted(found, key=lambda v: int(v.version))[0] if found else None
 
 
-def champion_score(client, params: dict, name: str, evaluation: Evaluation) -> tuple[Any, float | None]:
-    """The champion version and its mean Dice on ``evaluation``'s set (re-measured if it was scored elsewhere)."""
+def champion_cases(client, params: dict, name: str, evaluation: Evaluation) -> tuple[Any, dict[str, float], bool]:
+    """The champion version (None if there is none), its per-case Dice on ``evaluation``'s test set, and
+    whether it had to be scored anew (its recorded evaluation was on another test set)."""
+    import mlflow
+    import pandas as pd
     from mlflow.exceptions import MlflowException
 
     try:
         champ = client.get_model_version_by_alias(name, "champion")
     except MlflowException:
-        return None, None
+        return None, {}, False
     if champ.tags.get("evaluation_set") == evaluation.evaluation_set:
-        return champ, float(champ.tags["mean_dice"])
-    import mlflow
+        table = mlflow.artifacts.download_artifacts(run_id=champ.run_id, artifact_path=f"evaluation/{PER_CASE}")
+        return champ, case_scores(pd.read_csv(table).to_dict("records")), False
+    local = Path(mlflow.artifacts.download_artifacts(f"models:/{name}/{champ.version}"))
+    rows, _ = measure_model(registered_model_dir(local), evaluation_cases(params), foreground_labels(params))
+    return champ, case_scores(rows), True
 
-    from pipelines.steps.evaluate import evaluation_cases, foreground_labels, measure_model, summarise
 
-    local = mlflow.artifacts.download_artifacts(f"models:/{name}/{champ.version}")
-    rows, _ = measure_model(
-        Path(local) / "artifacts" / "model_dir", evaluation_cases(params), foreground_labels(params)
-    )
-    return champ, summarise(rows)[0]
+def registered_model_dir(local: Path) -> Path:
+    """The MODEL_DIR inside a downloaded registered model (its MLmodel names where the artifact went)."""
+    import yaml
+
+    flavor = yaml.safe_load((local / "MLmodel").read_text())["flavors"]["python_function"]
+    return local / flavor["artifacts"]["model_dir"]["path"]
 
 
 def register(params: dict, run_tags: dict | None = None, evaluation: Evaluation | None = None) -> Registration:
@@ -121,7 +159,7 @@ def register(params: dict, run_tags: dict | None = None, evaluation: Evaluation 
     lineage = {"training_key": key, "dataset_hash": dataset.dataset_hash, "code_commit": code_commit(),
                "evaluation_set": evaluation.evaluation_set, "mean_dice": f"{evaluation.mean_dice:.6f}",
                **{k: str(v) for k, v in (run_tags or {}).items()}}
-    version = _find_version(client, name, key)
+    version = find_version(client, name, key)
     if version is None:
         run = _find_run(client, exp_id, key)
         run_id = (
@@ -137,7 +175,10 @@ def register(params: dict, run_tags: dict | None = None, evaluation: Evaluation 
                                 **{f"eval_dice_{k}": v for k, v in evaluation.class_dice.items()}})
             for plot in evaluation.plots.values():
                 mlflow.log_artifact(str(layout.evaluation_dir / plot), "evaluation")
-            mlflow.log_artifact(str(layout.evaluation_dir / "per_case.csv"), "evaluation")
+            mlflow.log_artifact(str(layout.evaluation_dir / PER_CASE), "evaluation")
+            plan = layout.out / latest.run_dir / "plan.json"
+            if plan.is_file():  # the plan medcore derived from the data, with the reason for each choice
+                mlflow.log_artifact(str(plan), "plan")
             info = mlflow.pyfunc.log_model(name="model", python_model=str(MODEL_CODE),
                                            artifacts={"model_dir": str(layout.out / latest.model_dir)},
                                            pip_requirements=["medcore", "mlflow", "torch", "pandas"],
@@ -147,20 +188,42 @@ def register(params: dict, run_tags: dict | None = None, evaluation: Evaluation 
                                                           {"output_format": "nifti"}))
         version = mlflow.register_model(info.model_uri, name, tags=lineage)
         version = client.get_model_version(name, version.version)
-    champ, champ_dice = champion_score(client, params, name, evaluation)
+    champ, champ_cases, rescored = champion_cases(client, params, name, evaluation)
+    stat = None
     if champ is not None and champ.version == version.version:
         promote, reason = True, "already champion"
     else:
-        promote, reason = decide_promotion(evaluation.mean_dice, champ_dice,
-                                           float(params["register"]["min_improvement"]))
+        reg = params["register"]
+        ours = case_scores(pd.read_csv(layout.evaluation_dir / PER_CASE).to_dict("records"))
+        stat = None if champ is None else paired_bootstrap(ours, champ_cases, int(reg["bootstrap_samples"]),
+                                                           champion_rescored=rescored)
+        promote, reason = decide_promotion(stat, float(reg["min_improvement"]), int(reg["min_test_cases"]))
+        if stat is not None:
+            _log_comparison(client, version, ours, champ_cases, stat)
     alias = "champion" if promote else "challenger"
     move_alias(client, name, version.version, alias)
     client.set_model_version_tag(name, version.version, "promotion", reason)
     artifact_root = str(resolve(params, params["register"]["artifact_root"]))
     result = Registration(name, str(version.version), alias, reason, f"models:/{name}@{alias}", tracking_uri(params),
-                          version.run_id, str(version.source), artifact_root, lineage)
+                          version.run_id, str(version.source), artifact_root, lineage, stat)
     save(layout.registered_json, result)
     return result
+
+
+def _log_comparison(client, version, ours: dict[str, float], champion: dict[str, float], stat: Bootstrap) -> None:
+    """Record the decision's evidence on the version: the statistic as tags, the per-case table as an artifact."""
+    import tempfile
+
+    import pandas as pd
+
+    for key, value in to_json(stat).items():
+        client.set_model_version_tag(version.name, version.version, f"bootstrap_{key}", str(value))
+    shared = sorted(set(ours) & set(champion))
+    with tempfile.TemporaryDirectory() as tmp:
+        table = Path(tmp) / "paired_cases.csv"
+        pd.DataFrame({"case": shared, "candidate_dice": [ours[c] for c in shared],
+                      "champion_dice": [champion[c] for c in shared]}).to_csv(table, index=False)
+        client.log_artifact(version.run_id, str(table), "promotion")
 
 
 def move_alias(client, name: str, version: str, alias: str) -> None:

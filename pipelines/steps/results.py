@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import types
 import typing
 from collections.abc import Mapping
 from pathlib import Path
@@ -90,12 +91,17 @@ class StudyLabels:
 
 @dataclasses.dataclass(frozen=True)
 class DatasetVersion:
-    """``training_dataset``: one assembled dataset version (``dataset_version.json``)."""
+    """``training_dataset``: one assembled dataset version (``dataset_version.json``); patients are split
+    into train and test by a keyed hash of their pseudonym."""
 
     dataset_hash: str
     cases: int
     studies: tuple[str, ...]
     label_names: dict[str, str]
+    modality: str
+    train_patients: int
+    test_patients: int
+    test_cases: int
 
 
 @dataclasses.dataclass(frozen=True)
@@ -117,6 +123,16 @@ class CacheInfo:
     skipped: tuple[str, ...]
     files: tuple[str, ...]
     bytes: int
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainingDecision:
+    """Whether to train, and why: ``reason`` is shown in the Dagster log and by ``dvc repro``."""
+
+    train: bool
+    run_key: str
+    reason: str
+    version: str | None  # the registered version of this training, if any
 
 
 @dataclasses.dataclass(frozen=True)
@@ -156,6 +172,18 @@ class Evaluation:
 
 
 @dataclasses.dataclass(frozen=True)
+class Bootstrap:
+    """A paired bootstrap of (candidate - champion) per-case mean Dice over the shared test cases."""
+
+    cases: int
+    mean_difference: float
+    lower: float  # 2.5th percentile of the resampled mean differences
+    upper: float  # 97.5th percentile
+    samples: int
+    champion_rescored: bool  # the champion was scored anew on this test set (it was scored on another)
+
+
+@dataclasses.dataclass(frozen=True)
 class Registration:
     """``registered_model``: the MLflow model version, its alias and why; ``lineage`` is its tags."""
 
@@ -169,6 +197,7 @@ class Registration:
     source: str
     artifact_root: str
     lineage: dict[str, str]
+    statistic: Bootstrap | None  # None when there was no champion to compare with
 
 
 def to_json(result: object) -> Any:
@@ -187,8 +216,13 @@ def to_json(result: object) -> Any:
 def _typed(hint: Any, value: Any) -> Any:
     """``value`` read from JSON, made to fit the field type ``hint`` (tuples and nested results)."""
     origin = typing.get_origin(hint)
+    if value is None:
+        return None
     if isinstance(hint, type) and dataclasses.is_dataclass(hint):
         return from_json(hint, value)
+    if origin is typing.Union or origin is types.UnionType:  # X | None: the one non-None member
+        (member,) = [a for a in typing.get_args(hint) if a is not type(None)]
+        return _typed(member, value)
     if origin is tuple:
         (item, *_) = typing.get_args(hint)
         return tuple(_typed(item, v) for v in value)

@@ -11,11 +11,14 @@ import json
 import os
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
+from medcore.utils.atomic import sweep_tmp
 from pipelines.steps.cache import cache_ready, training_config
 from pipelines.steps.layout import Layout, write_json
-from pipelines.steps.results import DatasetVersion, TrainedModel, TrainingJob, load, save
+from pipelines.steps.register import client_for, find_version
+from pipelines.steps.results import DatasetVersion, TrainedModel, TrainingDecision, TrainingJob, load, save
 
 
 def num_processes(params: dict) -> int:
@@ -29,16 +32,42 @@ def num_processes(params: dict) -> int:
 
 
 def run_key(params: dict) -> str:
+    """The training's identity: the dataset version, the training parameters and the plan overrides."""
     dataset = load(Layout.from_params(params).dataset_version, DatasetVersion).dataset_hash
-    blob = json.dumps({"dataset": dataset, "train": params["train"]}, sort_keys=True)
+    blob = json.dumps({"dataset": dataset, "train": params["train"], "plan": params["plan"]}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def prepare_training(params: dict) -> TrainingJob:
-    """Write the run's config; return the command (torchrun), its environment and the run folder."""
+def training_decision(params: dict, force: bool = False) -> TrainingDecision:
+    """Whether to train: the one "is this already trained?" rule of Dagster and DVC. A training with the same
+    key (dataset version, training parameters, plan overrides) that finished is not repeated unless forced."""
+    key = run_key(params)
+    done = (Layout.from_params(params).train_dir / key / "summary.json").is_file()
+    if force:
+        return TrainingDecision(True, key, "forced", registered_version(params, key))
+    if not done:
+        return TrainingDecision(True, key, "the dataset version or the parameters changed", None)
+    version = registered_version(params, key)
+    since = f"version {version}" if version else f"training {key}"
+    return TrainingDecision(False, key, f"skipped: nothing changed since {since}", version)
+
+
+def registered_version(params: dict, key: str) -> str | None:
+    """The registered model version of training ``key``, if the registry has one."""
+    client, _ = client_for(params)
+    version = find_version(client, params["register"]["model_name"], key)
+    return str(version.version) if version is not None else None
+
+
+def prepare_training(params: dict, force: bool = False) -> TrainingJob:
+    """Write the run's config; return the command (torchrun), its environment and the run folder. A forced
+    run starts afresh: the finished run of the same key is moved aside."""
     layout = Layout.from_params(params)
     key = run_key(params)
     run_dir = layout.train_dir / key
+    if force and run_dir.exists():
+        run_dir.rename(layout.train_dir / f".tmp-forced-{key}-{uuid.uuid4().hex[:8]}")
+        sweep_tmp(layout.train_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     config = training_config(params, layout, cache_ready(params), run_dir / "model")
     config_path = write_json(run_dir / "medcore_config.json", config)
@@ -65,11 +94,13 @@ def finish_training(params: dict, run_dir: str | Path) -> TrainedModel:
     return latest
 
 
-def train(params: dict) -> TrainedModel:
+def train(params: dict, force: bool = False) -> TrainedModel:
     """Run training as a plain subprocess (the DVC path; Dagster launches the same command through Pipes)."""
-    job = prepare_training(params)
-    if (Path(job.run_dir) / "summary.json").is_file():
-        return finish_training(params, job.run_dir)
+    decision = training_decision(params, force)
+    if not decision.train:
+        print(decision.reason)
+        return finish_training(params, Layout.from_params(params).train_dir / decision.run_key)
+    job = prepare_training(params, force)
     proc = subprocess.run(list(job.command), env={**os.environ, **job.env})
     if proc.returncode != 0:
         raise RuntimeError(f"training failed (exit {proc.returncode}); rerun to resume from the last checkpoint "

@@ -27,7 +27,8 @@ def make_project(root: Path, **overrides) -> Path:
         "source": {"dicom_dir": "inbox/dicom", "label_manifest": "inbox/labels/labels.json", "settle_seconds": 0},
         "synthetic": {"n_patients": 3, "seed": 0, "shape": [40, 40, 20]},
         "output_dir": "outputs/pipeline",
-        "train": {"nproc": 2, "max_epochs": 2, "samples_per_epoch": 8, "threads": 1},
+        "train": {"nproc": 2, "max_epochs": 2, "samples_per_epoch": 8, "checkpoint_every_steps": 2, "threads": 1},
+        "plan": {"patch_size": [32, 32, 16], "base_filters": 4},  # small and fast; the rest is planned
         "evaluate": {"min_dice": 0.0},  # two tiny epochs learn nothing; the gate itself is tested apart
         "register": {"tracking_uri": f"sqlite:///{root / 'mlflow.db'}", "artifact_root": "mlartifacts"},
         "dvc": {"remote": str(root / "dvc-remote")},

@@ -1,4 +1,5 @@
-"""Acceptance 4: `dvc repro` runs ingest..register end to end; a second `dvc repro` does nothing."""
+"""Acceptance 4: `dvc repro` runs ingest..register end to end; a second `dvc repro` does nothing; a change
+to the medcore code a stage executes (medcore/dicom/convert.py) makes that stage out of date."""
 
 from __future__ import annotations
 
@@ -30,12 +31,15 @@ def test_dvc_repro_end_to_end_then_noop(tmp_path, deid_key, new_project):
     new_project(root, source={"dicom_dir": "data/inbox/dicom", "label_manifest": "data/inbox/labels/labels.json"},
                 synthetic={"n_patients": 2, "seed": 1, "shape": [32, 32, 16]})
     (root / "pipelines").symlink_to(PROJECT / "pipelines")
+    # a copy, so the test can change it (the stages still run the project's medcore, through PYTHONPATH)
+    shutil.copytree(PROJECT / "medcore", root / "medcore", ignore=shutil.ignore_patterns("__pycache__"))
     (root / ".venv").symlink_to(PROJECT / ".venv")
     shutil.copyfile(PROJECT / "dvc.yaml", root / "dvc.yaml")
     (root / ".gitignore").write_text(".venv\nmlflow.db\nmlartifacts/\n")
     write_synthetic_studies(root / "data" / "inbox", n_patients=2, seed=1, shape=(32, 32, 16))
     _dvc(["init", "--quiet"], root, env)
     (root / ".dvcignore").write_text(".venv\n__pycache__\nmlartifacts\n")
+    env["PYTHONPATH"] = str(PROJECT)
     first = _dvc(["repro"], root, env)
     for stage in STAGES:
         assert f"Running stage '{stage}'" in first, stage
@@ -47,3 +51,8 @@ def test_dvc_repro_end_to_end_then_noop(tmp_path, deid_key, new_project):
     assert "up to date" in status
     metrics = _dvc(["metrics", "show", "--json"], root, env)
     assert "mean_dice" in metrics
+    with open(root / "medcore" / "dicom" / "convert.py", "a") as fh:
+        fh.write("\n# a change to the converter\n")
+    status = _dvc(["status"], root, env)
+    assert "convert:" in status and "modified:" in status and "medcore/dicom" in status, status
+    assert "train:" not in status and "evaluate:" not in status  # their own code is unchanged

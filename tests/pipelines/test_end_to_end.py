@@ -55,6 +55,26 @@ def test_every_asset_materialised(pipeline_run):
         assert {m.partition_key for m in mats} == set(studies), name
 
 
+def test_plan_split_and_class_names_come_from_the_data(pipeline_run):
+    out = Path(pipeline_run["root"]) / "outputs" / "pipeline"
+    dataset = Path(pipeline_run["root"]) / "data" / "dataset"
+    meta = pipeline_run["instance"].get_latest_materialization_event(AssetKey("trained_model")) \
+        .asset_materialization.metadata
+    plan = meta["plan"].value
+    assert plan["modality"] == "CT" and plan["normalization"]["kind"] == "ct"  # from the DICOM headers
+    assert plan["labels"] == {"background": 0, "liver": 1, "spleen": 2, "kidney_left": 3, "kidney_right": 4}
+    assert plan["patch_size"] == [32, 32, 16]  # the params' override; the rest is planned
+    assert "CT: clip" in meta["plan_reasons"].value
+    version = json.loads((out / "dataset_version.json").read_text())
+    split = json.loads((dataset / "split.json").read_text())["patients"]
+    assert version["test_patients"] == sum(s == "test" for s in split.values()) >= 1
+    assert version["train_patients"] == sum(s == "train" for s in split.values()) >= 1
+    data = json.loads((dataset / "dataset.json").read_text())
+    summary = json.loads((out / "evaluation" / "summary.json").read_text())
+    assert summary["cases"] == data["numTest"] == len(data["test"]) == version["test_cases"]
+    assert not {t["image"] for t in data["training"]} & {t["image"] for t in data["test"]}
+
+
 def test_dataset_is_dvc_tracked_and_pushed(pipeline_run):
     out = Path(pipeline_run["root"]) / "outputs" / "pipeline"
     dataset = Path(pipeline_run["root"]) / "data" / "dataset"
@@ -70,7 +90,8 @@ def test_dataset_is_dvc_tracked_and_pushed(pipeline_run):
         .asset_materialization.metadata
     assert meta["dataset_hash"].value == version["dataset_hash"]
     data = json.loads((dataset / "dataset.json").read_text())
-    assert data["numTraining"] == len(data["training"]) == version["cases"] == len(labelled)
+    assert data["numTraining"] + data["numTest"] == len(data["training"]) + len(data["test"]) == version["cases"] \
+        == len(labelled)
 
 
 def test_training_ran_two_processes_with_live_progress(pipeline_run):
@@ -164,8 +185,6 @@ def test_phi_audit_of_a_full_run(pipeline_run):
 
 def test_minimum_dice_gate_blocks_registration(pipeline_run):
     """A blocking check: with an unreachable minimum Dice the registration step does not run."""
-    from dagster import AssetKey
-
     from pipelines.definitions import make_definitions
     from pipelines.resources import PipelineSettings
 
@@ -173,8 +192,9 @@ def test_minimum_dice_gate_blocks_registration(pipeline_run):
     instance = pipeline_run["instance"]
     settings = PipelineSettings(params_file=params["params_file"], output_dir=str(params["output_dir"]))
     before = instance.get_latest_materialization_event(AssetKey("registered_model"))
-    result = make_definitions(settings).resolve_job_def("retrain").execute_in_process(
-        instance=instance, raise_on_error=False,
+    job = make_definitions(settings).resolve_implicit_global_asset_job_def()
+    result = job.execute_in_process(
+        instance=instance, raise_on_error=False, asset_selection=[AssetKey("evaluation"), AssetKey("registered_model")],
         run_config={"ops": {"evaluation_minimum_dice": {"config": {"min_dice": 1.01}}}})
     checks = [e for e in result.get_asset_check_evaluations() if e.check_name == "minimum_dice"]
     assert checks and not checks[0].passed
@@ -182,3 +202,18 @@ def test_minimum_dice_gate_blocks_registration(pipeline_run):
     assert AssetKey("registered_model") not in materialised
     after = instance.get_latest_materialization_event(AssetKey("registered_model"))
     assert after.run_id == before.run_id != result.run_id
+
+
+def test_retraining_with_nothing_new_skips_and_says_why(pipeline_run):
+    """What the weekly schedule runs: with the same dataset and parameters nothing is trained or registered."""
+    from pipelines.definitions import make_definitions
+    from pipelines.resources import PipelineSettings
+
+    params, instance, reg = pipeline_run["params"], pipeline_run["instance"], pipeline_run["result"]
+    settings = PipelineSettings(params_file=params["params_file"], output_dir=str(params["output_dir"]))
+    result = make_definitions(settings).resolve_job_def("retrain").execute_in_process(instance=instance)
+    assert result.success
+    materialised = {e.asset_key.to_user_string() for e in result.get_asset_materialization_events()}
+    assert materialised == {"training_dataset", "preprocessed_cache"}
+    messages = [e.user_message for e in instance.all_logs(result.run_id)]
+    assert f"skipped: nothing changed since version {reg.version}" in messages

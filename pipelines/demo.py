@@ -69,10 +69,20 @@ def run_pipeline(params: dict, instance, settings=None, force: bool = False) -> 
         assert result.success
     config = {"ops": {name: {"config": {"force": force}} for name in ("trained_model", "evaluation",
                                                                        "registered_model")}}
-    result = defs.resolve_job_def("retrain").execute_in_process(instance=instance, tags=tags, raise_on_error=True,
+    result = defs.resolve_job_def("retrain").execute_in_process(instance=instance, tags=tags, raise_on_error=False,
                                                                 run_config=config)
-    assert result.success
-    if AssetKey("trained_model") not in {e.asset_key for e in result.get_asset_materialization_events()}:
+    materialised = {e.asset_key for e in result.get_asset_materialization_events()}
+    gate = [c for c in result.get_asset_check_evaluations() if c.check_name == "minimum_dice" and not c.passed]
+    if gate:
+        shown = {k: v.value for k, v in gate[0].metadata.items()}
+        raise RuntimeError(f"the trained model was not registered: the blocking check minimum_dice failed {shown}; "
+                           "train longer (train.time_budget_minutes) or lower evaluate.min_dice")
+    if not result.success:
+        errors = [f"{e.step_key}: {e.step_failure_data.error.message.strip()}" for e in
+                  result.get_step_failure_events() if e.step_failure_data.error is not None]
+        raise RuntimeError(f"the retraining run {result.run_id} failed ({'; '.join(errors) or 'see its log'}); "
+                           f"its log is in the Dagster UI (DAGSTER_HOME={instance.root_directory})")
+    if AssetKey("trained_model") not in materialised:
         reason = next((e.message for e in instance.all_logs(result.run_id) if (e.message or "").startswith(
             "skipped:")), "skipped")
         print(reason)

@@ -66,6 +66,7 @@ def test_hippocampus_dicom_with_seg_through_run(tmp_path, deid_key, new_project,
     assert summary["mean_dice"] > 0.5, summary  # chance is near 0: the structures fill ~5% of the crop
     reg = json.loads((out / "registered_model.json").read_text())
     mlflow.set_tracking_uri(reg["tracking_uri"])
+    mlflow.set_registry_uri(reg["tracking_uri"])  # an earlier test in this process may have set another
     model = mlflow.pyfunc.load_model(f"models:/{reg['model_name']}@champion")
     folder = next((root / "inbox" / "dicom").iterdir()) / "mr"
     pred = model.predict(pd.DataFrame({"source": [str(folder)], "output": [str(tmp_path / "pred.nii.gz")]}))

@@ -149,17 +149,20 @@ def trained_model(context: AssetExecutionContext, config: TrainConfig, settings:
 
     params = settings.params(**config.overrides())
     decision = training_decision(params, config.force)
-    context.log.info(decision.reason if not decision.train else f"training: {decision.reason}")
-    if not decision.train:
+    context.log.info(decision.reason if decision.action == "skip" else f"{decision.action}: {decision.reason}")
+    if decision.action == "skip":
         return
     job = prepare_training(params, config.force)
-    context.log.info(f"launching {job.nproc} training process(es): {' '.join(job.command[2:])}")
-    result = pipes_subprocess_client.run(context=context, command=list(job.command), env=job.env,
-                                         cwd=str(params["root"])).get_materialize_result()
+    metadata: dict[str, Any] = {}
+    if decision.action == "train":
+        context.log.info(f"launching {job.nproc} training process(es): {' '.join(job.command[2:])}")
+        result = pipes_subprocess_client.run(context=context, command=list(job.command), env=job.env,
+                                             cwd=str(params["root"])).get_materialize_result()
+        metadata = dict(result.metadata or {})
     latest = finish_training(params, job.run_dir)
     plan_file = Layout.from_params(params).out / latest.run_dir / "plan.json"
     plan = json.loads(plan_file.read_text()) if plan_file.is_file() else {}
-    yield MaterializeResult(metadata={**(result.metadata or {}), "run_dir": latest.run_dir,
+    yield MaterializeResult(metadata={**metadata, "run_dir": latest.run_dir,
                                       "model_dir": latest.model_dir, "nproc": job.nproc, **plan_metadata(plan)},
                             data_version=DataVersion(latest.run_key))
 

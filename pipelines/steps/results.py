@@ -127,9 +127,10 @@ class CacheInfo:
 
 @dataclasses.dataclass(frozen=True)
 class TrainingDecision:
-    """Whether to train, and why: ``reason`` is shown in the Dagster log and by ``dvc repro``."""
+    """What to do, and why: ``action`` is ``train``, ``reuse`` (a finished training, not yet registered) or
+    ``skip`` (registered already: nothing downstream runs); ``reason`` is shown in the Dagster log and by DVC."""
 
-    train: bool
+    action: str
     run_key: str
     reason: str
     version: str | None  # the registered version of this training, if any

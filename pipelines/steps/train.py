@@ -39,17 +39,19 @@ def run_key(params: dict) -> str:
 
 
 def training_decision(params: dict, force: bool = False) -> TrainingDecision:
-    """Whether to train: the one "is this already trained?" rule of Dagster and DVC. A training with the same
-    key (dataset version, training parameters, plan overrides) that finished is not repeated unless forced."""
+    """What to do: the one "is this already trained?" rule of Dagster and DVC. A training whose key (dataset
+    version, training parameters, plan overrides) has a registered version is not repeated (``skip``); a
+    finished training not registered yet (killed before registration) is reused (``reuse``); otherwise, or
+    when forced, it runs (``train``; an unfinished run resumes from its last checkpoint)."""
     key = run_key(params)
-    done = (Layout.from_params(params).train_dir / key / "summary.json").is_file()
-    if force:
-        return TrainingDecision(True, key, "forced", registered_version(params, key))
-    if not done:
-        return TrainingDecision(True, key, "the dataset version or the parameters changed", None)
     version = registered_version(params, key)
-    since = f"version {version}" if version else f"training {key}"
-    return TrainingDecision(False, key, f"skipped: nothing changed since {since}", version)
+    if force:
+        return TrainingDecision("train", key, "forced", version)
+    if version is not None:
+        return TrainingDecision("skip", key, f"skipped: nothing changed since version {version}", version)
+    if (Layout.from_params(params).train_dir / key / "summary.json").is_file():
+        return TrainingDecision("reuse", key, f"training {key} finished before; not registered yet", None)
+    return TrainingDecision("train", key, "the dataset version or the parameters changed", None)
 
 
 def registered_version(params: dict, key: str) -> str | None:
@@ -97,7 +99,7 @@ def finish_training(params: dict, run_dir: str | Path) -> TrainedModel:
 def train(params: dict, force: bool = False) -> TrainedModel:
     """Run training as a plain subprocess (the DVC path; Dagster launches the same command through Pipes)."""
     decision = training_decision(params, force)
-    if not decision.train:
+    if decision.action != "train":
         print(decision.reason)
         return finish_training(params, Layout.from_params(params).train_dir / decision.run_key)
     job = prepare_training(params, force)

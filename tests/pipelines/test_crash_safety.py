@@ -76,7 +76,8 @@ def test_sigkill_during_conversion_and_training_then_rerun(tmp_path, deid_key, n
     assert len(dvc["outs"]) == 1
     import mlflow
 
-    client = mlflow.MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    client = mlflow.MlflowClient(uri, uri)
     versions = client.search_model_versions("name = 'medcore-segmentation'")
     assert len(versions) == 1
     exp = client.get_experiment_by_name("medcore-training")

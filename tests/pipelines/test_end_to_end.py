@@ -129,7 +129,7 @@ def test_registered_model_loads_by_alias_and_predicts_dicom(pipeline_run, tmp_pa
     assert reg.alias == "champion"
     mlflow.set_tracking_uri(reg.tracking_uri)
     mlflow.set_registry_uri(reg.tracking_uri)
-    client = mlflow.MlflowClient(reg.tracking_uri)
+    client = mlflow.MlflowClient(reg.tracking_uri, reg.tracking_uri)
     version = client.get_model_version_by_alias(reg.model_name, "champion")
     for tag in ("dataset_hash", "code_commit", "dagster_run_id", "training_key", "evaluation_set"):
         assert version.tags.get(tag), tag

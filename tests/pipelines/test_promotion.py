@@ -89,7 +89,7 @@ def test_promotion_needs_confidence_on_the_same_test_set(pipeline_run, tmp_path)
     assert no_better.alias == "challenger" and no_better.reason.startswith("not better than the champion")
     stat = no_better.statistic
     assert stat.cases == 12 and stat.lower < 0 and not stat.champion_rescored
-    client = mlflow.MlflowClient(first.tracking_uri)
+    client = mlflow.MlflowClient(first.tracking_uri, first.tracking_uri)
     tags = client.get_model_version("promotion-test", no_better.version).tags
     assert tags["promotion"] == no_better.reason and float(tags["bootstrap_lower"]) == no_better.statistic.lower
     table = mlflow.artifacts.download_artifacts(run_id=no_better.run_id, artifact_path="promotion/paired_cases.csv")

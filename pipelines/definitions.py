@@ -18,7 +18,7 @@ from pipelines.checks import ALL_CHECKS
 from pipelines.executors import select_executor
 from pipelines.federated.assets import federate_job, federated_model
 from pipelines.jobs import retrain_job, study_job
-from pipelines.pacs import PacsResource, inference_job, pacs_segmentation, pacs_sensor
+from pipelines.pacs import PacsResource, inference_job, make_pacs_sensor, pacs_segmentation
 from pipelines.resources import PipelineSettings
 from pipelines.schedules import weekly_retraining
 from pipelines.sensors import inbox_sensor
@@ -26,12 +26,15 @@ from pipelines.sensors import inbox_sensor
 
 def make_definitions(settings: PipelineSettings | None = None, executor: str | None = None,
                      pacs: PacsResource | None = None) -> dg.Definitions:
-    """All assets, checks, jobs, schedule and sensors; ``executor`` overrides ``$MEDCORE_DAGSTER_EXECUTOR``."""
+    """All assets, checks, jobs, schedule and sensors; ``executor`` overrides ``$MEDCORE_DAGSTER_EXECUTOR``.
+    Reads the params file (the PACS sensor's polling interval): call it when Dagster loads, not at import."""
+    settings = settings or PipelineSettings()
+    pacs_sensor = make_pacs_sensor(settings.params()["pacs"]["poll_seconds"])
     return dg.Definitions(
         assets=[*STUDY_ASSETS, *TRAINING_ASSETS, pacs_segmentation, federated_model], asset_checks=ALL_CHECKS,
         jobs=[study_job, retrain_job, inference_job, federate_job], schedules=[weekly_retraining],
         sensors=[inbox_sensor, pacs_sensor],
-        resources={"settings": settings or PipelineSettings(), "pipes_subprocess_client": dg.PipesSubprocessClient(),
+        resources={"settings": settings, "pipes_subprocess_client": dg.PipesSubprocessClient(),
                    "pacs": pacs or PacsResource()},
         # default in-process: SQLite locks under concurrent writers (ARCHITECTURE, Known traps)
         executor=select_executor(executor),

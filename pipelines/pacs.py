@@ -20,6 +20,7 @@ from dagster import (
     DynamicPartitionsDefinition,
     MaterializeResult,
     RunRequest,
+    SensorDefinition,
     SensorEvaluationContext,
     SensorResult,
     SkipReason,
@@ -29,10 +30,9 @@ from dagster import (
 )
 
 from medcore.dicom.web import Pacs, PacsSettings
-from pipelines.params import load_params
+from pipelines.params import DEFAULTS
 from pipelines.resources import PipelineSettings
 
-_P = load_params()["pacs"]
 PACS_PARTITIONS = "pacs_study"
 pacs_study_partitions = DynamicPartitionsDefinition(name=PACS_PARTITIONS)
 
@@ -103,9 +103,7 @@ def sensor_step(cursor: dict, version: str, studies: dict) -> tuple[list[str], d
     return run, {"version": version, "seen": sorted(seen | set(studies))}
 
 
-@sensor(job=inference_job, minimum_interval_seconds=int(_P["poll_seconds"]),
-        default_status=DefaultSensorStatus.STOPPED)
-def pacs_sensor(context: SensorEvaluationContext, settings: PipelineSettings, pacs: PacsResource):
+def _pacs_sensor(context: SensorEvaluationContext, settings: PipelineSettings, pacs: PacsResource):
     """One ``inference`` run per new PACS study that matches the champion's input and lacks its SEG."""
     from pipelines.inference import champion_version, pending_studies
     from pipelines.steps.ingest import deidentifier
@@ -128,4 +126,14 @@ def pacs_sensor(context: SensorEvaluationContext, settings: PipelineSettings, pa
     return SensorResult(run_requests=[RunRequest(partition_key=k, run_key=f"{k}-v{version}") for k in run],
                         dynamic_partitions_requests=[pacs_study_partitions.build_add_request(new)] if new else [],
                         cursor=json.dumps(state))
+
+
+def make_pacs_sensor(poll_seconds: int) -> SensorDefinition:
+    """The PACS sensor, polling every ``poll_seconds`` (params ``pacs.poll_seconds``, read when the
+    definitions are built, not at import)."""
+    return sensor(name="pacs_sensor", job=inference_job, minimum_interval_seconds=int(poll_seconds),
+                  default_status=DefaultSensorStatus.STOPPED)(_pacs_sensor)
+
+
+pacs_sensor = make_pacs_sensor(DEFAULTS["pacs"]["poll_seconds"])  # the built-in interval; definitions use params
 

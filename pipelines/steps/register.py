@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from pipelines.inference import registered_model_dir
 from pipelines.params import PROJECT_ROOT, resolve, tracking_uri
 from pipelines.steps.evaluate import PER_CASE, case_scores, evaluation_cases, foreground_labels, measure_model
 from pipelines.steps.layout import Layout, read_json
@@ -132,14 +133,6 @@ def champion_cases(client, params: dict, name: str, evaluation: Evaluation) -> t
     local = Path(mlflow.artifacts.download_artifacts(f"models:/{name}/{champ.version}"))
     rows, _ = measure_model(registered_model_dir(local), evaluation_cases(params), foreground_labels(params))
     return champ, case_scores(rows), True
-
-
-def registered_model_dir(local: Path) -> Path:
-    """The MODEL_DIR inside a downloaded registered model (its MLmodel names where the artifact went)."""
-    import yaml
-
-    flavor = yaml.safe_load((local / "MLmodel").read_text())["flavors"]["python_function"]
-    return local / flavor["artifacts"]["model_dir"]["path"]
 
 
 def register(params: dict, run_tags: dict | None = None, evaluation: Evaluation | None = None) -> Registration:

@@ -73,11 +73,11 @@ def champion_dir(pipeline_run, tmp_path_factory):
     from pipelines.inference import registered_model_dir
 
     reg = pipeline_run["result"]
-    mlflow.set_tracking_uri(reg["tracking_uri"])
-    version = mlflow.MlflowClient(reg["tracking_uri"]).get_model_version_by_alias(reg["model_name"], "champion")
-    local = mlflow.artifacts.download_artifacts(f"models:/{reg['model_name']}/{version.version}",
+    mlflow.set_tracking_uri(reg.tracking_uri)
+    version = mlflow.MlflowClient(reg.tracking_uri).get_model_version_by_alias(reg.model_name, "champion")
+    local = mlflow.artifacts.download_artifacts(f"models:/{reg.model_name}/{version.version}",
                                                dst_path=str(tmp_path_factory.mktemp("champion")))
-    return registered_model_dir(Path(local)), reg["model_name"], str(version.version)
+    return registered_model_dir(Path(local)), reg.model_name, str(version.version)
 
 
 def test_infer_stores_one_seg_per_good_study_and_refuses_the_gap(first_run, orthanc, studies):

@@ -52,10 +52,10 @@ def served(pipeline_run, tmp_path_factory):
     port = free_port()
     mlflow_bin = Path(sys.executable).parent / "mlflow"
     log = tmp_path_factory.mktemp("serve") / "serve.log"
-    env = {**os.environ, "MLFLOW_TRACKING_URI": reg["tracking_uri"], "PYTHONPATH": str(PROJECT),
+    env = {**os.environ, "MLFLOW_TRACKING_URI": reg.tracking_uri, "PYTHONPATH": str(PROJECT),
            "PATH": f"{mlflow_bin.parent}{os.pathsep}{os.environ.get('PATH', '')}"}  # it runs the venv's uvicorn
     with open(log, "wb") as out:
-        process = subprocess.Popen([str(mlflow_bin), "models", "serve", "-m", f"models:/{reg['model_name']}@champion",
+        process = subprocess.Popen([str(mlflow_bin), "models", "serve", "-m", f"models:/{reg.model_name}@champion",
                                     "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)],
                                    env=env, stdout=out, stderr=subprocess.STDOUT, cwd=pipeline_run["root"],
                                    start_new_session=True)
@@ -100,8 +100,8 @@ def test_served_model_answers_with_the_label_volume(served, pipeline_run, tmp_pa
     # the same labels as `medcore predict` with the registered model directory
     import mlflow
 
-    mlflow.set_tracking_uri(reg["tracking_uri"])
-    local = mlflow.artifacts.download_artifacts(f"models:/{reg['model_name']}@champion",
+    mlflow.set_tracking_uri(reg.tracking_uri)
+    local = mlflow.artifacts.download_artifacts(f"models:/{reg.model_name}@champion",
                                                dst_path=str(tmp_path / "model"))
     assert medcore_main(["predict", str(registered_model_dir(Path(local))), str(folder), str(tmp_path / "p"),
                          "--quiet", "--device", "cpu"]) == 0
@@ -147,8 +147,8 @@ def test_signature_and_input_example_are_logged(pipeline_run):
     import mlflow
 
     reg = pipeline_run["result"]
-    mlflow.set_tracking_uri(reg["tracking_uri"])
-    info = mlflow.models.get_model_info(f"models:/{reg['model_name']}@champion")
+    mlflow.set_tracking_uri(reg.tracking_uri)
+    info = mlflow.models.get_model_info(f"models:/{reg.model_name}@champion")
     assert info.signature is not None
     assert info.signature.inputs.input_names() == ["image"]
     assert {p.name for p in info.signature.params} == {"output_format", "model_name", "model_version"}

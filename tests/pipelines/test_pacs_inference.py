@@ -179,7 +179,7 @@ def test_sensor_adds_one_partition_and_one_run(pipeline_run, deid_key, tmp_path)
         (request,) = first.run_requests
         (added,) = first.dynamic_partitions_requests
         assert list(added.partition_keys) == [request.partition_key]
-        assert request.run_key == f"{request.partition_key}-v{pipeline_run['result']['version']}"
+        assert request.run_key == f"{request.partition_key}-v{pipeline_run['result'].version}"
         instance.add_dynamic_partitions(PACS_PARTITIONS, list(added.partition_keys))
         result = defs.resolve_job_def("inference").execute_in_process(partition_key=request.partition_key,
                                                                       instance=instance)

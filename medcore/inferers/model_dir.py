@@ -117,7 +117,8 @@ def save_model_dir(directory: str | os.PathLike, model: nn.Module, preprocessing
 
     if not hasattr(model, "config"):
         raise ValueError("model has no .config; build it with medcore.networks.build_network so it can be rebuilt")
-    spec = make_spec(model.config, preprocessing, inference, labels, provenance, postprocessing)
+    config: dict = model.config  # type: ignore[assignment]  # set by build_network (nn.Module types it loosely)
+    spec = make_spec(config, preprocessing, inference, labels, provenance, postprocessing)
     directory = Path(directory)
     if directory.exists() and (not directory.is_dir() or
                                (any(directory.iterdir()) and not (directory / SPEC_FILE).is_file())):
@@ -204,5 +205,5 @@ def load_model_dir(directory: str | os.PathLike, device: torch.device | str = "c
     if channels_last is None:
         channels_last = torch.device(device).type == "cpu"
     if channels_last and any(p.ndim == 5 for p in model.parameters()):
-        model = model.to(memory_format=torch.channels_last_3d)
+        model = model.to(memory_format=torch.channels_last_3d)  # type: ignore[call-overload]  # torch stubs lack it
     return model, spec

@@ -5,11 +5,14 @@ chance on its test patients."""
 
 from __future__ import annotations
 
+import base64
 import gzip
+import io
 import json
 import os
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import pandas as pd
@@ -69,8 +72,12 @@ def test_hippocampus_dicom_with_seg_through_run(tmp_path, deid_key, new_project,
     mlflow.set_registry_uri(reg["tracking_uri"])  # an earlier test in this process may have set another
     model = mlflow.pyfunc.load_model(f"models:/{reg['model_name']}@champion")
     folder = next((root / "inbox" / "dicom").iterdir()) / "mr"
-    pred = model.predict(pd.DataFrame({"source": [str(folder)], "output": [str(tmp_path / "pred.nii.gz")]}))
-    assert set(pred["voxels"][0]) == {0, 1, 2}
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as z:  # the served model takes content (a zipped DICOM series)
+        for path in sorted(folder.glob("*.dcm")):
+            z.write(path, arcname=path.name)
+    pred = model.predict(pd.DataFrame({"image": [base64.b64encode(buffer.getvalue()).decode("ascii")]}))
+    assert {int(k) for k in json.loads(pred["voxels"][0])} == {0, 1, 2}
 
     hits = []
     for path in [p for d in ("outputs", "data", "dagster_home", "mlartifacts") for p in (root / d).rglob("*")

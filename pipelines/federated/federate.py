@@ -182,10 +182,12 @@ def register_federated(params: dict, out: Path, result: dict) -> dict:
     except mlflow.exceptions.MlflowException:
         champ = None
     if champ is None:
-        promote, reason = decide_promotion(score, None)
-    elif champ.tags.get("evaluation_set") == evaluation_set:
-        promote, reason = decide_promotion(score, float(champ.tags["mean_dice"]),
-                                           float(params["register"]["min_improvement"]))
+        promote, reason = decide_promotion(None)
+    elif champ.tags.get("evaluation_set") == evaluation_set:  # per-site means only: no per-case bootstrap here
+        margin, champion_dice = float(params["register"]["min_improvement"]), float(champ.tags["mean_dice"])
+        promote = score > champion_dice + margin
+        reason = (f"mean Dice {score:.4f} {'beats' if promote else 'does not beat'} the champion's "
+                  f"{champion_dice:.4f} (+{margin}) on the same per-site evaluation set")
     else:
         promote, reason = False, "the champion was scored on another evaluation set; compare them before promoting"
     alias = "champion" if promote else "challenger"

@@ -27,9 +27,10 @@ def test_definitions_load_lazily():
     defs = lazy()
     assert isinstance(defs, dg.Definitions)
     keys = {k.to_user_string() for k in defs.resolve_asset_graph().get_all_asset_keys()}
-    assert keys == {*ALL_ASSETS, "pacs_segmentation"}
+    assert keys == {*ALL_ASSETS, "pacs_segmentation", "federated_model"}
     assert defs.resolve_job_def("retrain") is not None and defs.resolve_job_def("ingest_study") is not None
     assert defs.resolve_job_def("inference") is not None and defs.resolve_sensor_def("pacs_sensor") is not None
+    assert defs.resolve_job_def("federate") is not None
     checks = {k.name for k in defs.resolve_asset_graph().asset_check_keys}
     assert checks == {"geometry_sanity", "phi_scan", "label_alignment", "minimum_dice"}
 

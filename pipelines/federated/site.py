@@ -99,6 +99,8 @@ def prepare_site(site_dir: str | Path) -> SiteData:
         version = read_json(Layout.from_params(params).out / "dataset_version.json")["dataset_hash"]
     dataset = read_json(dataset_json)
     items = load_datalist(dataset_json)
+    if params is not None and dataset.get("test"):  # a pipeline dataset also lists its held-out test patients
+        items += load_datalist(dataset_json, section="test")
     cases = [{"id": case_id(i), "image": i["image"], "label": i["label"]} for i in items]
     if len(cases) < 2:
         raise ValueError(f"site {name}: {len(cases)} labelled case(s); a site needs at least one training and one "

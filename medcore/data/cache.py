@@ -37,7 +37,7 @@ import torch.distributed as dist
 from tqdm.auto import tqdm
 
 from medcore.data.dataset import Dataset, ItemError, Transform
-from medcore.data.persistent import own_tensor, map_sample_file, sample_to_bytes
+from medcore.data.persistent import map_sample_file, own_tensor, sample_to_bytes
 from medcore.io import Image
 from medcore.transforms.crop_pad import LabelIndices
 from medcore.utils.atomic import atomic_write_bytes, atomic_write_text

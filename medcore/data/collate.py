@@ -8,8 +8,8 @@ batch of B*N. For each ``Image`` entry ``k`` the batch holds
 * ``batch[k + "_affine"]``: ``(B*N, 4, 4)`` float64 affines,
 * ``batch[k + "_meta"]`` and ``batch[k + "_ops"]``: lists of the meta dicts and op lists.
 
-Tensors are stacked, bools/ints/floats become bool/int64/float64 tensors, other values become lists; label-index side entries
-(``<key>_indices``) are dropped. ``None`` samples (items skipped with ``on_error="skip"``) are
+Tensors are stacked, bools/ints/floats become bool/int64/float64 tensors, other values become lists;
+label-index side entries (``<key>_indices``) are dropped. ``None`` samples (items skipped with ``on_error="skip"``) are
 dropped. A bare ``Image`` sample is treated as ``{"image": img}``. ``decollate`` inverts it.
 """
 

@@ -78,7 +78,8 @@ def load_datalist(path: str | os.PathLike, section: str = "training", image_dir:
     except ValueError as exc:
         raise ValueError(f"{json_path}: not valid JSON ({exc}); fix or regenerate the file") from exc
     if section not in spec:
-        raise KeyError(f"{json_path}: no section {section!r}; sections: {sorted(k for k, v in spec.items() if isinstance(v, list))}")
+        sections = sorted(k for k, v in spec.items() if isinstance(v, list))
+        raise KeyError(f"{json_path}: no section {section!r}; sections: {sections}")
     items, absent = [], []
     for entry in spec[section]:
         item = {"image": entry} if isinstance(entry, str) else dict(entry)

@@ -31,7 +31,7 @@ import nibabel as nib
 import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
-from pydicom.uid import UID, CTImageStorage, ExplicitVRLittleEndian, PYDICOM_IMPLEMENTATION_UID, generate_uid
+from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, UID, CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
 from medcore.data.labels import LABEL_MANIFEST_FORMAT, LABEL_MANIFEST_NAME
 from medcore.dicom.geometry import affine_ras, slice_normal
@@ -473,8 +473,17 @@ def _ct_template(patient: Dataset, study: Dataset, series: Dataset, geometry: _G
     return ds
 
 
-def _write_series(root: Path, folder: str, template: Dataset, geometry: _Geometry, phantom: _Phantom,
-                  rng: np.random.Generator, seed: int, tag: str, want_mask: bool) -> tuple[list[str], np.ndarray | None]:
+def _write_series(
+    root: Path,
+    folder: str,
+    template: Dataset,
+    geometry: _Geometry,
+    phantom: _Phantom,
+    rng: np.random.Generator,
+    seed: int,
+    tag: str,
+    want_mask: bool,
+) -> tuple[list[str], np.ndarray | None]:
     """Write every slice of one series; return the SOP Instance UIDs and the (col,row,slice) mask."""
     positions = geometry.positions()
     n = geometry.n_slices
@@ -550,10 +559,10 @@ def write_synthetic_studies(
     patient 1's first series is oblique, patient 2 has non-square pixels; slice spacing, thickness and
     in-plane spacing vary across patients. ``phi_in_paths=True`` names study folders after the
     patient (for audits of how converters treat input paths); ``localizer=False`` leaves the
-    localizer out and
-    ``overlays=False`` the overlay plane (whose description carries planted PHI). ``seg=True`` also writes each mask as a
-    DICOM SEG (``labels/seg-NNN.dcm``, listed in the label manifest under ``"seg"``); like the
-    source images it carries the planted patient and study PHI. Deterministic for a given ``seed``.
+    localizer out and ``overlays=False`` the overlay plane (whose description carries planted PHI).
+    ``seg=True`` also writes each mask as a DICOM SEG (``labels/seg-NNN.dcm``, listed in the label
+    manifest under ``"seg"``); like the source images it carries the planted patient and study PHI.
+    Deterministic for a given ``seed``.
     """
     if n_patients < 1:
         raise ValueError(f"n_patients must be >= 1, got {n_patients}")

@@ -63,11 +63,6 @@ def translation(offsets: Sequence[float]) -> np.ndarray:
     return m
 
 
-def voxel_spacing(affine: torch.Tensor, d: int) -> np.ndarray:
-    spacing: np.ndarray = np.linalg.norm(np.asarray(affine, dtype=np.float64)[:3, :d], axis=0)
-    return spacing
-
-
 # --- voxel maps for each operation -------------------------------------------------------------
 def flip_map(shape: Sequence[int], axes: Sequence[int]) -> np.ndarray:
     d = len(shape)

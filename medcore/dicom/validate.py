@@ -30,7 +30,7 @@ A stack is regular when every slice lies within ``max(0.02 mm, 0.2% of the step)
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -85,6 +85,24 @@ class StackPlan:
         start, stop = float(self.positions[0]), float(self.positions[-1])
         n = int(np.floor((stop - start) / self.step + 1e-6)) + 1
         return start + self.step * np.arange(n)
+
+
+def _first_of_each(indices: Iterable[int], key: Callable[[int], Hashable]
+                   ) -> tuple[list[int], list[int], list[int]]:
+    """``(first, repeats, their_firsts)``: the first index of each key, and every later one with its first."""
+    first_of: dict[Hashable, int] = {}
+    first: list[int] = []
+    repeats: list[int] = []
+    their_firsts: list[int] = []
+    for i in indices:
+        k = key(i)
+        if k in first_of:
+            repeats.append(i)
+            their_firsts.append(first_of[k])
+        else:
+            first_of[k] = i
+            first.append(i)
+    return first, repeats, their_firsts
 
 
 def _check_uniform(values: np.ndarray, code: str, what: str, tol: float) -> None:
@@ -158,33 +176,17 @@ def plan_stack(iops: np.ndarray, ipps: np.ndarray, pixel_spacings: np.ndarray,
     _check_uniform(iops, "mixed_orientation", "ImageOrientationPatient", geometry.ORIENTATION_TOLERANCE)
     _check_uniform(spacing, "mixed_pixel_spacing", "PixelSpacing", 1e-4)
 
-    seen: dict[tuple, int] = {}
-    keep: list[int] = []
-    dropped: list[int] = []
-    originals: list[int] = []
-    for i, key in enumerate(identity_keys):
-        if key in seen:
-            dropped.append(i)
-            originals.append(seen[key])
-        else:
-            seen[key] = i
-            keep.append(i)
+    keep, dropped, originals = _first_of_each(range(n), lambda i: identity_keys[i])
     n_identical = len(dropped)
 
     iop = iops[0]
     normal = geometry.slice_normal(iop)
     acquisition = temporal_keys if acquisition_keys is None else acquisition_keys
     labels, _ = _cluster_positions(geometry.slice_positions(ipps[np.asarray(keep)], normal))
-    first_of: dict[tuple, int] = {}
-    unique: list[int] = []
-    for i, label in sorted(zip(keep, labels.tolist()), key=lambda t: (temporal_keys[t[0]], t[0])):
-        key = (label, acquisition[i])
-        if key in first_of:
-            dropped.append(i)
-            originals.append(first_of[key])
-        else:
-            first_of[key] = i
-            unique.append(i)
+    label_of = dict(zip(keep, labels.tolist()))
+    by_time = sorted(keep, key=lambda i: (temporal_keys[i], i))
+    unique, copies, copied = _first_of_each(by_time, lambda i: (label_of[i], acquisition[i]))
+    dropped, originals = dropped + copies, originals + copied
     kept = np.asarray(sorted(unique))
     d = geometry.slice_positions(ipps[kept], normal)
     labels, centres = _cluster_positions(d)

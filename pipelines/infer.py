@@ -17,20 +17,21 @@ def run_infer(params: dict, url: str | None = None) -> int:
     from medcore.dicom.web import PacsError
     from pipelines.definitions import make_definitions
     from pipelines.demo import dagster_home, recover
-    from pipelines.inference import PRESENT, champion_version, outcome_line, pending_studies
+    from pipelines.inference import PRESENT, champion_input, outcome_line, pending_studies
     from pipelines.recovery import process_tags
     from pipelines.steps.ingest import deidentifier
 
     resource = PacsResource(url=url or "")
     try:
-        name, version = champion_version(params)
-        studies = pending_studies(resource.client(params), deidentifier(params), name, version,
-                                  params["pacs"]["modality"], int(params["pacs"]["min_slices"]))
+        ref = champion_input(params)
+        name, version = ref.name, ref.version
+        studies = pending_studies(resource.client(params), deidentifier(params), name, version, ref.modality,
+                                  ref.min_slices)
     except (PacsError, RuntimeError) as error:
         print(f"pipelines infer: {error}", file=sys.stderr)
         return 1
     if not studies:
-        print(f"no study in the PACS matches {name} v{version}'s input ({params['pacs']['modality']})")
+        print(f"no study in the PACS matches {name} v{version}'s input ({ref.modality})")
     dagster_home()
     failed = 0
     with DagsterInstance.get() as instance:

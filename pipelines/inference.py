@@ -98,27 +98,44 @@ def pseudonym(deid, kind: str, uid: str) -> str:
     return f"{kind}-" + hashlib.sha256(deid.uid(f"medcore-pacs-{kind}:{uid}").encode()).hexdigest()[:12]
 
 
-def champion_version(params: dict) -> tuple[str, str]:
-    """``(model name, version)`` of ``@champion`` (registry lookup only, nothing downloaded)."""
+#: Plan modality names that are not DICOM Modality values (MSD datasets say "MRI").
+_DICOM_MODALITY = {"MRI": "MR"}
+
+
+@dataclass(frozen=True)
+class ChampionInput:
+    """``@champion`` in the registry, and the series it segments: the modality its plan was made for (the
+    version's ``modality`` tag; ``pacs.modality`` for versions registered without one) and a slice count."""
+
+    name: str
+    version: str
+    modality: str
+    min_slices: int
+
+
+def champion_input(params: dict) -> ChampionInput:
+    """Look up ``@champion`` (registry only, nothing downloaded) and what input it expects."""
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
     name, uri = params["register"]["model_name"], tracking_uri(params)
     try:
-        return name, str(MlflowClient(uri, uri).get_model_version_by_alias(name, "champion").version)
+        version = MlflowClient(uri, uri).get_model_version_by_alias(name, "champion")
     except MlflowException as exc:
         raise RuntimeError(f"no @champion for model {name!r} in {uri}: register a model first") from exc
+    planned = str(version.tags.get("modality") or params["pacs"]["modality"]).upper()
+    return ChampionInput(name, str(version.version), _DICOM_MODALITY.get(planned, planned),
+                         int(params["pacs"]["min_slices"]))
 
 
 def resolve_champion(params: dict, folder: Path) -> Champion:
     """Resolve ``@champion`` once and download that version's model directory into ``folder``."""
     import mlflow
 
-    name, version = champion_version(params)
+    ref = champion_input(params)
     mlflow.set_tracking_uri(tracking_uri(params))
-    local = Path(mlflow.artifacts.download_artifacts(f"models:/{name}/{version}", dst_path=str(folder)))
-    return Champion(name, version, registered_model_dir(local), str(params["pacs"]["modality"]),
-                    int(params["pacs"]["min_slices"]))
+    local = Path(mlflow.artifacts.download_artifacts(f"models:/{ref.name}/{ref.version}", dst_path=str(folder)))
+    return Champion(ref.name, ref.version, registered_model_dir(local), ref.modality, ref.min_slices)
 
 
 def registered_model_dir(local: Path) -> Path:

@@ -105,18 +105,19 @@ def sensor_step(cursor: dict, version: str, studies: dict) -> tuple[list[str], d
 
 def _pacs_sensor(context: SensorEvaluationContext, settings: PipelineSettings, pacs: PacsResource):
     """One ``inference`` run per new PACS study that matches the champion's input and lacks its SEG."""
-    from pipelines.inference import champion_version, pending_studies
+    from pipelines.inference import champion_input, pending_studies
     from pipelines.steps.ingest import deidentifier
 
     params = settings.params()
     try:
-        name, version = champion_version(params)
+        ref = champion_input(params)
     except RuntimeError as error:  # no champion yet: nothing to segment with
         return SensorResult(skip_reason=SkipReason(str(error)), cursor=context.cursor)
+    name, version = ref.name, ref.version
     cursor = json.loads(context.cursor) if context.cursor else {}
     skip = set(cursor.get("seen", [])) if cursor.get("version") == version else set()
-    studies = pending_studies(pacs.client(params), deidentifier(params), name, version, params["pacs"]["modality"],
-                              int(params["pacs"]["min_slices"]), skip=skip)
+    studies = pending_studies(pacs.client(params), deidentifier(params), name, version, ref.modality,
+                              ref.min_slices, skip=skip)
     run, state = sensor_step(cursor, version, studies)
     if not run:
         return SensorResult(skip_reason=SkipReason(f"no new PACS study for {name} v{version}"),

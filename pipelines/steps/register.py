@@ -149,7 +149,10 @@ def register(params: dict, run_tags: dict | None = None, evaluation: Evaluation 
     key = latest.run_key
     name = params["register"]["model_name"]
     client, exp_id = client_for(params)
+    plan = layout.out / latest.run_dir / "plan.json"
+    modality = read_json(plan).get("modality") if plan.is_file() else None
     lineage = {"training_key": key, "dataset_hash": dataset.dataset_hash, "code_commit": code_commit(),
+               **({"modality": str(modality)} if modality else {}),
                "evaluation_set": evaluation.evaluation_set, "mean_dice": f"{evaluation.mean_dice:.6f}",
                **{k: str(v) for k, v in (run_tags or {}).items()}}
     version = find_version(client, name, key)
@@ -169,7 +172,6 @@ def register(params: dict, run_tags: dict | None = None, evaluation: Evaluation 
             for plot in evaluation.plots.values():
                 mlflow.log_artifact(str(layout.evaluation_dir / plot), "evaluation")
             mlflow.log_artifact(str(layout.evaluation_dir / PER_CASE), "evaluation")
-            plan = layout.out / latest.run_dir / "plan.json"
             if plan.is_file():  # the plan medcore derived from the data, with the reason for each choice
                 mlflow.log_artifact(str(plan), "plan")
             info = mlflow.pyfunc.log_model(name="model", python_model=str(MODEL_CODE),

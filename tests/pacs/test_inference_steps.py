@@ -32,3 +32,22 @@ def test_series_match_and_study_status():
     assert present.line() == "study-a: already present (m v2)"
     refused = StudyOutcome("study-b", "m", "2", (SeriesOutcome("series-3", REFUSED, "missing_slices: gap"),))
     assert refused.status == REFUSED and refused.line() == "study-b: refused (series-3: missing_slices: gap)"
+
+
+def test_champion_input_is_the_modality_its_plan_was_made_for(tmp_path):
+    """A version's ``modality`` tag (from its plan) decides which series the sensor segments; MSD's "MRI"
+    is DICOM's "MR"; a version registered without the tag falls back to ``pacs.modality``."""
+    from mlflow.tracking import MlflowClient
+
+    from pipelines.inference import champion_input
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    params = {"register": {"model_name": "seg", "tracking_uri": uri}, "pacs": {"modality": "CT", "min_slices": 8},
+              "root": str(tmp_path)}
+    client = MlflowClient(uri, uri)
+    client.create_registered_model("seg")
+    for tags in ({"modality": "MRI"}, {}):
+        version = client.create_model_version("seg", f"file://{tmp_path}", tags=tags)
+        client.set_registered_model_alias("seg", "champion", version.version)
+        ref = champion_input(params)
+        assert (ref.version, ref.modality, ref.min_slices) == (str(version.version), "MR" if tags else "CT", 8)

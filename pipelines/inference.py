@@ -134,6 +134,7 @@ def resolve_champion(params: dict, folder: Path) -> Champion:
 
     ref = champion_input(params)
     mlflow.set_tracking_uri(tracking_uri(params))
+    mlflow.set_registry_uri(tracking_uri(params))
     local = Path(mlflow.artifacts.download_artifacts(f"models:/{ref.name}/{ref.version}", dst_path=str(folder)))
     return Champion(ref.name, ref.version, registered_model_dir(local), ref.modality, ref.min_slices)
 

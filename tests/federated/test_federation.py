@@ -111,6 +111,7 @@ def test_federation_completes_and_registers_a_model_that_loads_by_alias(federati
     assert reg["alias"] == "champion" and reg["sites"] == "site-a,site-b,site-c"
     uri = params["register"]["tracking_uri"]
     mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
     client = MlflowClient(uri, uri)
     version = client.get_model_version_by_alias("medcore-federated", "champion")
     tags = version.tags

@@ -74,6 +74,7 @@ def champion_dir(pipeline_run, tmp_path_factory):
 
     reg = pipeline_run["result"]
     mlflow.set_tracking_uri(reg.tracking_uri)
+    mlflow.set_registry_uri(reg.tracking_uri)
     version = mlflow.MlflowClient(reg.tracking_uri).get_model_version_by_alias(reg.model_name, "champion")
     local = mlflow.artifacts.download_artifacts(f"models:/{reg.model_name}/{version.version}",
                                                dst_path=str(tmp_path_factory.mktemp("champion")))

@@ -101,6 +101,7 @@ def test_served_model_answers_with_the_label_volume(served, pipeline_run, tmp_pa
     import mlflow
 
     mlflow.set_tracking_uri(reg.tracking_uri)
+    mlflow.set_registry_uri(reg.tracking_uri)
     local = mlflow.artifacts.download_artifacts(f"models:/{reg.model_name}@champion",
                                                dst_path=str(tmp_path / "model"))
     assert medcore_main(["predict", str(registered_model_dir(Path(local))), str(folder), str(tmp_path / "p"),
@@ -148,6 +149,7 @@ def test_signature_and_input_example_are_logged(pipeline_run):
 
     reg = pipeline_run["result"]
     mlflow.set_tracking_uri(reg.tracking_uri)
+    mlflow.set_registry_uri(reg.tracking_uri)
     info = mlflow.models.get_model_info(f"models:/{reg.model_name}@champion")
     assert info.signature is not None
     assert info.signature.inputs.input_names() == ["image"]

@@ -52,7 +52,10 @@ def served(pipeline_run, tmp_path_factory):
     port = free_port()
     mlflow_bin = Path(sys.executable).parent / "mlflow"
     log = tmp_path_factory.mktemp("serve") / "serve.log"
-    env = {**os.environ, "MLFLOW_TRACKING_URI": reg.tracking_uri, "PYTHONPATH": str(PROJECT),
+    # both URIs: mlflow.set_registry_uri in an earlier test of this process also set $MLFLOW_REGISTRY_URI,
+    # and a served process inheriting it would resolve @champion in another test's registry
+    env = {**os.environ, "MLFLOW_TRACKING_URI": reg.tracking_uri, "MLFLOW_REGISTRY_URI": reg.tracking_uri,
+           "PYTHONPATH": str(PROJECT),
            "PATH": f"{mlflow_bin.parent}{os.pathsep}{os.environ.get('PATH', '')}"}  # it runs the venv's uvicorn
     with open(log, "wb") as out:
         process = subprocess.Popen([str(mlflow_bin), "models", "serve", "-m", f"models:/{reg.model_name}@champion",

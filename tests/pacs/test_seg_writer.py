@@ -2,11 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
-from pathlib import Path
-
 import highdicom as hd
 import nibabel as nib
 import numpy as np
@@ -16,6 +11,7 @@ import pytest
 from medcore.data.synthetic import LABEL_NAMES, write_synthetic_studies
 from medcore.dicom.convert import load_series
 from medcore.dicom.seg import SegAlgorithm, SegmentationError, build_seg, read_seg, seg_uids, write_seg
+from tests.pipelines.pacs_helpers import dciodvfy_errors
 
 ALGORITHM = SegAlgorithm("medcore-segmentation", "7")
 
@@ -29,15 +25,6 @@ def case(tmp_path_factory):
     mask = np.asarray(nib.load(m.root / series.mask).dataobj)
     _, affine, _ = load_series(folder)
     return folder, series, mask, affine
-
-
-def dciodvfy_errors(path: Path) -> list[str]:
-    if shutil.which("dciodvfy") is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("dciodvfy is not installed (apt-get install dicom3tools)")
-        pytest.skip("dciodvfy is not installed (apt-get install dicom3tools)")
-    out = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True, timeout=60)
-    return [line for line in (out.stdout + out.stderr).splitlines() if line.startswith("Error")]
 
 
 def test_seg_carries_identity_references_and_algorithm(case, tmp_path):

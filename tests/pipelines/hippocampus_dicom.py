@@ -24,8 +24,8 @@ def planted_phi(case: str) -> dict[str, str]:
             "ReferringPhysicianName": "Drabrymor^Kellan", "StudyDescription": f"brain mri for Quintessa{n}"}
 
 
-def _slices(image: np.ndarray, phi: dict[str, str], study_uid: str, frame_uid: str) -> list:
-    """One MR Image Storage data set per axial slice; voxel (i, j, k) is RAS (i+1, j+1, k+1) mm."""
+def _slices(image: np.ndarray, origin: np.ndarray, phi: dict[str, str], study_uid: str, frame_uid: str) -> list:
+    """One MR Image Storage data set per axial slice; voxel (i, j, k) is RAS ``origin`` + (i, j, k) mm."""
     finite = np.nan_to_num(image.astype(np.float64))
     slope = max(float(finite.max()), 1e-6) / 4000.0
     series_uid, out = generate_uid(), []
@@ -40,7 +40,7 @@ def _slices(image: np.ndarray, phi: dict[str, str], study_uid: str, frame_uid: s
         ds.Modality, ds.Manufacturer, ds.SeriesDescription = "MR", "medcore-tests", "T1 hippocampus crop"
         ds.ImageType = ["ORIGINAL", "PRIMARY", "M"]
         ds.ImageOrientationPatient = [-1.0, 0.0, 0.0, 0.0, -1.0, 0.0]  # columns go to R, rows to A (LPS)
-        ds.ImagePositionPatient = [-1.0, -1.0, float(k + 1)]
+        ds.ImagePositionPatient = [-float(origin[0]), -float(origin[1]), float(origin[2]) + k]
         ds.PixelSpacing, ds.SliceThickness = [1.0, 1.0], 1.0
         plane = np.rint(finite[:, :, k].T / slope).astype(np.uint16)  # rows = j, columns = i
         ds.Rows, ds.Columns = plane.shape
@@ -76,13 +76,13 @@ def write_hippocampus_inbox(data_dir: Path, inbox: Path, cases: list[str]) -> li
     for case in cases:
         image = nib.load(str(data_dir / "imagesTr" / f"{case}.nii.gz"))
         label = np.rint(np.asarray(nib.load(str(data_dir / "labelsTr" / f"{case}.nii.gz")).dataobj)).astype(np.uint8)
-        if not np.allclose(image.affine, np.diag([1.0, 1.0, 1.0, 1.0]) + np.c_[np.zeros((4, 3)), [1, 1, 1, 0]]):
-            raise ValueError(f"{case}: expected the 1 mm RAS grid at (1, 1, 1), got {image.affine.tolist()}")
+        if not np.allclose(image.affine[:3, :3], np.eye(3)):
+            raise ValueError(f"{case}: expected a 1 mm RAS grid, got {image.affine.tolist()}")
         phi = planted_phi(case)
         planted += list(phi.values())
         study = inbox / phi["PatientName"].replace("^", "_")  # a folder named after the patient, as it happens
         (study / "mr").mkdir(parents=True)
-        slices = _slices(np.asarray(image.dataobj), phi, generate_uid(), generate_uid())
+        slices = _slices(np.asarray(image.dataobj), image.affine[:3, 3], phi, generate_uid(), generate_uid())
         for k, ds in enumerate(slices):
             ds.save_as(study / "mr" / f"{k:04d}.dcm", enforce_file_format=True)
         _seg(slices, label, phi).save_as(study / "seg.dcm")

@@ -65,48 +65,68 @@ class EvaluateConfig(Config):
     )
 
 
-@asset(partitions_def=study_partitions, group_name="ingestion")
-def raw_dicom(context: AssetExecutionContext, settings: PipelineSettings) -> MaterializeResult:
-    """The incoming DICOM of one study (observed, never copied): file count, bytes and content hash."""
+def raw_dicom_result(params: dict, key: str, deid) -> MaterializeResult:
+    """Count and hash one inbox study (what ``raw_dicom`` reports)."""
     from pipelines.steps.ingest import record_raw
 
-    info = record_raw(settings.params(), context.partition_key, settings.deidentifier())
+    info = record_raw(params, key, deid)
     return MaterializeResult(metadata={"files": info.files, "bytes": info.bytes},
                              data_version=DataVersion(info.content_hash))
 
 
-@asset(partitions_def=study_partitions, deps=[raw_dicom], group_name="ingestion")
-def series_index(context: AssetExecutionContext, settings: PipelineSettings) -> MaterializeResult:
-    """De-identified header index of the study (parquet)."""
+def series_index_result(params: dict, key: str, deid) -> MaterializeResult:
+    """Index one study's headers, de-identified (what ``series_index`` reports)."""
     from pipelines.steps.ingest import ingest_study
 
-    info = ingest_study(settings.params(), context.partition_key, settings.deidentifier())
+    info = ingest_study(params, key, deid)
     return MaterializeResult(metadata={"files": info.files, "frames": info.frames, "series": info.series,
                                        "skipped_files": info.skipped_files})
 
 
-@asset(partitions_def=study_partitions, deps=[series_index], group_name="ingestion")
-def nifti_volumes(context: AssetExecutionContext, settings: PipelineSettings) -> MaterializeResult:
-    """Converted NIfTI volumes, JSON sidecars and the quarantine table of the study."""
+def nifti_volumes_result(params: dict, key: str, deid, log) -> MaterializeResult:
+    """Convert one study (what ``nifti_volumes`` reports); ``log`` gets a one-line summary."""
     from pipelines.steps.convert import convert_study
 
-    info = convert_study(settings.params(), context.partition_key, settings.deidentifier())
-    context.log.info(f"study {info.study}: {info.series_written} series written, {info.files_quarantined} files "
-                     f"quarantined, {info.segmentation_objects} DICOM SEG kept for labels")
+    info = convert_study(params, key, deid)
+    log.info(f"study {info.study}: {info.series_written} series written, {info.files_quarantined} files "
+             f"quarantined, {info.segmentation_objects} DICOM SEG kept for labels")
     return MaterializeResult(metadata={
         "series_written": info.series_written, "stacks_refused": info.stacks_refused, "files_in": info.files_in,
         "files_quarantined": info.files_quarantined, "segmentation_objects": info.segmentation_objects,
         "quarantine": MetadataValue.json(info.quarantine)})
 
 
+def labels_result(params: dict, key: str, deid) -> MaterializeResult:
+    """Match one study's labels (what ``labels`` reports)."""
+    from pipelines.steps.convert import match_labels
+
+    info = match_labels(params, key, deid)
+    return MaterializeResult(metadata={"labelled_series": info.labelled_series, "misaligned": len(info.misaligned),
+                                       "label_names": MetadataValue.json(info.label_names)})
+
+
+@asset(partitions_def=study_partitions, group_name="ingestion")
+def raw_dicom(context: AssetExecutionContext, settings: PipelineSettings) -> MaterializeResult:
+    """The incoming DICOM of one study (observed, never copied): file count, bytes and content hash."""
+    return raw_dicom_result(settings.params(), context.partition_key, settings.deidentifier())
+
+
+@asset(partitions_def=study_partitions, deps=[raw_dicom], group_name="ingestion")
+def series_index(context: AssetExecutionContext, settings: PipelineSettings) -> MaterializeResult:
+    """De-identified header index of the study (parquet)."""
+    return series_index_result(settings.params(), context.partition_key, settings.deidentifier())
+
+
+@asset(partitions_def=study_partitions, deps=[series_index], group_name="ingestion")
+def nifti_volumes(context: AssetExecutionContext, settings: PipelineSettings) -> MaterializeResult:
+    """Converted NIfTI volumes, JSON sidecars and the quarantine table of the study."""
+    return nifti_volumes_result(settings.params(), context.partition_key, settings.deidentifier(), context.log)
+
+
 @asset(partitions_def=study_partitions, deps=[nifti_volumes], group_name="ingestion")
 def labels(context: AssetExecutionContext, settings: PipelineSettings) -> MaterializeResult:
     """Label maps matched to converted series: from the label manifest or the study's own DICOM SEG."""
-    from pipelines.steps.convert import match_labels
-
-    info = match_labels(settings.params(), context.partition_key, settings.deidentifier())
-    return MaterializeResult(metadata={"labelled_series": info.labelled_series, "misaligned": len(info.misaligned),
-                                       "label_names": MetadataValue.json(info.label_names)})
+    return labels_result(settings.params(), context.partition_key, settings.deidentifier())
 
 
 @asset(deps=[nifti_volumes, labels], group_name="training")

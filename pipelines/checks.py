@@ -17,30 +17,44 @@ from pipelines.steps.layout import Layout
 from pipelines.steps.results import Evaluation, load
 
 
+def geometry_result(params: dict, key: str) -> AssetCheckResult:
+    """Every converted volume of study ``key`` has a finite, invertible affine that agrees with its voxel sizes."""
+    problems = geometry_problems(Layout.from_params(params).converted_dir(key))
+    return AssetCheckResult(passed=not problems, metadata={"problems": "\n".join(problems) or "none"})
+
+
+def phi_result(params: dict, key: str, deid) -> AssetCheckResult:
+    """No identifying header value of the source study ``key`` appears in any of its converted files."""
+    values = source_phi_values(study_folder(params, deid, key))
+    hits = find_values(Layout.from_params(params).converted_dir(key), values)
+    return AssetCheckResult(passed=not hits, metadata={"values_checked": len(values), "hits": len(hits)})
+
+
+def alignment_result(params: dict, key: str) -> AssetCheckResult:
+    """Every matched mask of study ``key`` lies on its image's voxel grid (shape and affine)."""
+    info = study_labels(params, key)
+    bad = info["misaligned"]
+    return AssetCheckResult(passed=not bad, metadata={
+        "pairs": len(info["pairs"]), "misaligned": len(bad),
+        "reasons": "\n".join(f"{b['series_id']}: {b['reason']}" for b in bad) or "none"})
+
+
 @asset_check(asset=nifti_volumes, blocking=True, partitions_def=study_partitions)
 def geometry_sanity(context: AssetCheckExecutionContext, settings: PipelineSettings) -> AssetCheckResult:
     """Every converted volume has a finite, invertible affine that agrees with its voxel sizes."""
-    problems = geometry_problems(Layout.from_params(settings.params()).converted_dir(context.partition_key))
-    return AssetCheckResult(passed=not problems, metadata={"problems": "\n".join(problems) or "none"})
+    return geometry_result(settings.params(), context.partition_key)
 
 
 @asset_check(asset=nifti_volumes, blocking=True, partitions_def=study_partitions)
 def phi_scan(context: AssetCheckExecutionContext, settings: PipelineSettings) -> AssetCheckResult:
     """No identifying header value of the source study appears in any converted file."""
-    params = settings.params()
-    values = source_phi_values(study_folder(params, settings.deidentifier(), context.partition_key))
-    hits = find_values(Layout.from_params(params).converted_dir(context.partition_key), values)
-    return AssetCheckResult(passed=not hits, metadata={"values_checked": len(values), "hits": len(hits)})
+    return phi_result(settings.params(), context.partition_key, settings.deidentifier())
 
 
 @asset_check(asset=labels, blocking=True, partitions_def=study_partitions)
 def label_alignment(context: AssetCheckExecutionContext, settings: PipelineSettings) -> AssetCheckResult:
     """Every matched mask lies on its image's voxel grid (shape and affine)."""
-    info = study_labels(settings.params(), context.partition_key)
-    bad = info["misaligned"]
-    return AssetCheckResult(passed=not bad, metadata={
-        "pairs": len(info["pairs"]), "misaligned": len(bad),
-        "reasons": "\n".join(f"{b['series_id']}: {b['reason']}" for b in bad) or "none"})
+    return alignment_result(settings.params(), context.partition_key)
 
 
 @asset_check(asset=evaluation, blocking=True)

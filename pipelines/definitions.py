@@ -15,6 +15,7 @@ import dagster as dg
 
 from pipelines.assets import STUDY_ASSETS, TRAINING_ASSETS
 from pipelines.checks import ALL_CHECKS
+from pipelines.delivery import delivery_job
 from pipelines.executors import select_executor
 from pipelines.federated.assets import federate_job, federated_model
 from pipelines.jobs import retrain_job, study_job
@@ -32,7 +33,7 @@ def make_definitions(settings: PipelineSettings | None = None, executor: str | N
     pacs_sensor = make_pacs_sensor(settings.params()["pacs"]["poll_seconds"])
     return dg.Definitions(
         assets=[*STUDY_ASSETS, *TRAINING_ASSETS, pacs_segmentation, federated_model], asset_checks=ALL_CHECKS,
-        jobs=[study_job, retrain_job, inference_job, federate_job], schedules=[weekly_retraining],
+        jobs=[delivery_job, study_job, retrain_job, inference_job, federate_job], schedules=[weekly_retraining],
         sensors=[inbox_sensor, pacs_sensor],
         resources={"settings": settings, "pipes_subprocess_client": dg.PipesSubprocessClient(),
                    "pacs": pacs or PacsResource()},

@@ -41,32 +41,49 @@ def recover(instance) -> list:
     return done
 
 
-def run_pipeline(params: dict, instance, settings=None, force: bool = False) -> Registration | None:
-    """Fail runs left STARTED by a killed process, add a partition per inbox study, ingest each, then run
-    the retraining job; return the registration. Every run is tagged with this process (pipelines/recovery.py)."""
+def ingest_delivery(params: dict, instance, defs, tags: dict) -> dict[str, str]:
+    """Add a partition per new inbox study and ingest, in one ``ingest_delivery`` run, every study not yet
+    ingested (new, changed since, or failed before). Returns ``{study key: reason}`` for the studies whose
+    step failed, after saying so on stderr; the other studies are ingested all the same."""
     from dagster import AssetKey
 
     from pipelines.assets import STUDY_PARTITIONS
+    from pipelines.delivery import delivery_run_config, failed_studies
+    from pipelines.steps.ingest import deidentifier, is_ingested, list_studies
+
+    studies = list_studies(params, deidentifier(params))
+    known = set(instance.get_dynamic_partitions(STUDY_PARTITIONS))
+    new = [k for k in studies if k not in known]
+    if new:
+        instance.add_dynamic_partitions(STUDY_PARTITIONS, new)
+    done = instance.get_materialized_partitions(AssetKey("labels"))
+    todo = [k for k, folder in studies.items() if k not in done or not is_ingested(params, k, folder)]
+    if not todo:
+        return {}
+    print(f"ingesting {len(todo)} of {len(studies)} inbox studies in one run", file=sys.stderr)
+    result = defs.resolve_job_def("ingest_delivery").execute_in_process(
+        run_config=delivery_run_config(todo), instance=instance, tags=tags, raise_on_error=False)
+    failed = failed_studies(result)
+    for key, reason in failed.items():
+        print(f"study {key} was not ingested (run {result.run_id}): {reason}", file=sys.stderr)
+    return failed
+
+
+def run_pipeline(params: dict, instance, settings=None, force: bool = False) -> Registration | None:
+    """Fail runs left STARTED by a killed process, ingest the inbox's new studies in one run, then run the
+    retraining job; return the registration. Every run is tagged with this process (pipelines/recovery.py)."""
+    from dagster import AssetKey
+
     from pipelines.definitions import make_definitions
     from pipelines.recovery import process_tags
     from pipelines.resources import PipelineSettings
-    from pipelines.steps.ingest import deidentifier, list_studies
     from pipelines.steps.layout import Layout
 
     recover(instance)
     tags = process_tags()
     settings = settings or PipelineSettings(params_file=params["params_file"], output_dir=str(params["output_dir"]))
     defs = make_definitions(settings)
-    keys = sorted(list_studies(params, deidentifier(params)))
-    known = set(instance.get_dynamic_partitions(STUDY_PARTITIONS))
-    new = [k for k in keys if k not in known]
-    if new:
-        instance.add_dynamic_partitions(STUDY_PARTITIONS, new)
-    study_job = defs.resolve_job_def("ingest_study")
-    for key in keys:
-        result = study_job.execute_in_process(partition_key=key, instance=instance, tags=tags,
-                                              raise_on_error=True)
-        assert result.success
+    ingest_delivery(params, instance, defs, tags)
     config = {"ops": {name: {"config": {"force": force}} for name in ("trained_model", "evaluation",
                                                                        "registered_model")}}
     result = defs.resolve_job_def("retrain").execute_in_process(instance=instance, tags=tags, raise_on_error=False,

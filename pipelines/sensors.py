@@ -1,13 +1,15 @@
-"""The inbox sensor: one dynamic partition per new study, added once its files stopped changing."""
+"""The inbox sensor: one dynamic partition per new study, added once its files stopped changing, and one
+``ingest_delivery`` run for all the studies that settled in the same tick."""
 
 
+import hashlib
 import json
 import time
 
 from dagster import DefaultSensorStatus, RunRequest, SensorEvaluationContext, SensorResult, SkipReason, sensor
 
 from pipelines.assets import STUDY_PARTITIONS, study_partitions
-from pipelines.jobs import study_job
+from pipelines.delivery import delivery_job, delivery_run_config
 from pipelines.resources import PipelineSettings
 
 
@@ -27,7 +29,7 @@ def stable_studies(studies: dict, signatures: dict, previous: dict, now: float, 
     return ready, state
 
 
-@sensor(job=study_job, minimum_interval_seconds=30, default_status=DefaultSensorStatus.STOPPED)
+@sensor(job=delivery_job, minimum_interval_seconds=30, default_status=DefaultSensorStatus.STOPPED)
 def inbox_sensor(context: SensorEvaluationContext, settings: PipelineSettings):
     from pipelines.steps.ingest import deidentifier, folder_signature, list_studies
 
@@ -41,6 +43,7 @@ def inbox_sensor(context: SensorEvaluationContext, settings: PipelineSettings):
     if not ready:
         return SensorResult(skip_reason=SkipReason(f"{len(pending)} new study folder(s), none settled yet"),
                             cursor=json.dumps(state))
-    return SensorResult(run_requests=[RunRequest(partition_key=k, run_key=k) for k in ready],
+    run_key = "delivery-" + hashlib.sha256(" ".join(ready).encode()).hexdigest()[:16]
+    return SensorResult(run_requests=[RunRequest(run_key=run_key, run_config=delivery_run_config(ready))],
                         dynamic_partitions_requests=[study_partitions.build_add_request(ready)],
                         cursor=json.dumps({k: v for k, v in state.items() if k not in ready}))

@@ -9,7 +9,7 @@ from pathlib import Path
 from medcore.utils.atomic import sweep_tmp
 from pipelines.params import resolve
 from pipelines.steps.layout import Layout
-from pipelines.steps.results import RawStudy, StudyIndex, save
+from pipelines.steps.results import RawStudy, StudyIndex, load, save
 
 SERIES_INDEX = "series_index.parquet"
 
@@ -53,6 +53,15 @@ def folder_signature(folder: Path) -> dict:
             st = os.stat(os.path.join(dirpath, name))
             n, size, newest = n + 1, size + st.st_size, max(newest, st.st_mtime_ns)
     return {"files": n, "bytes": size, "mtime_ns": newest}
+
+
+def is_ingested(params: dict, key: str, folder: Path) -> bool:
+    """Whether study ``key`` was recorded with the file count and bytes its folder has now."""
+    path = Layout.from_params(params).raw_manifest(key)
+    if not path.is_file():
+        return False
+    raw, now = load(path, RawStudy), folder_signature(folder)
+    return (raw.files, raw.bytes) == (now["files"], now["bytes"])
 
 
 def record_raw(params: dict, key: str, deid) -> RawStudy:

@@ -1,5 +1,5 @@
-"""Acceptance 4: `dvc repro` runs ingest..register end to end; a second `dvc repro` does nothing; a change
-to the medcore code a stage executes (medcore/dicom/convert.py) makes that stage out of date."""
+"""`dvc repro` runs ingest..register end to end; a second `dvc repro` does nothing; a change to the medcore code
+a stage executes (medcore/dicom/convert.py) makes that stage and every stage below it out of date."""
 
 from __future__ import annotations
 
@@ -54,5 +54,25 @@ def test_dvc_repro_end_to_end_then_noop(tmp_path, deid_key, new_project):
     with open(root / "medcore" / "dicom" / "convert.py", "a") as fh:
         fh.write("\n# a change to the converter\n")
     status = _dvc(["status"], root, env)
-    assert "convert:" in status and "modified:" in status and "medcore/dicom" in status, status
-    assert "train:" not in status and "evaluate:" not in status  # their own code is unchanged
+    changed = {line.strip().rstrip(":") for line in status.splitlines() if line.endswith(":") and
+               not line.startswith((" ", "\t"))}
+    assert changed == set(STAGES), status  # ingest runs medcore/dicom too; convert and all below it
+    assert "modified:" in status and "medcore/dicom" in status, status
+
+
+def _code(deps: list[str]) -> set[str]:
+    return {d for d in deps if d.startswith(("medcore/", "pipelines/"))}
+
+
+def test_each_stage_depends_on_the_code_above_it():
+    """A stage's inputs were made by the code of the stages above it, so it lists that code too; and it
+    lists its own step module."""
+    import yaml
+
+    stages = yaml.safe_load((PROJECT / "dvc.yaml").read_text())["stages"]
+    assert tuple(stages) == STAGES
+    for above, stage in zip(STAGES, STAGES[1:]):
+        missing = _code(stages[above]["deps"]) - _code(stages[stage]["deps"])
+        covered = {m for m in missing if any(m.startswith(d + "/") for d in _code(stages[stage]["deps"]))}
+        assert missing == covered, f"dvc.yaml stage {stage} lacks {sorted(missing - covered)} (code of {above})"
+        assert f"pipelines/steps/{stage}.py" in stages[stage]["deps"], stage

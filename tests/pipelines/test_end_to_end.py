@@ -54,6 +54,13 @@ def test_every_asset_materialised(pipeline_run):
     for name in ALL_ASSETS[:4]:
         mats = instance.fetch_materializations(AssetKey(name), limit=100).records
         assert {m.partition_key for m in mats} == set(studies), name
+    from dagster import RunsFilter
+
+    deliveries = instance.get_runs(RunsFilter(job_name="ingest_delivery"))
+    assert len(deliveries) == 1 and deliveries[0].is_success  # the whole delivery in one run
+    assert not instance.get_runs(RunsFilter(job_name="ingest_study"))  # not a run per study
+    steps = {s.step_key for s in instance.get_run_step_stats(deliveries[0].run_id)}
+    assert {f"ingest_one_study[{k.replace('-', '_')}]" for k in studies} <= steps
 
 
 def test_plan_split_and_class_names_come_from_the_data(pipeline_run):

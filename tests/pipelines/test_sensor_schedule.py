@@ -1,4 +1,5 @@
-"""Acceptance 2: the inbox sensor adds one partition and one run per settled study, nothing mid-copy."""
+"""Acceptance 2: the inbox sensor adds one partition per settled study, nothing mid-copy, and one run for
+all the studies that settled together."""
 
 from __future__ import annotations
 
@@ -50,9 +51,8 @@ def test_sensor_adds_partition_once_copy_finished(tmp_path, deid_key, new_projec
         r2 = _tick(instance, settings, r1.cursor)  # changed since the last tick: still copying
         assert not r2.run_requests and not r2.dynamic_partitions_requests
         r3 = _tick(instance, settings, r2.cursor)  # unchanged: settled
-        assert len(r3.run_requests) == 1
-        assert len(r3.dynamic_partitions_requests) == 1
-        key = r3.run_requests[0].partition_key
+        assert len(r3.run_requests) == 1 and len(r3.dynamic_partitions_requests) == 1
+        (key,) = r3.run_requests[0].run_config["ops"]["delivery_studies"]["config"]["studies"]
         assert list(r3.dynamic_partitions_requests[0].partition_keys) == [key]
         assert key.startswith("study-") and study.name not in key
         instance.add_dynamic_partitions("study", [key])

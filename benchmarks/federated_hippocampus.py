@@ -113,12 +113,12 @@ def local_steps_for(sites: list[Path], minutes: float, rounds: int, round_overhe
     from medcore.losses import build_loss
     from medcore.networks import build_network
     from pipelines.federated.plan import federated_plan
-    from pipelines.federated.site import cached_cases, prepare_site, site_fingerprint
+    from pipelines.federated.site import cached_training, prepare_site, site_fingerprint
 
     prepared = [prepare_site(s) for s in sites]
     plan = federated_plan({s.name: site_fingerprint(s) for s in prepared}).plan
     for site in prepared:
-        cached_cases(site, plan)
+        cached_training(site, plan)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # each site's ClientApp trains on one thread (OMP_NUM_THREADS=1)
     try:
@@ -155,14 +155,14 @@ def main() -> None:
           f"{ {s.name: len(json.loads((s / 'dataset.json').read_text())['training']) for s in sites} } "
           f"(scales {SCALES}), {len(test_cases)} test cases, {minutes:g} min per contender")
 
-    from pipelines.federated.federate import FederationSettings, export_model_dir, run_federation
+    from pipelines.federated.federate import FederationSettings, global_model_dir, run_federation
 
     steps = local_steps_for(sites, minutes, rounds, args.round_overhead)
     started = time.perf_counter()
-    result = run_federation(sites, out / "server", FederationSettings(rounds=rounds, local_steps=steps,
-                                                                      round_timeout=max(120.0, 6 * minutes * 60)))
+    run_federation(sites, out / "server", FederationSettings(rounds=rounds, local_steps=steps,
+                                                             round_timeout=max(120.0, 6 * minutes * 60)))
     fed_minutes = (time.perf_counter() - started) / 60
-    fed = test_score(export_model_dir(out / "server", result), test_cases)
+    fed = test_score(global_model_dir(out / "server"), test_cases)
     print(f"federated: {rounds} rounds x {steps} local steps in {fed_minutes:.1f} min: {json.dumps(fed)}")
 
     started = time.perf_counter()

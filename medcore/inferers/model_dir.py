@@ -22,9 +22,11 @@ Layout::
 * ``provenance`` (dict): JSON facts about training (run id, data version, metrics, medcore
   version...). Never patient data.
 
-``save_model_dir`` builds the directory beside the target and renames it into place, so readers
-see the old directory or the complete new one. ``load_model_dir`` rebuilds the network from its
-config and loads the weights with safetensors (or ``torch.load(weights_only=True)`` for ``.pt``).
+``save_model_dir`` (a network and its settings) and ``write_model_dir`` (a spec and weights) build the
+directory beside the target and rename it into place, so readers see the old directory or the complete
+new one. ``read_spec`` (a file) and ``parse_spec`` (its parsed content, e.g. received in a message)
+validate ``model.json``. ``load_model_dir`` rebuilds the network from its config and loads the weights
+with safetensors (or ``torch.load(weights_only=True)`` for ``.pt``).
 """
 
 from __future__ import annotations
@@ -113,18 +115,24 @@ def save_model_dir(directory: str | os.PathLike, model: nn.Module, preprocessing
                    inference: dict | None = None, labels: dict | None = None,
                    provenance: dict | None = None, postprocessing: list | None = None) -> Path:
     """Write ``model`` (built by ``build_network``, so it has ``.config``) as a model directory."""
-    from safetensors.torch import save
-
     if not hasattr(model, "config"):
         raise ValueError("model has no .config; build it with medcore.networks.build_network so it can be rebuilt")
     config: dict = model.config  # type: ignore[assignment]  # set by build_network (nn.Module types it loosely)
     spec = make_spec(config, preprocessing, inference, labels, provenance, postprocessing)
+    return write_model_dir(directory, spec, model.state_dict())
+
+
+def write_model_dir(directory: str | os.PathLike, spec: ModelSpec, state: dict[str, torch.Tensor]) -> Path:
+    """Write ``spec`` and the weights ``state`` as a model directory, atomically; a folder that is not a model
+    directory is never replaced."""
+    from safetensors.torch import save
+
     directory = Path(directory)
     if directory.exists() and (not directory.is_dir() or
                                (any(directory.iterdir()) and not (directory / SPEC_FILE).is_file())):
         raise FileExistsError(f"{directory}: exists and is not a model directory (no {SPEC_FILE}); refusing to "
                               "replace it - choose a new path or remove it")
-    state = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
+    state = {k: v.detach().cpu().contiguous().clone() for k, v in state.items()}
     with atomic_dir(directory) as staging:
         atomic_write_bytes(staging / WEIGHTS_FILE, save(state, metadata={"format": "pt"}))
         atomic_write_text(staging / SPEC_FILE, spec.to_json())
@@ -141,25 +149,30 @@ def read_spec(directory: str | os.PathLike) -> ModelSpec:
         raw = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise ValueError(f"{path}: not valid JSON ({error}); re-export the model directory") from error
+    return parse_spec(raw, str(path))
+
+
+def parse_spec(raw: Any, where: str) -> ModelSpec:
+    """Validate the parsed content of a ``model.json`` (``where`` names it in errors)."""
     if not isinstance(raw, dict):
-        raise ValueError(f"{path}: expected a JSON object")
+        raise ValueError(f"{where}: expected a JSON object")
     version = raw.get("format_version")
     if not isinstance(version, int) or version < 1:
-        raise ValueError(f"{path}: missing or invalid format_version {version!r}")
+        raise ValueError(f"{where}: missing or invalid format_version {version!r}")
     if version > FORMAT_VERSION:
-        raise ValueError(f"{path}: format_version {version} is newer than this medcore reads ({FORMAT_VERSION}); "
+        raise ValueError(f"{where}: format_version {version} is newer than this medcore reads ({FORMAT_VERSION}); "
                          "upgrade medcore")
     if "network" not in raw:
-        raise ValueError(f"{path}: no 'network' config; the model cannot be rebuilt")
+        raise ValueError(f"{where}: no 'network' config; the model cannot be rebuilt")
     unknown = sorted(set(raw) - {"format_version", "network", "preprocessing", "postprocessing", "inference", "labels",
                                  "provenance"})
     if unknown:
-        raise ValueError(f"{path}: unknown field(s) {unknown}")
+        raise ValueError(f"{where}: unknown field(s) {unknown}")
     try:
         return make_spec(raw["network"], raw.get("preprocessing"), raw.get("inference"), raw.get("labels"),
                          raw.get("provenance"), raw.get("postprocessing"))
     except ValueError as error:
-        raise ValueError(f"{path}: {error}") from error
+        raise ValueError(f"{where}: {error}") from error
 
 
 def read_state(directory: str | os.PathLike) -> dict[str, torch.Tensor]:

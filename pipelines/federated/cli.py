@@ -16,6 +16,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--sites", nargs="+", default=[], help="site folders, each with its own params.yaml")
     p.add_argument("--register-only", action="store_true",
                    help="register the result a server wrote in --out (a federation run across machines)")
+    p.add_argument("--fetch-champion", action="store_true",
+                   help="put the registry's champion in --out for the sites to score beside the global model (before "
+                        "`flwr run` across machines; the one-machine command does it itself)")
     p.add_argument("--params", default=None, help="params.yaml of the coordinating project (MLflow registry)")
     p.add_argument("--out", default=None, help="server folder (default: OUTPUT_DIR/federated)")
     p.add_argument("--rounds", type=int, default=d.rounds)
@@ -36,24 +39,29 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def register_only(args: argparse.Namespace) -> int:
+def server_folder_step(args: argparse.Namespace) -> int:
+    """``--register-only`` or ``--fetch-champion``: one registry step on the server folder ``--out``."""
     from pathlib import Path
 
-    from pipelines.federated.federate import register_federated
+    from pipelines.federated.federate import fetch_champion, register_federated
     from pipelines.params import load_params
     from pipelines.steps.layout import read_json, write_json
 
+    flag = "--register-only" if args.register_only else "--fetch-champion"
     if not args.out:
-        print("pipelines federate --register-only: pass --out, the server folder (MEDCORE_FED_DIR)", file=sys.stderr)
+        print(f"pipelines federate {flag}: pass --out, the server folder (MEDCORE_FED_DIR)", file=sys.stderr)
         return 1
     out = Path(args.out).resolve()
     try:
-        registered = register_federated(load_params(args.params), out, read_json(out / "result.json"))
+        if args.register_only:
+            done = register_federated(load_params(args.params), out, read_json(out / "result.json"))
+            write_json(out / "registered_model.json", done)
+        else:
+            done = fetch_champion(load_params(args.params), out) or {"champion": None}
     except (OSError, ValueError, RuntimeError) as error:
-        print(f"pipelines federate --register-only: {error}", file=sys.stderr)
+        print(f"pipelines federate {flag}: {error}", file=sys.stderr)
         return 1
-    write_json(out / "registered_model.json", registered)
-    print(json.dumps(registered, indent=1))
+    print(json.dumps(done, indent=1))
     return 0
 
 
@@ -61,8 +69,8 @@ def main(argv: list[str]) -> int:
     from pipelines.params import load_params
 
     args = parser().parse_args(argv)
-    if args.register_only:
-        return register_only(args)
+    if args.register_only or args.fetch_champion:
+        return server_folder_step(args)
     try:
         settings = FederationSettings(args.rounds, args.local_steps, args.fraction, args.min_sites, args.aggregation,
                                       args.proximal_mu, args.lr, args.round_timeout, args.prepare_timeout, args.seed,

@@ -9,12 +9,20 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
+from pathlib import Path
 from typing import Any, cast
 
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from pipelines.federated.records import SITE_ENV, audit_mod, fingerprint_records, weights_record
+from pipelines.federated.records import (
+    SITE_ENV,
+    audit_mod,
+    fingerprint_records,
+    received_model_dir,
+    weights_record,
+)
 from pipelines.federated.secure import fit_inputs, fit_reply, is_secure_fit, secagg_mod
 from pipelines.federated.site import (
     SiteData,
@@ -36,7 +44,7 @@ def this_site() -> SiteData:
 
 
 def received(message: Message) -> tuple[dict, dict, dict]:
-    """The server's plan, round config and global weights from a train/evaluate message."""
+    """The server's plan, round config and global weights from a train message."""
     config = message.content["config"]
     arrays = cast(ArrayRecord, message.content["arrays"])
     return json.loads(str(config["plan"])), dict(config), arrays.to_torch_state_dict()
@@ -68,7 +76,12 @@ def local_update(plan: dict, config: dict, weights: dict):
 
 @app.evaluate()
 def evaluate(message: Message, context: Context) -> Message:
-    plan, _, weights = received(message)
-    metrics = cast(Any, evaluate_locally(this_site(), plan, weights))
-    return Message(RecordDict({"metrics": MetricRecord(metrics)}),
-                   reply_to=message)
+    """Score the global model (``model``) and, when the server sent one, the registry's champion (``champion``)
+    on this site's test cases, both as MODEL_DIRs the same way; reply with numbers only."""
+    site = this_site()
+    site.work_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="evaluate-", dir=site.work_dir) as tmp:
+        models = {name: received_model_dir(message.content, name, Path(tmp) / name)
+                  for name in ("model", "champion") if name in message.content}
+        metrics = cast(Any, evaluate_locally(site, models["model"], models.get("champion")))
+    return Message(RecordDict({"metrics": MetricRecord(metrics)}), reply_to=message)

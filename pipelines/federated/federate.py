@@ -1,15 +1,18 @@
 """``python -m pipelines federate --sites DIR ...``: a federation on this machine, then MLflow registration.
 
-Starts a SuperLink and one SuperNode per site (each with the site folder in its own environment and
+Puts the registry's champion in the server folder (the sites score it beside the global model),
+starts a SuperLink and one SuperNode per site (each with the site folder in its own environment and
 its own FLWR_HOME), runs the Flower app with ``flwr run``, stops every process, and registers the
 global model like any other: the same pyfunc (``pipelines/mlflow_model.py``), lineage tags (sites
-by name, each site's dataset hash, rounds, aggregation) and the per-site test table as an artifact.
+by name, each site's dataset hash, rounds, aggregation), the per-site test table as an artifact, and
+the same champion rule as single-site registration (a paired bootstrap over the sites' test cases).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -27,10 +30,12 @@ from pipelines.federated.processes import (
     write_connection,
 )
 from pipelines.federated.records import SITE_ENV
-from pipelines.federated.server_app import AGGREGATIONS, SERVER_DIR_ENV
+from pipelines.federated.server_app import AGGREGATIONS, CHAMPION_DIR, MODEL_DIR, SERVER_DIR_ENV
 from pipelines.federated.site import site_name, site_out, site_params
 from pipelines.params import resolve
 from pipelines.steps.layout import read_json, write_json
+
+CHAMPION_JSON = "champion.json"  # which registry version ``champion/`` holds
 
 
 @dataclass(frozen=True)
@@ -122,35 +127,94 @@ def mean_dice(per_site: dict[str, dict]) -> float:
     return sum(m["dice_mean"] * int(m["num-examples"]) for m in per_site.values() if "dice_mean" in m) / max(n, 1)
 
 
-def export_model_dir(out: Path, result: dict) -> Path:
-    """``out/model``: the global model as a medcore MODEL_DIR (network config, safetensors, preprocessing)."""
-    from medcore.engine.checkpoint import load_checkpoint
-    from medcore.engine.segmentation import preprocessing_configs
-    from medcore.inferers.model_dir import save_model_dir
-    from pipelines.federated.site import new_model
+def global_model_dir(out: Path) -> Path:
+    """``out/model``: the global model as the server wrote it and the sites scored it (a MODEL_DIR)."""
+    model_dir = out / MODEL_DIR
+    if not (model_dir / "model.json").is_file():
+        raise FileNotFoundError(f"{model_dir}: no global model; the federation in {out} did not finish")
+    return model_dir
 
-    plan = read_json(out / "plan.json")
-    model = new_model(plan, load_checkpoint(out / "global.safetensors")["weights"])
-    save_model_dir(out / "model", model, preprocessing=preprocessing_configs(plan), inference=plan["inference"],
-                   labels=plan["labels"], provenance={"federated": True, "sites": result["sites"],
-                                                      "rounds": result["rounds"], "aggregation": result["aggregation"]})
-    return out / "model"
+
+def fetch_champion(params: dict, out: Path) -> dict | None:
+    """Put the registry's champion in ``out/champion`` (a MODEL_DIR: the sites score it beside the global model)
+    and its version in ``out/champion.json``; None, and neither file, when there is no champion."""
+    import shutil
+    import tempfile
+
+    import mlflow
+
+    from pipelines.inference import registered_model_dir
+    from pipelines.steps.register import champion_version, client_for
+
+    out.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(out / CHAMPION_DIR, ignore_errors=True)
+    (out / CHAMPION_JSON).unlink(missing_ok=True)
+    client, _ = client_for(params)
+    name = params["register"]["model_name"]
+    champ = champion_version(client, name)
+    if champ is None:
+        return None
+    with tempfile.TemporaryDirectory() as tmp:
+        local = Path(mlflow.artifacts.download_artifacts(f"models:/{name}/{champ.version}", dst_path=tmp))
+        shutil.copytree(registered_model_dir(local), out / CHAMPION_DIR)
+    found = {"model_name": name, "version": str(champ.version)}
+    write_json(out / CHAMPION_JSON, found)
+    return found
+
+
+def paired_case_dice(per_site: dict[str, dict]) -> tuple[dict[str, float], dict[str, float]]:
+    """``(global model, champion)`` per-case Dice keyed ``site:index`` (the index in the site's fixed test order,
+    so both lists pair up); cases without a score are left out (pure)."""
+    def keyed(key: str) -> dict[str, float]:
+        return {f"{site}:{i}": float(v) for site, m in sorted(per_site.items())
+                for i, v in enumerate(m.get(key) or []) if math.isfinite(float(v))}
+
+    return keyed("case_dice"), keyed("champion_case_dice")
+
+
+def federated_promotion(champ, scored: dict | None, candidate: dict[str, float], champion: dict[str, float],
+                        settings: dict, evaluation_set: str):
+    """The single-site champion rule (:func:`pipelines.steps.register.champion_rule`) on the sites' paired
+    test cases: ``(statistic, promote, reason)``. A champion that the sites did not score (or another version
+    than they scored) cannot be compared: no promotion, and the reason says so."""
+    from pipelines.steps.register import champion_rule
+
+    if champ is None:
+        return champion_rule(candidate, None, settings)
+    if scored is None or str(scored["version"]) != str(champ.version):
+        what = ("was not scored at the sites (or not as a known registry version)" if scored is None
+                else f"is not the version the sites scored ({scored['version']})")
+        return None, False, (f"the champion (version {champ.version}) {what}; stays challenger (run with the "
+                             "registry's champion in the server folder: python -m pipelines federate "
+                             "--fetch-champion before the run)")
+    return champion_rule(candidate, champion, settings, champ.tags.get("evaluation_set") != evaluation_set)
 
 
 def register_federated(params: dict, out: Path, result: dict) -> dict:
-    """Register the global model in MLflow (same pyfunc as single-site training) with its federation lineage."""
+    """Register the global model in MLflow (same pyfunc as single-site training) with its federation lineage,
+    and apply the champion rule to the per-case Dice the sites reported."""
     import hashlib
 
     import mlflow
     import pandas as pd
 
-    from pipelines import serving
-    from pipelines.steps.register import MODEL_CODE, client_for, code_commit, decide_promotion
+    from pipelines.steps.register import (
+        champion_version,
+        client_for,
+        code_commit,
+        log_comparison,
+        log_model_dir,
+        move_alias,
+    )
 
-    model_dir = export_model_dir(out, result)
+    model_dir = global_model_dir(out)
     per_site = result["per_site"]
-    rows = [{"site": s, **m} for s, m in sorted(per_site.items())]
+    rows = [{"site": s, **{k: v for k, v in m.items() if not isinstance(v, list)}} for s, m in sorted(per_site.items())]
     pd.DataFrame(rows).to_csv(out / "per_site.csv", index=False)
+    ours, theirs = paired_case_dice(per_site)
+    cases = [{"site": key.rsplit(":", 1)[0], "case": int(key.rsplit(":", 1)[1]), "dice": v,
+              **({"champion_dice": theirs[key]} if key in theirs else {})} for key, v in ours.items()]
+    pd.DataFrame(cases, columns=["site", "case", "dice", "champion_dice"]).to_csv(out / "site_cases.csv", index=False)
     score = mean_dice(per_site)
     evaluation_set = hashlib.sha256(json.dumps(
         {s: [result["dataset_hashes"][s], m.get("num-examples")] for s, m in sorted(per_site.items())},
@@ -169,38 +233,29 @@ def register_federated(params: dict, out: Path, result: dict) -> dict:
         mlflow.log_metrics({"eval_mean_dice": score, **{f"{s}_dice_mean": float(m["dice_mean"])
                                                         for s, m in per_site.items() if "dice_mean" in m}})
         mlflow.log_artifact(str(out / "per_site.csv"), "evaluation")
+        mlflow.log_artifact(str(out / "site_cases.csv"), "evaluation")
         mlflow.log_artifact(str(out / "plan.json"), "plan")
-        info = mlflow.pyfunc.log_model(name="model", python_model=str(MODEL_CODE),  # as pipelines/steps/register.py
-                                       artifacts={"model_dir": str(model_dir)},
-                                       pip_requirements=["medcore", "mlflow", "torch", "pandas"],
-                                       signature=serving.signature(),
-                                       input_example=(pd.DataFrame({serving.IMAGE_COLUMN: [serving.example_request()]}),
-                                                      {"output_format": "nifti"}))
+        info = log_model_dir(model_dir)
     version = mlflow.register_model(info.model_uri, name, tags=lineage)
-    try:
-        champ = client.get_model_version_by_alias(name, "champion")
-    except mlflow.exceptions.MlflowException:
-        champ = None
-    if champ is None:
-        promote, reason = decide_promotion(None)
-    elif champ.tags.get("evaluation_set") == evaluation_set:  # per-site means only: no per-case bootstrap here
-        margin, champion_dice = float(params["register"]["min_improvement"]), float(champ.tags["mean_dice"])
-        promote = score > champion_dice + margin
-        reason = (f"mean Dice {score:.4f} {'beats' if promote else 'does not beat'} the champion's "
-                  f"{champion_dice:.4f} (+{margin}) on the same per-site evaluation set")
-    else:
-        promote, reason = False, "the champion was scored on another evaluation set; compare them before promoting"
+    scored_file = out / CHAMPION_JSON
+    scored = read_json(scored_file) if result.get("champion_scored") and scored_file.is_file() else None
+    stat, promote, reason = federated_promotion(champion_version(client, name), scored, ours, theirs,
+                                                params["register"], evaluation_set)
+    if stat is not None:
+        log_comparison(client, version, ours, theirs, stat)
     alias = "champion" if promote else "challenger"
-    client.set_registered_model_alias(name, alias, version.version)
+    move_alias(client, name, version.version, alias)
     client.set_model_version_tag(name, version.version, "promotion", reason)
     return {"model_name": name, "version": str(version.version), "alias": alias, "reason": reason,
-            "model_uri": f"models:/{name}@{alias}", "mean_dice": score, **lineage}
+            "model_uri": f"models:/{name}@{alias}", "mean_dice": score,
+            **({"bootstrap": dataclasses.asdict(stat)} if stat is not None else {}), **lineage}
 
 
 def federate(site_dirs: Sequence[str | Path], params: dict, settings: FederationSettings, out: str | Path | None = None,
              tls: TLS | None = None, env: dict[str, str] | None = None) -> FederationResult:
     """The federation, then its registration; ``out`` defaults to ``OUTPUT_DIR/federated`` of ``params``."""
     out = Path(out) if out else Path(resolve(params, params["output_dir"]) or ".") / "federated"
+    fetch_champion(params, out.resolve())
     result = run_federation(site_dirs, out, settings, tls, env)
     registered = register_federated(params, out.resolve(), result)
     write_json(out / "registered_model.json", registered)

@@ -6,9 +6,17 @@ Site to server, by message type:
   ``fingerprint`` = shape, spacing and foreground-intensity statistics, case count, label values.
 - ``train``: ArrayRecord ``arrays`` (the locally trained parameters) and MetricRecord ``metrics``
   (``num-examples``, ``train_loss``).
-- ``evaluate``: MetricRecord ``metrics`` (``num-examples``, Dice per class and their mean).
+- ``evaluate``: MetricRecord ``metrics`` (``num-examples``, Dice per class and their mean, and the lists
+  :data:`CASE_LISTS`: the mean Dice of each test case of the global model and of the registry's
+  champion, in the site's own fixed order, so the server can pair them for the champion rule; numbers
+  only, no case id).
 - ``train`` under SecAgg+: ConfigRecord ``secaggplus_configs`` (the protocol's keys, key shares and the masked
   parameter vector) and Flower's ``fitres.*`` records, whose parameters the mod has emptied.
+
+Server to site, the ``evaluate`` message carries each model to score as a MODEL_DIR's content
+(:func:`model_records`): its weights (ArrayRecord) and its ``model.json`` (network config, preprocessing,
+inference settings, labels; no provenance) as a ConfigRecord string. That is a model, not patient data,
+and a site rebuilds it without pickle (:func:`received_model_dir`).
 
 :data:`ALLOWED` states exactly that; :func:`audit_mod`, a ClientApp mod, writes a description of each
 outgoing reply when ``$MEDCORE_FED_AUDIT`` names a folder, so a test can check every message of a run.
@@ -16,6 +24,7 @@ outgoing reply when ``$MEDCORE_FED_AUDIT`` names a folder, so a test can check e
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -23,6 +32,8 @@ from typing import Any, cast
 
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Key
+
+from medcore.inferers.model_dir import SPEC_FILE, parse_spec, read_spec, read_state, write_model_dir
 
 AUDIT_ENV = "MEDCORE_FED_AUDIT"
 SITE_ENV = "MEDCORE_SITE_DIR"
@@ -35,6 +46,7 @@ ALLOWED = {
     "train": {"arrays": "ArrayRecord", "metrics": "MetricRecord"},
     "evaluate": {"metrics": "MetricRecord"},
 }
+CASE_LISTS = ("case_dice", "champion_case_dice")  # evaluate: per-case numbers in the site's fixed order
 SECAGG_TRAIN = {RECORD_KEY_CONFIGS: "ConfigRecord", "fitres.parameters": "ArrayRecord",
                 "fitres.num_examples": "MetricRecord", "fitres.metrics": "ConfigRecord",
                 "fitres.status": "ConfigRecord"}
@@ -79,6 +91,21 @@ def weights_record(weights: dict) -> ArrayRecord:
     return ArrayRecord({k: v.detach().cpu().contiguous() for k, v in weights.items()})
 
 
+def model_records(model_dir: Path, name: str) -> dict:
+    """A MODEL_DIR as records: ``name``, its weights, and ``name-spec``, its ``model.json`` without provenance
+    (what a site needs to run the model, nothing about where it came from)."""
+    spec = dataclasses.replace(read_spec(model_dir), provenance={})
+    return {name: weights_record(read_state(model_dir)), f"{name}-spec": ConfigRecord({SPEC_FILE: spec.to_json()})}
+
+
+def received_model_dir(content: RecordDict, name: str, directory: Path) -> Path:
+    """The model sent as ``name`` (:func:`model_records`) written to ``directory`` as a MODEL_DIR; its
+    ``model.json`` is validated as any other."""
+    spec = cast(Any, content[f"{name}-spec"])[SPEC_FILE]
+    parsed = parse_spec(json.loads(str(spec)), f"{SPEC_FILE} of the {name} model received from the server")
+    return write_model_dir(directory, parsed, cast(ArrayRecord, content[name]).to_torch_state_dict())
+
+
 def describe_records(content: RecordDict) -> dict:
     """Every record: its kind, and per entry the dtype and shape (arrays) or the value."""
     out = {}
@@ -119,8 +146,9 @@ def violations(described: dict) -> list[str]:
             bad = [k for k, v in record["items"].items()
                    if not (isinstance(v, (int, float)) or (isinstance(v, list) and
                                                             all(isinstance(x, (int, float)) for x in v)))]
-            if kind != "query" and any(isinstance(v, list) for v in record["items"].values()):
-                bad += [k for k, v in record["items"].items() if isinstance(v, list)]
+            if kind != "query":  # lists of numbers: the fingerprint's, and evaluate's per-case Dice
+                bad += [k for k, v in record["items"].items()
+                        if isinstance(v, list) and not (kind == "evaluate" and k in CASE_LISTS)]
             out += [f"{kind}: metric {k!r} is not a scalar" for k in bad]
         elif record["kind"] == "ConfigRecord" and sorted(record["items"]) != sorted(IDENTITY_KEYS):
             out.append(f"{kind}: identity keys {sorted(record['items'])} are not {sorted(IDENTITY_KEYS)}")

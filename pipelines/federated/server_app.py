@@ -5,8 +5,11 @@ After every round the global weights and the round number are written as a safet
 (``checkpoints/last.safetensors``, medcore's checkpoint format: tensors and JSON, no pickle); a
 server started again with the same plan resumes after that round. A site that does not answer
 within ``round-timeout`` (or whose SuperNode leaves) is named as missing in the log, and the round
-is aggregated from the others. Files: ``plan.json``, ``sites.json``, ``federation.log``,
-``rounds.json``, ``per_site.json`` and ``result.json`` (written last).
+is aggregated from the others. At the end the global model is written as a MODEL_DIR (``model/``) and
+sent to every site with, when the server folder holds one (``champion/``, put there by the coordinator),
+the registry's champion: each site scores both on its own test cases and returns numbers only. Files:
+``plan.json``, ``sites.json``, ``federation.log``, ``rounds.json``, ``model/``, ``per_site.json`` and
+``result.json`` (written last).
 """
 
 from __future__ import annotations
@@ -23,11 +26,14 @@ from flwr.app import ConfigRecord, Context, Message, RecordDict
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import FedAvg, FedProx
 
+from medcore.inferers.model_dir import SPEC_FILE
 from pipelines.federated.plan import federated_plan
-from pipelines.federated.records import read_fingerprint, weights_record
+from pipelines.federated.records import model_records, read_fingerprint, weights_record
 from pipelines.steps.layout import write_json
 
 SERVER_DIR_ENV = "MEDCORE_FED_DIR"
+MODEL_DIR = "model"  # the global model, in the server folder
+CHAMPION_DIR = "champion"  # the registry's champion for the sites to score, when the coordinator put one there
 AGGREGATIONS = ("fedavg", "fedprox")
 
 app = ServerApp()
@@ -187,6 +193,7 @@ def main(grid: Grid, context: Context) -> None:
     import os
 
     from medcore.engine.checkpoint import save_checkpoint
+    from pipelines.federated.site import save_plan_model
 
     settings = Settings.from_run_config(dict(context.run_config))
     out = Path(os.environ[SERVER_DIR_ENV])
@@ -231,20 +238,31 @@ def main(grid: Grid, context: Context) -> None:
         save_checkpoint({"round": rnd, "weights": weights, "plan_key": plan_key(plan), "history": history},
                         out / "checkpoints" / "last.safetensors")
     write_json(out / "rounds.json", history)
-    config = ConfigRecord({"plan": json.dumps(plan)})
-    replies, missing = exchange(grid, sites, "evaluate", RecordDict({"arrays": weights_record(weights),
-                                                                     "config": config}),
-                                "evaluate", settings.round_timeout)
-    for name, why in sorted(missing.items()):
-        log(f"evaluation: site {name} missing ({why})")
-    per_site = {name: dict(reply.content["metrics"]) for name, reply in sorted(replies.items())}
-    write_json(out / "per_site.json", per_site)
     save_checkpoint({"weights": weights}, out / "global.safetensors")
+    model_dir = save_plan_model(out / MODEL_DIR, plan, weights, {"federated": True, "sites": list(fed.accepted),
+                                                                 "rounds": settings.rounds,
+                                                                 "aggregation": settings.aggregation})
+    per_site, missing, champion = evaluation(grid, sites, model_dir, out / CHAMPION_DIR, settings, log)
+    write_json(out / "per_site.json", per_site)
     result = {"rounds": settings.rounds, "aggregation": settings.aggregation, "sites": list(fed.accepted),
-              "refused": fed.refused, "per_site": per_site,
+              "refused": fed.refused, "per_site": per_site, "champion_scored": champion,
               "dataset_hashes": {s: fps[s]["dataset_hash"] for s in fed.accepted}, "evaluation_missing": missing,
               "missing_by_round": {str(h["round"]): h["missing"] for h in history if h["missing"]},
               "plan_key": plan_key(plan), "settings": {k: v for k, v in settings.__dict__.items()}}
     write_json(out / "result.json", result)
     log(f"federation finished: {settings.rounds} rounds; per-site test Dice "
         f"{ {k: round(float(cast(float, v.get('dice_mean', float('nan')))), 4) for k, v in per_site.items()} }")
+
+
+def evaluation(grid: Grid, sites: dict[int, str], model_dir: Path, champion_dir: Path, settings: Settings,
+               log: Log) -> tuple[dict, dict, bool]:
+    """Every site scores the global model and the champion (when ``champion_dir`` holds one) on its test cases;
+    ``({site: metrics}, {site: why it is missing}, whether the champion was sent)``."""
+    champion = (champion_dir / SPEC_FILE).is_file()
+    content = RecordDict({**model_records(model_dir, "model"),
+                          **(model_records(champion_dir, "champion") if champion else {})})
+    log(f"evaluation: the global model{' and the champion' if champion else ''} at {sorted(sites.values())}")
+    replies, missing = exchange(grid, sites, "evaluate", content, "evaluate", settings.round_timeout)
+    for name, why in sorted(missing.items()):
+        log(f"evaluation: site {name} missing ({why})")
+    return {name: dict(reply.content["metrics"]) for name, reply in sorted(replies.items())}, missing, champion

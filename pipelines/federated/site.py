@@ -5,8 +5,11 @@ params a single-site pipeline uses), or, for data converted and de-identified al
 dataset (``dataset.json``, ``imagesTr/``, ``labelsTr/``; outputs go to ``outputs/`` beside them).
 The folder's name is the site's name, the only identity that leaves it. Preparation runs the site's
 ingest, convert and dataset stages (skipped when the inbox has not changed since the last
-preparation), then splits the cases into training and held-out test cases. Nothing here sends
-anything: :mod:`pipelines.federated.client_app` decides what leaves.
+preparation). A pipeline site trains on its dataset's ``training`` patients and tests on its ``test``
+patients: the split its dataset stage made per patient, by a keyed hash of the pseudonym, as a single
+site's evaluation does. An MSD-layout site (converted already, one case per patient) holds out a fixed
+fraction of its cases. Nothing here sends anything: :mod:`pipelines.federated.client_app` decides what
+leaves.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from pipelines.steps.layout import Layout, read_json, sha256_file, tree_hash, wr
 
 SITE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 TEST_SEED = 0
-MSD_TEST_FRACTION = 0.1  # held out per MSD-layout site (a pipeline site uses its train.val_fraction)
+MSD_TEST_FRACTION = 0.1  # cases held out per MSD-layout site (a pipeline site has its test patients)
 
 
 def site_name(site_dir: str | Path) -> str:
@@ -84,31 +87,43 @@ def dataset_version(folder: Path) -> str:
 
 
 def prepare_site(site_dir: str | Path) -> SiteData:
-    """The site's labelled cases split into training and test; a pipeline site first ingests, converts and
-    assembles its inbox (unless unchanged since last time)."""
-    from medcore.data.datalist import case_id, load_datalist
+    """The site's labelled training and test cases; a pipeline site first ingests, converts and assembles its
+    inbox (unless unchanged since last time) and keeps its dataset's per-patient split, an MSD-layout site
+    (one case per patient) holds out :data:`MSD_TEST_FRACTION` of its cases."""
+    from medcore.data.datalist import load_datalist
     from medcore.engine.presets import split_cases
 
     name = site_name(site_dir)
     params = site_params(site_dir)
     if params is None:
-        dataset_json, fraction = Path(site_dir).resolve() / DATASET_JSON, MSD_TEST_FRACTION
+        dataset_json = Path(site_dir).resolve() / DATASET_JSON
         version = dataset_version(dataset_json.parent)
+        cases = datalist_cases(load_datalist(dataset_json))
+        if len(cases) < 2:
+            raise ValueError(f"site {name}: {len(cases)} labelled case(s) in {dataset_json}; a site needs at least "
+                             "one training and one test case")
+        train, test = split_cases(cases, MSD_TEST_FRACTION, TEST_SEED)
     else:
-        dataset_json, fraction = assembled_dataset(name, params), float(params["train"]["val_fraction"])
+        dataset_json = assembled_dataset(name, params)
         version = read_json(Layout.from_params(params).out / "dataset_version.json")["dataset_hash"]
+        train = datalist_cases(load_datalist(dataset_json))
+        test = datalist_cases(load_datalist(dataset_json, section="test"))
+        for part, cases in (("training", train), ("test", test)):
+            if not cases:
+                raise ValueError(f"site {name}: its dataset has no {part} patients ({dataset_json}); each patient "
+                                 "goes to training or test by a keyed hash of its pseudonym, so the site needs more "
+                                 "patients, or a dataset.test_fraction in its params.yaml that leaves both sides "
+                                 "some")
     dataset = read_json(dataset_json)
-    items = load_datalist(dataset_json)
-    if params is not None and dataset.get("test"):  # a pipeline dataset also lists its held-out test patients
-        items += load_datalist(dataset_json, section="test")
-    cases = [{"id": case_id(i), "image": i["image"], "label": i["label"]} for i in items]
-    if len(cases) < 2:
-        raise ValueError(f"site {name}: {len(cases)} labelled case(s); a site needs at least one training and one "
-                         "test case")
-    train, test = split_cases(cases, fraction, TEST_SEED)
     modality = str((dataset.get("modality") or {}).get("0", "unknown"))
     labels = {str(n): int(v) for v, n in dataset["labels"].items()}
     return SiteData(name, version, modality, labels, tuple(train), tuple(test), site_out(site_dir))
+
+
+def datalist_cases(items: list[dict]) -> list[dict]:
+    from medcore.data.datalist import case_id
+
+    return [{"id": case_id(i), "image": i["image"], "label": i["label"]} for i in items]
 
 
 def assembled_dataset(name: str, params: dict) -> Path:
@@ -143,27 +158,23 @@ def site_fingerprint(site: SiteData) -> dict:
             **fp}
 
 
-def cached_cases(site: SiteData, plan: dict):
-    """``(train, test)`` as ``CachedCases`` preprocessed as ``plan`` says (in the site's content-addressed cache);
-    a case that cannot be preprocessed is left out with its reason."""
+def cached_training(site: SiteData, plan: dict):
+    """The training cases as ``CachedCases`` preprocessed as ``plan`` says (in the site's content-addressed
+    cache); a case that cannot be preprocessed is left out with its reason."""
     from medcore.data.dataset import ItemError
     from medcore.engine.segmentation import CachedCases, case_dataset, preprocessing_configs
 
-    cases = list(site.train) + list(site.test)
-    dataset = case_dataset(cases, preprocessing_configs(plan), site.cache_dir)
-    out = []
-    for part in (range(len(site.train)), range(len(site.train), len(cases))):
-        usable, skipped = [], []
-        for i in part:
-            try:
-                dataset.prepared(i)
-                usable.append(i)
-            except ItemError as error:
-                skipped.append({"id": cases[i]["id"], "reason": str(error)})
-        out.append(CachedCases(dataset, usable, skipped))
-    if not len(out[0]):
+    dataset = case_dataset(list(site.train), preprocessing_configs(plan), site.cache_dir)
+    usable, skipped = [], []
+    for i, case in enumerate(site.train):
+        try:
+            dataset.prepared(i)
+            usable.append(i)
+        except ItemError as error:
+            skipped.append({"id": case["id"], "reason": str(error)})
+    if not usable:
         raise ValueError(f"site {site.name}: none of its {len(site.train)} training cases could be preprocessed")
-    return out[0], out[1]
+    return CachedCases(dataset, usable, skipped)
 
 
 class ProximalLoss(torch.nn.Module):
@@ -206,7 +217,7 @@ def train_locally(site: SiteData, plan: dict, weights: dict[str, torch.Tensor], 
     from medcore.engine.trainer import Trainer, TrainerConfig
     from medcore.losses import build_loss
 
-    train, _ = cached_cases(site, plan)
+    train = cached_training(site, plan)
     torch.manual_seed(seed)
     model = new_model(plan, weights)
     loss = build_loss(plan["loss"])
@@ -229,18 +240,46 @@ def train_locally(site: SiteData, plan: dict, weights: dict[str, torch.Tensor], 
     return LocalUpdate(weights, len(train), float(record.get("train_loss", float("nan"))))
 
 
-def evaluate_locally(site: SiteData, plan: dict, weights: dict[str, torch.Tensor]) -> dict[str, float]:
-    """Dice per class and their mean on the site's held-out test cases (numbers only), and their count."""
-    from medcore.engine.amp import choose_precision
-    from medcore.engine.distributed import DistContext
-    from medcore.engine.segmentation import SegmentationEvaluator
+def save_plan_model(directory: Path, plan: dict, weights: dict[str, torch.Tensor], provenance: dict) -> Path:
+    """``weights`` as a MODEL_DIR with the plan's preprocessing, inference settings and labels."""
+    from medcore.engine.segmentation import preprocessing_configs
+    from medcore.inferers.model_dir import save_model_dir
 
-    _, test = cached_cases(site, plan)
-    if not len(test):
-        return {"num-examples": 0}
-    model = new_model(plan, weights).eval()
-    with torch.no_grad():
-        metrics = SegmentationEvaluator(test, plan)(model, DistContext(), choose_precision("cpu", "auto"))
-    out = {k.removeprefix("val_"): float(v) for k, v in metrics.items()
-           if k.startswith("val_dice") and not k.startswith("val_dice_largest")}
-    return {**out, "num-examples": len(test)}
+    return save_model_dir(directory, new_model(plan, weights), preprocessing=preprocessing_configs(plan),
+                          inference=plan["inference"], labels=plan["labels"], provenance=provenance)
+
+
+def test_case_dice(site: SiteData, model_dir: Path) -> tuple[list[float], list[dict]]:
+    """The model in ``model_dir`` on the site's test cases, each predicted as ``medcore predict`` does (whole
+    volume, the model directory's own preprocessing) and compared with its label: the mean foreground Dice
+    per case, in the site's test order (NaN where it has none: an empty reference, or a case that cannot be
+    read), and the per-class rows."""
+    from medcore.inferers.model_dir import load_model_dir
+    from pipelines.steps.evaluate import case_scores, measure_case
+
+    labels = {n: v for n, v in site.labels.items() if v != 0}
+    model, spec = load_model_dir(model_dir)
+    per_case, rows = [], []
+    for case in site.test:
+        try:
+            case_rows, _ = measure_case(model, spec, case, labels)
+        except (OSError, ValueError):  # a bad file never takes down the evaluation: the case has no score
+            case_rows = []
+        rows += case_rows
+        per_case.append(case_scores(case_rows).get(case["id"], float("nan")))
+    return per_case, rows
+
+
+def evaluate_locally(site: SiteData, model_dir: Path, champion_dir: Path | None = None) -> dict:
+    """Numbers only: the model's Dice per class and their mean over the site's test cases, their count, and its
+    per-case Dice (``case_dice``); with a champion, the champion's per-case Dice on the same cases in the same
+    order (``champion_case_dice``), so the server can pair them without knowing which case is which."""
+    from pipelines.steps.evaluate import summarise
+
+    per_case, rows = test_case_dice(site, model_dir)
+    mean, per_class, n = summarise(rows)
+    out: dict = {"num-examples": n, "dice_mean": mean, **{f"dice_{k}": v for k, v in per_class.items()},
+                 "case_dice": per_case}
+    if champion_dir is not None:
+        out["champion_case_dice"] = test_case_dice(site, champion_dir)[0]
+    return out

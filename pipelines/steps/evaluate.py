@@ -50,22 +50,30 @@ def measure_model(model_dir: Path, cases: list[dict], labels: dict[str, int]) ->
     from tqdm.auto import tqdm
 
     from medcore.inferers.model_dir import load_model_dir
-    from medcore.inferers.predict import predict_volume
-    from medcore.io import load_image
-    from medcore.metrics.evaluate import case_metrics
 
     model, spec = load_model_dir(model_dir)
     rows, volumes = [], {}
     for case in tqdm(cases, desc="evaluate", unit="case"):
-        image, ref = load_image(case["image"]), load_image(case["label"])
-        pred = predict_volume(model, spec, image, device="cpu")
-        p = pred.data[0].numpy().astype(np.int64)
-        r = np.rint(ref.data[0].numpy()).astype(np.int64)
-        metrics = case_metrics(p, r, spacing=image.spacing, labels=labels)
-        for name, values in metrics.items():
-            rows.append({"case": case["id"], "class": name, **{k: float(v) for k, v in values.items()}})
-        volumes[case["id"]] = (image.data[0].numpy(), p, r)
+        case_rows, volumes[case["id"]] = measure_case(model, spec, case, labels)
+        rows += case_rows
     return rows, volumes
+
+
+def measure_case(model, spec, case: dict, labels: dict[str, int]) -> tuple[list[dict], tuple]:
+    """One case predicted as ``medcore predict`` does (whole volume, the model's own preprocessing, inverted
+    onto the image's grid) and measured against its label: its rows (one per class) and ``(image, pred, ref)``."""
+    from medcore.inferers.predict import predict_volume
+    from medcore.io import load_image
+    from medcore.metrics.evaluate import case_metrics
+
+    image, ref = load_image(case["image"]), load_image(case["label"])
+    pred = predict_volume(model, spec, image, device="cpu")
+    p = pred.data[0].numpy().astype(np.int64)
+    r = np.rint(ref.data[0].numpy()).astype(np.int64)
+    metrics = case_metrics(p, r, spacing=image.spacing, labels=labels)
+    rows = [{"case": case["id"], "class": name, **{k: float(v) for k, v in values.items()}}
+            for name, values in metrics.items()]
+    return rows, (image.data[0].numpy(), p, r)
 
 
 def summarise(rows: list[dict]) -> tuple[float, dict[str, float], int]:

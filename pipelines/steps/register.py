@@ -91,6 +91,31 @@ def decide_promotion(stat: Bootstrap | None, min_improvement: float = 0.0, min_c
                    f"<= {min_improvement}")
 
 
+def champion_rule(candidate: Mapping[str, float], champion: Mapping[str, float] | None, settings: dict,
+                  champion_rescored: bool = False) -> tuple[Bootstrap | None, bool, str]:
+    """The champion rule on per-case mean Dice (pure): ``(statistic, promote, reason)``. ``champion`` holds the
+    champion's scores on the same test cases (None: there is no champion); ``settings`` is the params'
+    ``register`` section (``bootstrap_samples``, ``min_improvement``, ``min_test_cases``)."""
+    stat = None if champion is None else paired_bootstrap(candidate, champion, int(settings["bootstrap_samples"]),
+                                                          champion_rescored=champion_rescored)
+    promote, reason = decide_promotion(stat, float(settings["min_improvement"]), int(settings["min_test_cases"]))
+    return stat, promote, reason
+
+
+def log_model_dir(model_dir: Path):
+    """Log a MODEL_DIR as the project's pyfunc (model from code, no pickle) in the active MLflow run."""
+    import mlflow
+    import pandas as pd
+
+    from pipelines import serving
+
+    return mlflow.pyfunc.log_model(name="model", python_model=str(MODEL_CODE), artifacts={"model_dir": str(model_dir)},
+                                   pip_requirements=["medcore", "mlflow", "torch", "pandas"],
+                                   signature=serving.signature(),
+                                   input_example=(pd.DataFrame({serving.IMAGE_COLUMN: [serving.example_request()]}),
+                                                  {"output_format": "nifti"}))
+
+
 def _flat(prefix: str, value, out: dict) -> dict:
     if isinstance(value, dict):
         for k, v in value.items():
@@ -116,16 +141,24 @@ def find_version(client, name: str, key: str):
     return sorted(found, key=lambda v: int(v.version))[0] if found else None
 
 
+def champion_version(client, name: str):
+    """The model version the ``champion`` alias points at, or None."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.get_model_version_by_alias(name, "champion")
+    except MlflowException:
+        return None
+
+
 def champion_cases(client, params: dict, name: str, evaluation: Evaluation) -> tuple[Any, dict[str, float], bool]:
     """The champion version (None if there is none), its per-case Dice on ``evaluation``'s test set, and
     whether it had to be scored anew (its recorded evaluation was on another test set)."""
     import mlflow
     import pandas as pd
-    from mlflow.exceptions import MlflowException
 
-    try:
-        champ = client.get_model_version_by_alias(name, "champion")
-    except MlflowException:
+    champ = champion_version(client, name)
+    if champ is None:
         return None, {}, False
     if champ.tags.get("evaluation_set") == evaluation.evaluation_set:
         table = mlflow.artifacts.download_artifacts(run_id=champ.run_id, artifact_path=f"evaluation/{PER_CASE}")
@@ -139,8 +172,6 @@ def register(params: dict, run_tags: dict | None = None, evaluation: Evaluation 
     """Log the training as an MLflow run, register its model, and apply the champion rule."""
     import mlflow
     import pandas as pd
-
-    from pipelines import serving
 
     layout = Layout.from_params(params)
     latest = load(layout.latest_json, TrainedModel)
@@ -174,13 +205,7 @@ def register(params: dict, run_tags: dict | None = None, evaluation: Evaluation 
             mlflow.log_artifact(str(layout.evaluation_dir / PER_CASE), "evaluation")
             if plan.is_file():  # the plan medcore derived from the data, with the reason for each choice
                 mlflow.log_artifact(str(plan), "plan")
-            info = mlflow.pyfunc.log_model(name="model", python_model=str(MODEL_CODE),
-                                           artifacts={"model_dir": str(layout.out / latest.model_dir)},
-                                           pip_requirements=["medcore", "mlflow", "torch", "pandas"],
-                                           signature=serving.signature(),
-                                           input_example=(pd.DataFrame({serving.IMAGE_COLUMN:
-                                                                        [serving.example_request()]}),
-                                                          {"output_format": "nifti"}))
+            info = log_model_dir(layout.out / latest.model_dir)
         version = mlflow.register_model(info.model_uri, name, tags=lineage)
         version = client.get_model_version(name, version.version)
     champ, champ_cases, rescored = champion_cases(client, params, name, evaluation)
@@ -188,13 +213,11 @@ def register(params: dict, run_tags: dict | None = None, evaluation: Evaluation 
     if champ is not None and champ.version == version.version:
         promote, reason = True, "already champion"
     else:
-        reg = params["register"]
         ours = case_scores(pd.read_csv(layout.evaluation_dir / PER_CASE).to_dict("records"))
-        stat = None if champ is None else paired_bootstrap(ours, champ_cases, int(reg["bootstrap_samples"]),
-                                                           champion_rescored=rescored)
-        promote, reason = decide_promotion(stat, float(reg["min_improvement"]), int(reg["min_test_cases"]))
+        stat, promote, reason = champion_rule(ours, None if champ is None else champ_cases, params["register"],
+                                              rescored)
         if stat is not None:
-            _log_comparison(client, version, ours, champ_cases, stat)
+            log_comparison(client, version, ours, champ_cases, stat)
     alias = "champion" if promote else "challenger"
     move_alias(client, name, version.version, alias)
     client.set_model_version_tag(name, version.version, "promotion", reason)
@@ -205,7 +228,7 @@ def register(params: dict, run_tags: dict | None = None, evaluation: Evaluation 
     return result
 
 
-def _log_comparison(client, version, ours: dict[str, float], champion: dict[str, float], stat: Bootstrap) -> None:
+def log_comparison(client, version, ours: dict[str, float], champion: dict[str, float], stat: Bootstrap) -> None:
     """Record the decision's evidence on the version: the statistic as tags, the per-case table as an artifact."""
     import tempfile
 

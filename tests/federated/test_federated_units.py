@@ -1,12 +1,21 @@
-"""The pure parts of federated training: refusals, pooled planning, site sampling, what a message may carry."""
+"""The pure parts of federated training: refusals, pooled planning, site sampling, what a message may carry,
+how a model travels, and the champion rule on the sites' paired test cases."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
+from pipelines.federated.federate import federated_promotion, paired_case_dice
 from pipelines.federated.plan import federated_plan, pool_fingerprints, refusals
-from pipelines.federated.records import describe_records, fingerprint_records, read_fingerprint, violations
+from pipelines.federated.records import (
+    describe_records,
+    fingerprint_records,
+    model_records,
+    read_fingerprint,
+    received_model_dir,
+    violations,
+)
 from pipelines.federated.server_app import sample_sites
 from pipelines.federated.site import ProximalLoss, site_name
 
@@ -92,3 +101,60 @@ def test_fedprox_term_grows_as_weights_leave_the_global_model():
         model.weight.add_(1.0)
     moved = loss(model(x), y) - torch.nn.MSELoss()(model(x), y)
     assert moved.item() == pytest.approx(0.5 * 2.0 * 6.0)
+
+
+def test_evaluate_replies_may_carry_per_case_dice_lists_and_nothing_else_as_lists():
+    from flwr.app import MetricRecord, RecordDict
+
+    def check(kind: str, metrics: dict) -> list[str]:
+        records = describe_records(RecordDict({"metrics": MetricRecord(metrics)}))
+        return violations({"type": kind, "error": False, "records": records})
+
+    ok = {"num-examples": 3, "dice_mean": 0.5, "case_dice": [0.4, float("nan"), 0.6],
+          "champion_case_dice": [0.3, 0.2, 0.1]}
+    assert check("evaluate", ok) == []
+    assert check("evaluate", {**ok, "case_ids": [1.0, 2.0]}) == ["evaluate: metric 'case_ids' is not a scalar"]
+    assert check("train", {"num-examples": 3, "case_dice": [0.4]}) == ["train: metric 'case_dice' is not a scalar"]
+
+
+def test_a_model_travels_as_model_dir_content_without_provenance(tmp_path):
+    from flwr.app import RecordDict
+
+    from medcore.inferers.model_dir import load_model_dir, read_spec, save_model_dir
+    from medcore.networks import build_network
+
+    net = {"name": "unet", "spatial_dims": 3, "in_channels": 1, "out_channels": 2, "channels": [4, 8],
+           "strides": [2], "num_res_units": 1}
+    sent = save_model_dir(tmp_path / "sent", build_network(net), preprocessing=[{"name": "NormalizeIntensity"}],
+                          labels={"background": 0, "organ": 1}, provenance={"run_dir": "/srv/secret/run-1"})
+    content = RecordDict(model_records(sent, "champion"))
+    got = received_model_dir(content, "champion", tmp_path / "got")
+    assert read_spec(got).provenance == {} and "/srv/secret" not in str(content["champion-spec"])
+    assert read_spec(got).preprocessing == read_spec(sent).preprocessing
+    a, b = load_model_dir(sent)[0].state_dict(), load_model_dir(got)[0].state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    content["champion-spec"]["model.json"] = '{"format_version": 2}'
+    with pytest.raises(ValueError, match="champion model received from the server: no 'network'"):
+        received_model_dir(content, "champion", tmp_path / "bad")
+
+
+def test_champion_rule_on_the_sites_paired_cases():
+    from mlflow.entities.model_registry import ModelVersion, ModelVersionTag
+
+    per_site = {"b": {"case_dice": [0.5, float("nan")], "champion_case_dice": [0.4, 0.3]},
+                "a": {"case_dice": [0.9, 0.8, 0.7], "champion_case_dice": [0.6, float("nan"), 0.5]}}
+    ours, theirs = paired_case_dice(per_site)
+    assert ours == {"a:0": 0.9, "a:1": 0.8, "a:2": 0.7, "b:0": 0.5}
+    assert theirs == {"a:0": 0.6, "a:2": 0.5, "b:0": 0.4, "b:1": 0.3}
+    settings = {"bootstrap_samples": 200, "min_improvement": 0.0, "min_test_cases": 3}
+    assert federated_promotion(None, None, ours, {}, settings, "e1") == (None, True, "no champion yet")
+    champ = ModelVersion("m", "4", 0, tags=[ModelVersionTag("evaluation_set", "e0")])
+    stat, promote, reason = federated_promotion(champ, {"version": "4"}, ours, theirs, settings, "e1")
+    assert stat.cases == 3 and stat.champion_rescored and stat.mean_difference == pytest.approx(0.2)
+    assert promote and "better than the champion with 95% confidence" in reason
+    stat, promote, reason = federated_promotion(champ, {"version": "4"}, ours, theirs, {**settings,
+                                                                                       "min_test_cases": 10}, "e0")
+    assert not promote and not stat.champion_rescored and reason.startswith("too few test cases for a decision: 3")
+    for scored in (None, {"version": "3"}):
+        stat, promote, reason = federated_promotion(champ, scored, ours, theirs, settings, "e1")
+        assert stat is None and not promote and "the champion (version 4)" in reason and "--fetch-champion" in reason

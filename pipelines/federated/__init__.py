@@ -1,8 +1,9 @@
 """Federated training with Flower: one SuperLink, one SuperNode per site, the medcore engine at each site.
 
 A site is one inbox with its own params (de-identification key, ingestion, cache and run folder).
-Sites send the server parameter tensors and scalar metrics only, plus one fingerprint of their data
-(modality, class names, shape/spacing/intensity statistics) for the shared plan.
+Sites send the server parameter tensors and numeric metrics only (at the end, per-case Dice lists with
+no case id, for the champion rule), plus one fingerprint of their data (modality, class names,
+shape/spacing/intensity statistics) for the shared plan.
 
 Modules: ``site`` (a site's data, local training and evaluation), ``plan`` (one plan from the sites'
 fingerprints, refusals by name), ``records`` (what travels, and the audit of it), ``secure`` (SecAgg+

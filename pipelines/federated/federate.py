@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from medcore.dicom.deid import KEY_ENV
+from medcore.inferers.model_dir import SPEC_FILE
 from pipelines.federated.processes import (
     TLS,
     base_env,
@@ -34,6 +35,7 @@ from pipelines.federated.server_app import AGGREGATIONS, CHAMPION_DIR, MODEL_DIR
 from pipelines.federated.site import site_name, site_out, site_params
 from pipelines.params import resolve
 from pipelines.steps.layout import read_json, write_json
+from pipelines.steps.results import Bootstrap
 
 CHAMPION_JSON = "champion.json"  # which registry version ``champion/`` holds
 
@@ -130,7 +132,7 @@ def mean_dice(per_site: dict[str, dict]) -> float:
 def global_model_dir(out: Path) -> Path:
     """``out/model``: the global model as the server wrote it and the sites scored it (a MODEL_DIR)."""
     model_dir = out / MODEL_DIR
-    if not (model_dir / "model.json").is_file():
+    if not (model_dir / SPEC_FILE).is_file():
         raise FileNotFoundError(f"{model_dir}: no global model; the federation in {out} did not finish")
     return model_dir
 
@@ -173,7 +175,7 @@ def paired_case_dice(per_site: dict[str, dict]) -> tuple[dict[str, float], dict[
 
 
 def federated_promotion(champ, scored: dict | None, candidate: dict[str, float], champion: dict[str, float],
-                        settings: dict, evaluation_set: str):
+                        settings: dict, evaluation_set: str) -> tuple[Bootstrap | None, bool, str]:
     """The single-site champion rule (:func:`pipelines.steps.register.champion_rule`) on the sites' paired
     test cases: ``(statistic, promote, reason)``. A champion that the sites did not score (or another version
     than they scored) cannot be compared: no promotion, and the reason says so."""

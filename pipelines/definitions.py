@@ -22,7 +22,7 @@ from pipelines.jobs import retrain_job, study_job
 from pipelines.pacs import PacsResource, inference_job, make_pacs_sensor, pacs_segmentation
 from pipelines.resources import PipelineSettings
 from pipelines.schedules import weekly_retraining
-from pipelines.sensors import inbox_sensor
+from pipelines.sensors import inbox_sensor, retrain_after_delivery, retrain_after_partial_delivery
 
 
 def make_definitions(settings: PipelineSettings | None = None, executor: str | None = None,
@@ -34,7 +34,7 @@ def make_definitions(settings: PipelineSettings | None = None, executor: str | N
     return dg.Definitions(
         assets=[*STUDY_ASSETS, *TRAINING_ASSETS, pacs_segmentation, federated_model], asset_checks=ALL_CHECKS,
         jobs=[delivery_job, study_job, retrain_job, inference_job, federate_job], schedules=[weekly_retraining],
-        sensors=[inbox_sensor, pacs_sensor],
+        sensors=[inbox_sensor, retrain_after_delivery, retrain_after_partial_delivery, pacs_sensor],
         resources={"settings": settings, "pipes_subprocess_client": dg.PipesSubprocessClient(),
                    "pacs": pacs or PacsResource()},
         # default in-process: SQLite locks under concurrent writers (ARCHITECTURE, Known traps)

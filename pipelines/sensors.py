@@ -1,15 +1,28 @@
 """The inbox sensor: one dynamic partition per new study, added once its files stopped changing, and one
-``ingest_delivery`` run for all the studies that settled in the same tick."""
+``ingest_delivery`` run for all the studies that settled in the same tick. Once a delivery run ends, a
+``retrain`` run follows; its ``trained_model`` step trains only when the dataset version or the params
+changed, and otherwise says "skipped: nothing changed since version N"."""
 
 
 import hashlib
 import json
 import time
 
-from dagster import DefaultSensorStatus, RunRequest, SensorEvaluationContext, SensorResult, SkipReason, sensor
+from dagster import (
+    DagsterRunStatus,
+    DefaultSensorStatus,
+    RunRequest,
+    RunStatusSensorContext,
+    SensorEvaluationContext,
+    SensorResult,
+    SkipReason,
+    run_status_sensor,
+    sensor,
+)
 
 from pipelines.assets import STUDY_PARTITIONS, study_partitions
 from pipelines.delivery import delivery_job, delivery_run_config
+from pipelines.jobs import retrain_job
 from pipelines.resources import PipelineSettings
 
 
@@ -47,3 +60,22 @@ def inbox_sensor(context: SensorEvaluationContext, settings: PipelineSettings):
     return SensorResult(run_requests=[RunRequest(run_key=run_key, run_config=delivery_run_config(ready))],
                         dynamic_partitions_requests=[study_partitions.build_add_request(ready)],
                         cursor=json.dumps({k: v for k, v in state.items() if k not in ready}))
+
+
+def retrain_request(context: RunStatusSensorContext) -> RunRequest:
+    """One ``retrain`` run per finished delivery run."""
+    return RunRequest(run_key=f"retrain-after-{context.dagster_run.run_id}")
+
+
+@run_status_sensor(run_status=DagsterRunStatus.SUCCESS, monitored_jobs=[delivery_job], request_job=retrain_job,
+                   default_status=DefaultSensorStatus.STOPPED)
+def retrain_after_delivery(context: RunStatusSensorContext) -> RunRequest:
+    """A delivery was ingested: retrain (or skip, saying why)."""
+    return retrain_request(context)
+
+
+@run_status_sensor(run_status=DagsterRunStatus.FAILURE, monitored_jobs=[delivery_job], request_job=retrain_job,
+                   default_status=DefaultSensorStatus.STOPPED)
+def retrain_after_partial_delivery(context: RunStatusSensorContext) -> RunRequest:
+    """A delivery in which some study failed: the others were ingested, so retrain on them too."""
+    return retrain_request(context)

@@ -68,3 +68,21 @@ def test_schedule_targets_retraining_job():
     job = make_definitions().resolve_job_def("retrain")
     assert {k.to_user_string() for k in job.asset_layer.executable_asset_keys} == {
         "training_dataset", "preprocessed_cache", "trained_model", "evaluation", "registered_model"}
+
+
+def test_a_finished_delivery_requests_retraining(pipeline_run):
+    """The sensors chain ingestion and training: each finished delivery run (successful, or with a failed
+    study) requests one ``retrain`` run, whose trained_model step decides whether anything changed."""
+    from dagster import DagsterEventType, RunsFilter, build_run_status_sensor_context
+
+    from pipelines.sensors import retrain_after_delivery, retrain_after_partial_delivery
+
+    instance = pipeline_run["instance"]
+    (run,) = instance.get_runs(RunsFilter(job_name="ingest_delivery"))
+    (record,) = instance.get_records_for_run(run.run_id, of_type=DagsterEventType.RUN_SUCCESS).records
+    context = build_run_status_sensor_context(sensor_name="retrain_after_delivery", dagster_instance=instance,
+                                              dagster_event=record.event_log_entry.dagster_event, dagster_run=run)
+    request = retrain_after_delivery(context)
+    assert request.run_key == f"retrain-after-{run.run_id}"
+    for s in (retrain_after_delivery, retrain_after_partial_delivery):
+        assert s.job_name == "retrain"

@@ -1,7 +1,7 @@
 """Hippocampus (MSD Task04): medcore's preset against nnU-Net v2 and a MONAI-tutorial baseline, same split, same budget.
 
     .venv/bin/python -m benchmarks.hippocampus [--minutes 30] [--quick] [--peers nnunet,monai] [--out DIR]
-        [--device cpu|cuda] [--split-seed N] [--plan JSON]   (tuning runs: another split, plan overrides)
+        [--device cpu|cuda] [--split-seed N] [--plan JSON] [--train JSON]   (tuning: another split, overrides)
 
 Every racer trains on the same fixed hold-out split (80/20, seed 0: 166 training, 42 validation
 cases) for the same wall-clock budget, one racer after the other. medcore trains its ``hippocampus``
@@ -66,7 +66,7 @@ def score(label_pairs: list[tuple[torch.Tensor, torch.Tensor]]) -> dict[str, flo
 
 
 def run_medcore(minutes: float, out: Path, val_cases: list[dict], max_val: int | None, threads: int,
-                split_seed: int = 0, plan: dict | None = None, device: str = "cpu") -> dict:
+                split_seed: int = 0, plan: dict | None = None, device: str = "cpu", train: dict | None = None) -> dict:
     import dataclasses
 
     import medcore.networks.dynunet  # noqa: F401  (registers "dynunet")
@@ -76,7 +76,8 @@ def run_medcore(minutes: float, out: Path, val_cases: list[dict], max_val: int |
     from medcore.io import load_image
 
     config = {"preset": "hippocampus", "split": {"fraction": 0.2, "seed": split_seed}, "time_budget_minutes": minutes,
-              "max_val_cases": max_val, "threads": threads, "device": device, "plan": plan or {}}
+              "max_val_cases": max_val, "threads": threads, "device": device, "plan": plan or {},
+              "train": train or {}}
     run_dir = out / "medcore_run"
     shutil.rmtree(run_dir, ignore_errors=True)  # a benchmark starts fresh (an existing run would be resumed)
     started = time.perf_counter()
@@ -243,6 +244,8 @@ def main() -> None:
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="train both racers here (cuda: AMP)")
     p.add_argument("--split-seed", type=int, default=0, help="hold-out split seed (tune on another split than 0)")
     p.add_argument("--plan", type=json.loads, default=None, help="plan overrides as JSON, for tuning runs")
+    p.add_argument("--train", type=json.loads, default=None,
+                   help='trainer overrides as JSON, for tuning runs (e.g. \'{"compile": true}\')')
     args = p.parse_args()
     peers = {x.strip() for x in args.peers.split(",") if x.strip() and x.strip() != "none"}
     if args.skip_monai:
@@ -261,7 +264,8 @@ def main() -> None:
     val_cases = val_cases[:max_val] if max_val else val_cases
     print(f"hippocampus: {len(train_cases)} training / {len(val_cases)} validation cases, budget {minutes:g} min "
           f"per racer, {args.threads} threads, batch {BATCH}, patch {PATCH}, device {args.device}")
-    med = run_medcore(minutes, out, val_cases, max_val, args.threads, args.split_seed, args.plan, args.device)
+    med = run_medcore(minutes, out, val_cases, max_val, args.threads, args.split_seed, args.plan, args.device,
+                     args.train)
     print(f"medcore: {json.dumps(med['metrics'])}")
     print(f"medcore without flip averaging: {json.dumps(med['metrics_no_tta'])}")
     print(

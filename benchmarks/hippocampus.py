@@ -6,7 +6,9 @@
 Every racer trains on the same fixed hold-out split (80/20, seed 0: 166 training, 42 validation
 cases) for the same wall-clock budget, one racer after the other. medcore trains its ``hippocampus``
 preset (plan derived from the data, DynUNet with deep supervision, AdamW + poly, library augmentation,
-its own validation inside the budget). nnU-Net v2 (``--peers nnunet``, ``make bench-tools``) runs its
+its own validation inside the budget on 10% of the training cases, which chooses the checkpoint and
+the post-processing: no racer sees the held-out cases before it is scored on them).
+nnU-Net v2 (``--peers nnunet``, ``make bench-tools``) runs its
 own plan_and_preprocess (timed apart), its default 3d_fullres trainer stopped by the wall clock, its
 final validation, post-processing and predictor (``benchmarks/nnunet_race.py``). The MONAI baseline
 follows MONAI's tutorials: MONAI transforms and CacheDataset, RandCropByPosNegLabeld, MONAI UNet with
@@ -65,8 +67,9 @@ def score(label_pairs: list[tuple[torch.Tensor, torch.Tensor]]) -> dict[str, flo
     return out
 
 
-def run_medcore(minutes: float, out: Path, val_cases: list[dict], max_val: int | None, threads: int,
-                split_seed: int = 0, plan: dict | None = None, device: str = "cpu", train: dict | None = None) -> dict:
+def run_medcore(minutes: float, out: Path, train_cases: list[dict], val_cases: list[dict], max_val: int | None,
+                threads: int, split_seed: int = 0, plan: dict | None = None, device: str = "cpu",
+                train: dict | None = None) -> dict:
     import dataclasses
 
     import medcore.networks.dynunet  # noqa: F401  (registers "dynunet")
@@ -75,11 +78,18 @@ def run_medcore(minutes: float, out: Path, val_cases: list[dict], max_val: int |
     from medcore.inferers.predict import predict_volume
     from medcore.io import load_image
 
-    config = {"preset": "hippocampus", "split": {"fraction": 0.2, "seed": split_seed}, "time_budget_minutes": minutes,
-              "max_val_cases": max_val, "threads": threads, "device": device, "plan": plan or {},
-              "train": train or {}}
+    # medcore sees the training cases only: its checkpoint choice and post-processing decision come from a
+    # validation hold-out of 10% of them, never from the held-out cases it is scored on
     run_dir = out / "medcore_run"
     shutil.rmtree(run_dir, ignore_errors=True)  # a benchmark starts fresh (an existing run would be resumed)
+    run_dir.mkdir(parents=True)
+    datalist = run_dir / "training_cases.json"
+    atomic_write_text(datalist, json.dumps({"training": [{"image": str(Path(c["image"]).resolve()),
+                                                          "label": str(Path(c["label"]).resolve())}
+                                                         for c in train_cases]}, indent=1))
+    config = {"preset": "hippocampus", "datalist": str(datalist), "split": {"fraction": 0.1, "seed": split_seed},
+              "time_budget_minutes": minutes, "max_val_cases": max_val, "threads": threads, "device": device,
+              "plan": plan or {}, "train": train or {}}
     started = time.perf_counter()
     summary = run_training(config, run_dir, progress=True)
     wall = time.perf_counter() - started
@@ -264,8 +274,8 @@ def main() -> None:
     val_cases = val_cases[:max_val] if max_val else val_cases
     print(f"hippocampus: {len(train_cases)} training / {len(val_cases)} validation cases, budget {minutes:g} min "
           f"per racer, {args.threads} threads, batch {BATCH}, patch {PATCH}, device {args.device}")
-    med = run_medcore(minutes, out, val_cases, max_val, args.threads, args.split_seed, args.plan, args.device,
-                     args.train)
+    med = run_medcore(minutes, out, train_cases, val_cases, max_val, args.threads, args.split_seed, args.plan,
+                     args.device, args.train)
     print(f"medcore: {json.dumps(med['metrics'])}")
     print(f"medcore without flip averaging: {json.dumps(med['metrics_no_tta'])}")
     print(

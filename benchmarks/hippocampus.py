@@ -7,10 +7,10 @@ Every racer trains on the same fixed hold-out split (80/20, seed 0: 166 training
 cases) for the same wall-clock budget, one racer after the other. medcore trains its ``hippocampus``
 preset (plan derived from the data, DynUNet with deep supervision, AdamW + poly, library augmentation,
 its own validation inside the budget on 10% of the training cases, which chooses the checkpoint and
-the post-processing: no racer sees the held-out cases before it is scored on them).
-nnU-Net v2 (``--peers nnunet``, ``make bench-tools``) runs its
-own plan_and_preprocess (timed apart), its default 3d_fullres trainer stopped by the wall clock, its
-final validation, post-processing and predictor (``benchmarks/nnunet_race.py``). The MONAI baseline
+the post-processing: no racer sees the held-out cases before it is scored on them). nnU-Net v2
+(``--peers nnunet``, ``make bench-tools``) runs its own plan_and_preprocess (timed apart), its default
+3d_fullres trainer stopped by the wall clock, its final validation, post-processing and predictor
+(``benchmarks/nnunet_race.py``). The MONAI baseline
 follows MONAI's tutorials: MONAI transforms and CacheDataset, RandCropByPosNegLabeld, MONAI UNet with
 residual units, DiceCELoss, Adam, at medcore's batch (2) and patch (40x56x40). All final models are
 scored by the same code (Dice and HD95 in mm per class on the original label files): medcore through

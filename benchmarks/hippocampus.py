@@ -126,7 +126,7 @@ def autocast(device: str):
     """The baseline's mixed precision: bf16 autocast on a GPU (as MONAI's AMP tutorials), none on the CPU."""
     from medcore.engine.amp import choose_precision
 
-    return choose_precision(device, "bf16").autocast()
+    return choose_precision(device, "bf16" if device.startswith("cuda") else "fp32").autocast()
 
 
 def run_monai(minutes: float, train_cases: list[dict], val_cases: list[dict], seed: int = 0,

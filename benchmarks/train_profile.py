@@ -6,10 +6,11 @@ Both networks as ``benchmarks/hippocampus.py`` races them, on the same batch (2)
 medcore's planned DynUNet (deep supervision, DiceCE, AdamW) and the baseline's MONAI UNet (DiceCE, Adam).
 For each: median milliseconds of forward with the loss, backward and the optimiser step over ``--steps``
 steps after a warm-up, on random data. For medcore also: the step in channels-last against contiguous
-memory, batch 4 against batch 2 (samples/s: fewer, larger steps), ``torch.compile`` (inductor) with its
-compile time, and the loader's share: one augmented batch from the preprocessing cache of ``--cases``
-real cases, made on one core as a loader worker makes it (the trainer overlaps it with the step; the
-data-wait share of step time the training runs report is what is left of it). The last line is
+memory, bf16 autocast against fp32 (oneDNN runs bf16 natively on CPUs with AMX or AVX-512 BF16), batch
+4 against batch 2 (samples/s: fewer, larger steps), ``torch.compile`` (inductor) with its compile time,
+and the loader's share: one augmented batch from the preprocessing cache of ``--cases`` real cases, made
+on one core as a loader worker makes it (the trainer overlaps it with the step; the data-wait share of
+step time the training runs report is what is left of it). The last line is
 ``RESULT medcore_step_ms=... monai_step_ms=... samples_per_s_ratio=... forward_share=... ...``.
 """
 
@@ -24,17 +25,23 @@ from collections.abc import Callable
 import torch
 
 from benchmarks.hippocampus import BATCH, PATCH, monai_unet
+from medcore.engine.amp import Precision, choose_precision, cpu_has_native_bf16, full_precision
 from medcore.engine.presets import default_data_root, find_msd_cases, fingerprint, make_plan
+
+FULL = Precision()  # fp32
 
 
 def phase_ms(model: torch.nn.Module, loss_fn: Callable, optimizer: torch.optim.Optimizer, x: torch.Tensor,
-             y: torch.Tensor, steps: int) -> dict[str, float]:
-    """Median milliseconds of forward+loss, backward and optimiser step, and of the whole step."""
+             y: torch.Tensor, steps: int, precision: Precision = FULL) -> dict[str, float]:
+    """Median milliseconds of forward+loss, backward and optimiser step, and of the whole step; the forward
+    under ``precision``'s autocast and the loss in full precision, as the trainer runs them."""
     rows = []
     for _ in range(steps + 1):
         t0 = time.perf_counter()
         optimizer.zero_grad()
-        loss = loss_fn(model(x), y)
+        with precision.autocast():
+            out = model(x)
+        loss = loss_fn(full_precision(out), y)
         t1 = time.perf_counter()
         loss.backward()
         t2 = time.perf_counter()
@@ -110,6 +117,7 @@ def main() -> None:
 
     med = phase_ms(*medcore_parts(plan, True), *batch(BATCH, True), args.steps)
     med_contiguous = phase_ms(*medcore_parts(plan, False), *batch(BATCH, False), args.steps)
+    med_bf16 = phase_ms(*medcore_parts(plan, True), *batch(BATCH, True), args.steps, choose_precision("cpu", "bf16"))
     med_b4 = phase_ms(*medcore_parts(plan, True), *batch(2 * BATCH, True), args.steps)
     from monai.losses import DiceCELoss
 
@@ -135,6 +143,7 @@ def main() -> None:
 
     show("medcore DynUNet, channels-last", med)
     show("medcore DynUNet, contiguous", med_contiguous)
+    show("medcore DynUNet, bf16 autocast", med_bf16)
     show("medcore DynUNet, batch 4", med_b4, 2 * BATCH)
     show("medcore DynUNet, torch.compile", compiled)
     show("MONAI baseline UNet", mon)
@@ -144,6 +153,7 @@ def main() -> None:
           f"backward_share={med['backward'] / med['step']:.3f} optimizer_share={med['optimizer'] / med['step']:.3f} "
           f"loader_ms={load:.1f} loader_share={load / med['step']:.3f} "
           f"channels_last_speedup={med_contiguous['step'] / med['step']:.2f} "
+          f"bf16_speedup={med['step'] / med_bf16['step']:.2f} native_bf16={int(cpu_has_native_bf16())} "
           f"batch4_samples_speedup={2 * med['step'] / med_b4['step']:.2f} "
           f"compile_speedup={med['step'] / compiled['step']:.2f} compile_s={compile_s:.1f} threads={args.threads}")
 

@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 
 from medcore.data.dataset import ItemError
 from medcore.data.persistent import PersistentDataset, to_json
+from medcore.engine.amp import full_precision
 from medcore.engine.config import resolve_config
 from medcore.engine.data import EpochDataset
 from medcore.engine.distributed import DistContext, barrier, choose_device, init_distributed
@@ -256,7 +257,8 @@ def time_training_steps(model: torch.nn.Module, loss_fn: torch.nn.Module, optimi
         t = time.perf_counter()
         optimizer.zero_grad()
         with autocast():
-            loss = loss_fn(model(x), y)
+            out = model(x)
+        loss = loss_fn(full_precision(out), y)
         loss.backward()
         optimizer.step()
         if x.is_cuda:

@@ -21,7 +21,14 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from medcore.engine.amp import Precision, choose_precision, make_scaler, maybe_compile, use_channels_last
+from medcore.engine.amp import (
+    Precision,
+    choose_precision,
+    full_precision,
+    make_scaler,
+    maybe_compile,
+    use_channels_last,
+)
 from medcore.engine.checkpoint import load_checkpoint, save_checkpoint
 from medcore.engine.distributed import (
     DistContext,
@@ -265,7 +272,7 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         with self.precision.autocast():
             out = self.train_model(x)
-            loss = self.loss_fn(out, y)
+        loss = self.loss_fn(full_precision(out), y)
         self.scaler.scale(loss).backward()
         if self.config.grad_clip:
             self.scaler.unscale_(self.optimizer)

@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from medcore.engine.amp import choose_precision, make_scaler, use_channels_last
+from medcore.engine.amp import choose_precision, full_precision, make_scaler, use_channels_last
 from medcore.engine.data import EpochDataset
 from medcore.engine.distributed import DistContext, ShardedBatchSampler, all_reduce_sum, choose_device, shard_indices
 from medcore.engine.history import MetricsHistory
@@ -54,10 +54,21 @@ def test_optimizers_from_config():
         build_optimizer({"name": "adamw", "nesterov": True}, params)
 
 
-def test_precision_is_full_on_cpu_and_chosen_on_cuda(monkeypatch):
-    cpu = choose_precision("cpu", "auto")
+def test_precision_choices_on_cpu_and_cuda(monkeypatch):
+    cpu = choose_precision("cpu", "fp32")
     assert cpu.dtype is None and not cpu.needs_scaler and cpu.name == "fp32"
     assert not make_scaler(cpu).is_enabled()
+    assert choose_precision("cpu", "fp16").dtype is None  # no fp16 autocast on a CPU: full precision
+    bf16 = choose_precision("cpu", "bf16")
+    assert (bf16.dtype, bf16.device_type, bf16.name, bf16.needs_scaler) == (torch.bfloat16, "cpu", "bf16", False)
+    with bf16.autocast():
+        out = [nn.Conv3d(1, 2, 3)(torch.randn(1, 1, 4, 4, 4))] * 2
+    assert out[0].dtype == torch.bfloat16
+    assert [o.dtype for o in full_precision(out)] == [torch.float32] * 2 and full_precision(3) == 3
+    monkeypatch.setattr("medcore.engine.amp.cpu_has_native_bf16", lambda: True)
+    assert choose_precision("cpu", "auto").name == "bf16"
+    monkeypatch.setattr("medcore.engine.amp.cpu_has_native_bf16", lambda: False)
+    assert choose_precision("cpu", "auto").name == "fp32"
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
     assert choose_precision("cuda:0", "auto").dtype == torch.bfloat16
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)

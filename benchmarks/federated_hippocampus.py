@@ -10,8 +10,15 @@ contender gets the same wall-clock budget (``--minutes``) on this machine:
 
 - federated: ``pipelines.federated`` with a SuperLink and 3 SuperNodes (real processes), FedAvg, the
   local steps per round chosen from a timing of one training step so that the rounds fit the budget;
-- centralised: ``medcore train`` on the union of the sites' cases (``time_budget_minutes``);
-- each site alone: ``medcore train`` on that site's cases (same budget each).
+- centralised: ``medcore train`` on the union of the sites' cases (``time_budget_minutes``), both cores;
+- each site alone, in two ways (``--alone``):
+  - ``shared``: the 3 sites train alone at once, one thread each, sharing the machine for the same
+    minutes as the federation's sites share it. Each site keeps the compute it has in the federation
+    and gives up only the others' data: the question a hospital asks before it joins. The three
+    together spend the same total wall-clock budget as the federation. This is ``best_site_dice``.
+  - ``full``: each site alone with the whole machine (both cores) for the whole budget, one after the
+    other: three budgets in all, three times the federation's compute per site
+    (``best_site_full_dice``).
 
 All models are scored by the same code on the same 42 test cases (the originals, unscaled: a fourth
 scanner), through their MODEL_DIRs as ``medcore predict`` runs them. Preprocessing is outside every
@@ -91,6 +98,20 @@ def train_alone(datalist: Path, run_dir: Path, minutes: float, threads: int) -> 
     return Path(run_training(config, run_dir, progress=False)["model_dir"])
 
 
+def train_sites_at_once(sites: list[Path], out: Path, minutes: float) -> dict[str, Path]:
+    """Every site alone at the same time, one thread each (as the federation's sites train): their MODEL_DIRs."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(len(sites), mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = {s.name: pool.submit(train_alone, s / "dataset.json", out / s.name, minutes, 1) for s in sites}
+        return {name: f.result() for name, f in futures.items()}
+
+
+def best(scores: dict[str, dict[str, float]]) -> str:
+    return max(scores, key=lambda k: scores[k]["dice_mean"])
+
+
 def union_dataset(out: Path, sites: list[Path]) -> Path:
     training = []
     for site in sites:
@@ -137,6 +158,9 @@ def main() -> None:
     p.add_argument("--round-overhead", type=float, default=20.0,
                    help="seconds per round not spent training (process start, preprocessing cache, transfer)")
     p.add_argument("--threads", type=int, default=max(1, min(2, os.cpu_count() or 1)))
+    p.add_argument("--alone", choices=("shared", "full", "both"), default="both",
+                   help="each site alone: at once sharing the machine as in the federation, with the whole "
+                        "machine each, or both")
     p.add_argument("--quick", action="store_true", help="smoke test: 6 cases per site, 4 test cases, 2 rounds")
     p.add_argument("--minutes-quick", type=float, default=0.5)
     p.add_argument("--out", default="outputs/bench_federated_hippocampus")
@@ -169,19 +193,25 @@ def main() -> None:
     central = test_score(train_alone(union_dataset(out, sites), out / "central" / "run", minutes, args.threads),
                          test_cases)
     print(f"centralised in {(time.perf_counter() - started) / 60:.1f} min: {json.dumps(central)}")
-    alone = {}
-    for site in sites:
-        alone[site.name] = test_score(train_alone(site / "dataset.json", out / "alone" / site.name, minutes,
-                                                  args.threads), test_cases)
-        print(f"{site.name} alone: {json.dumps(alone[site.name])}")
-    best = max(alone, key=lambda k: alone[k]["dice_mean"])
-    atomic_write_text(out / "result.json", json.dumps({"federated": fed, "central": central, "alone": alone,
-                                                       "rounds": rounds, "local_steps": steps,
+    shared: dict[str, dict[str, float]] = {}
+    if args.alone in ("shared", "both"):
+        for name, model_dir in train_sites_at_once(sites, out / "alone-shared", minutes).items():
+            shared[name] = test_score(model_dir, test_cases)
+            print(f"{name} alone, the 3 sites at once sharing the machine: {json.dumps(shared[name])}")
+    full: dict[str, dict[str, float]] = {}
+    if args.alone in ("full", "both"):
+        for site in sites:
+            full[site.name] = test_score(train_alone(site / "dataset.json", out / "alone" / site.name, minutes,
+                                                     args.threads), test_cases)
+            print(f"{site.name} alone with the whole machine: {json.dumps(full[site.name])}")
+    atomic_write_text(out / "result.json", json.dumps({"federated": fed, "central": central, "alone_shared": shared,
+                                                       "alone_full": full, "rounds": rounds, "local_steps": steps,
                                                        "federated_minutes": fed_minutes, "minutes": minutes},
                                                       indent=1))
-    print(f"RESULT fed_dice={fed['dice_mean']:.4f} central_dice={central['dice_mean']:.4f} "
-          f"best_site_dice={alone[best]['dice_mean']:.4f} rounds={rounds} local_steps={steps} best_site={best} "
-          f"fed_minutes={fed_minutes:.1f} minutes={minutes:g}")
+    alone = " ".join(f"{key}={scores[best(scores)]['dice_mean']:.4f} {key[:-5]}={best(scores)}"
+                     for key, scores in (("best_site_dice", shared), ("best_site_full_dice", full)) if scores)
+    print(f"RESULT fed_dice={fed['dice_mean']:.4f} central_dice={central['dice_mean']:.4f} {alone} rounds={rounds} "
+          f"local_steps={steps} fed_minutes={fed_minutes:.1f} minutes={minutes:g}")
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ from typing import Any, cast
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
+from pipelines.federated.plan import plan_key
 from pipelines.federated.records import (
     SITE_ENV,
     audit_mod,
@@ -61,17 +62,18 @@ def train(message: Message, context: Context) -> Message:
         arrays, config = fit_inputs(message.content)
         plan = json.loads(str(config["plan"]))
         keys = list(new_model(plan).state_dict())
-        update = local_update(plan, config, dict(zip(keys, arrays)))
+        update = local_update(plan, config, dict(zip(keys, arrays)), context.run_id)
         return Message(fit_reply(update.weights, keys, update.num_examples, update.train_loss), reply_to=message)
     plan, config, weights = received(message)
-    update = local_update(plan, config, weights)
+    update = local_update(plan, config, weights, context.run_id)
     metrics = MetricRecord({"num-examples": update.num_examples, "train_loss": update.train_loss})
     return Message(RecordDict({"arrays": weights_record(update.weights), "metrics": metrics}), reply_to=message)
 
 
-def local_update(plan: dict, config: dict, weights: dict):
+def local_update(plan: dict, config: dict, weights: dict, run_id: int):
+    """Local training from ``weights``; the optimiser's moments carry over between this run's rounds at the site."""
     return train_locally(this_site(), plan, weights, int(config["local-steps"]), float(config["lr"]),
-                         float(config["proximal-mu"]), int(config["seed"]))
+                         float(config["proximal-mu"]), int(config["seed"]), state_key=f"{run_id}:{plan_key(plan)}")
 
 
 @app.evaluate()

@@ -8,6 +8,8 @@ labels present) and planned by ``medcore.engine.presets.make_plan``. Pure functi
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections import Counter
 from dataclasses import dataclass
 
@@ -23,6 +25,11 @@ class FederatedPlan:
     plan: dict
     accepted: tuple[str, ...]
     refused: dict[str, str]
+
+
+def plan_key(plan: dict) -> str:
+    """A short content hash of ``plan``: checkpoints and a site's optimiser state are reused only under it."""
+    return hashlib.sha256(json.dumps(plan, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def signature(fp: dict) -> tuple[str, tuple[tuple[str, int], ...]]:

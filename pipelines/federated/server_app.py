@@ -14,7 +14,6 @@ the registry's champion: each site scores both on its own test cases and returns
 
 from __future__ import annotations
 
-import hashlib
 import json
 import random
 import time
@@ -27,7 +26,7 @@ from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import FedAvg, FedProx
 
 from medcore.inferers.model_dir import SPEC_FILE
-from pipelines.federated.plan import federated_plan
+from pipelines.federated.plan import federated_plan, plan_key
 from pipelines.federated.records import model_records, read_fingerprint, weights_record
 from pipelines.steps.layout import write_json
 
@@ -157,10 +156,6 @@ def secure_training(grid: Grid, context: Context, chosen: dict[int, str], weight
         return weights, {"sites": [], "missing": {}, "secagg": 1}
     log(f"round {rnd}: aggregated {len(chosen)} sites with SecAgg+ (fedavg of masked updates)")
     return new, {"sites": sorted(chosen.values()), "missing": {}, "secagg": 1}
-
-
-def plan_key(plan: dict) -> str:
-    return hashlib.sha256(json.dumps(plan, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def sample_sites(sites: dict[int, str], fraction: float, min_sites: int, seed: int, rnd: int) -> dict[int, str]:

@@ -209,9 +209,30 @@ def new_model(plan: dict, weights: dict[str, torch.Tensor] | None = None) -> tor
     return model
 
 
+OPTIMIZER_STATE = "optimizer.safetensors"  # in the site's work folder: its optimiser's moments, never sent
+
+
+def saved_optimizer_state(path: Path, key: str) -> dict | None:
+    """The optimiser state saved at ``path`` under ``key`` (a federation run and its plan), or None: none yet, one
+    of another run or plan, or a damaged file (the round then starts its moments afresh)."""
+    from medcore.engine.checkpoint import CheckpointError, load_checkpoint
+
+    if not path.is_file():
+        return None
+    try:
+        state = load_checkpoint(path)
+    except (CheckpointError, OSError, ValueError):
+        return None
+    return state["optimizer"] if state.get("key") == key else None
+
+
 def train_locally(site: SiteData, plan: dict, weights: dict[str, torch.Tensor], steps: int, lr: float,
-                  proximal_mu: float = 0.0, seed: int = 0) -> LocalUpdate:
-    """``steps`` optimiser steps of the medcore trainer from ``weights`` on the site's training cases."""
+                  proximal_mu: float = 0.0, seed: int = 0, state_key: str | None = None) -> LocalUpdate:
+    """``steps`` optimiser steps of the medcore trainer from ``weights`` on the site's training cases.
+
+    With ``state_key`` (the federation run and its plan), the optimiser keeps its moments from this site's
+    previous round in the same run, in the site's own work folder: they stay at the site, as its data do."""
+    from medcore.engine.checkpoint import save_checkpoint
     from medcore.engine.data import EpochDataset
     from medcore.engine.segmentation import TrainingSample, training_transforms
     from medcore.engine.trainer import Trainer, TrainerConfig
@@ -232,7 +253,13 @@ def train_locally(site: SiteData, plan: dict, weights: dict[str, torch.Tensor], 
     run_dir = Path(tempfile.mkdtemp(prefix="round-", dir=site.work_dir))
     try:
         trainer = Trainer(model, loss, EpochDataset(train, augment, seed=seed), run_dir, config)
+        state_file = site.work_dir / OPTIMIZER_STATE
+        previous = saved_optimizer_state(state_file, state_key) if state_key else None
+        if previous is not None:
+            trainer.optimizer.load_state_dict(previous)  # the lr is the round's: the schedule sets it every step
         trainer.fit(resume=False)
+        if state_key:
+            save_checkpoint({"key": state_key, "optimizer": trainer.optimizer.state_dict()}, state_file)
         record = trainer.history.records[-1] if trainer.history.records else {}
     finally:
         shutil.rmtree(run_dir, ignore_errors=True)

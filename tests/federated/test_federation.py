@@ -272,6 +272,18 @@ def test_supernode_killed_mid_round_is_reported_and_the_run_finishes(federation)
     assert (federation["out"] / "result.json").is_file()
 
 
+def test_each_site_keeps_its_optimiser_moments_between_rounds_at_the_site(federation):
+    from medcore.engine.checkpoint import load_checkpoint
+    from pipelines.federated.plan import plan_key
+    from pipelines.federated.site import OPTIMIZER_STATE
+
+    key = plan_key(read_json(federation["out"] / "plan.json"))
+    for site, steps in (("site-a", 4), ("site-b", 4)):  # 2 rounds of 2 local steps: the moments carried over
+        state = load_checkpoint(federation["root"] / site / "outputs" / "federated" / OPTIMIZER_STATE)
+        assert state["key"].endswith(f":{key}")
+        assert {float(s["step"]) for s in state["optimizer"]["state"].values()} == {float(steps)}
+
+
 def test_every_message_carries_only_weights_and_metrics_and_no_pseudonym(federation):
     files = sorted(federation["audit"].glob("*.jsonl"))
     lines = [json.loads(line) for f in files for line in f.read_text().splitlines()]

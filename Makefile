@@ -43,7 +43,7 @@ demo: install dvc-tool
 	MEDCORE_DVC=$(abspath $(DVC)) $(PY) -m pipelines demo
 
 test: install dvc-tool
-	MEDCORE_DVC=$(abspath $(DVC)) $(PY) -m pytest -q --timeout=900
+	MEDCORE_DVC=$(abspath $(DVC)) $(PY) -m pytest -q --timeout=900 --durations=15
 
 clean:
 	rm -rf outputs mlruns mlartifacts mlflow.db .pytest_cache data/inbox data/dataset data/dataset.dvc

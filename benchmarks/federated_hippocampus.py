@@ -158,6 +158,8 @@ def main() -> None:
     p.add_argument("--round-overhead", type=float, default=20.0,
                    help="seconds per round not spent training (process start, preprocessing cache, transfer)")
     p.add_argument("--threads", type=int, default=max(1, min(2, os.cpu_count() or 1)))
+    p.add_argument("--federated-only", action="store_true",
+                   help="only the federation (to compare its settings; the other contenders are left out)")
     p.add_argument("--alone", choices=("shared", "full", "both"), default="both",
                    help="each site alone: at once sharing the machine as in the federation, with the whole "
                         "machine each, or both")
@@ -189,6 +191,10 @@ def main() -> None:
     fed = test_score(global_model_dir(out / "server"), test_cases)
     print(f"federated: {rounds} rounds x {steps} local steps in {fed_minutes:.1f} min: {json.dumps(fed)}")
 
+    if args.federated_only:
+        print(f"RESULT fed_dice={fed['dice_mean']:.4f} rounds={rounds} local_steps={steps} "
+              f"fed_minutes={fed_minutes:.1f} minutes={minutes:g}")
+        return
     started = time.perf_counter()
     central = test_score(train_alone(union_dataset(out, sites), out / "central" / "run", minutes, args.threads),
                          test_cases)

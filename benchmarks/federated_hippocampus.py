@@ -191,9 +191,9 @@ def main() -> None:
     fed = test_score(global_model_dir(out / "server"), test_cases)
     print(f"federated: {rounds} rounds x {steps} local steps in {fed_minutes:.1f} min: {json.dumps(fed)}")
 
+    run = f"rounds={rounds} local_steps={steps} fed_minutes={fed_minutes:.1f} minutes={minutes:g}"
     if args.federated_only:
-        print(f"RESULT fed_dice={fed['dice_mean']:.4f} rounds={rounds} local_steps={steps} "
-              f"fed_minutes={fed_minutes:.1f} minutes={minutes:g}")
+        print(f"RESULT fed_dice={fed['dice_mean']:.4f} {run}")
         return
     started = time.perf_counter()
     central = test_score(train_alone(union_dataset(out, sites), out / "central" / "run", minutes, args.threads),
@@ -216,8 +216,7 @@ def main() -> None:
                                                       indent=1))
     alone = " ".join(f"{key}={scores[best(scores)]['dice_mean']:.4f} {key[:-5]}={best(scores)}"
                      for key, scores in (("best_site_dice", shared), ("best_site_full_dice", full)) if scores)
-    print(f"RESULT fed_dice={fed['dice_mean']:.4f} central_dice={central['dice_mean']:.4f} {alone} rounds={rounds} "
-          f"local_steps={steps} fed_minutes={fed_minutes:.1f} minutes={minutes:g}")
+    print(f"RESULT fed_dice={fed['dice_mean']:.4f} central_dice={central['dice_mean']:.4f} {alone} {run}")
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ leaves.
 from __future__ import annotations
 
 import hashlib
+import logging
 import re
 import shutil
 import tempfile
@@ -221,7 +222,9 @@ def saved_optimizer_state(path: Path, key: str) -> dict | None:
         return None
     try:
         state = load_checkpoint(path)
-    except (CheckpointError, OSError, ValueError):
+    except (CheckpointError, OSError, ValueError) as error:
+        logging.getLogger(__name__).warning("optimiser state %s not used, this round starts its moments afresh: %s",
+                                            path, error)
         return None
     return state["optimizer"] if state.get("key") == key else None
 

@@ -158,3 +158,23 @@ def test_champion_rule_on_the_sites_paired_cases():
     for scored in (None, {"version": "3"}):
         stat, promote, reason = federated_promotion(champ, scored, ours, theirs, settings, "e1")
         assert stat is None and not promote and "the champion (version 4)" in reason and "--fetch-champion" in reason
+
+
+def test_a_site_reuses_its_optimiser_state_only_under_the_same_run_and_plan(tmp_path, caplog):
+    import torch
+
+    from medcore.engine.checkpoint import save_checkpoint
+    from pipelines.federated.site import saved_optimizer_state
+
+    path = tmp_path / "optimizer.safetensors"
+    assert saved_optimizer_state(path, "1:abc") is None  # none yet
+    optimizer = torch.optim.AdamW([torch.nn.Parameter(torch.ones(3))])
+    optimizer.param_groups[0]["params"][0].grad = torch.ones(3)
+    optimizer.step()
+    save_checkpoint({"key": "1:abc", "optimizer": optimizer.state_dict()}, path)
+    state = saved_optimizer_state(path, "1:abc")
+    assert state is not None and float(state["state"][0]["step"]) == 1.0
+    assert saved_optimizer_state(path, "2:abc") is None and saved_optimizer_state(path, "1:def") is None
+    path.write_bytes(b"damaged")
+    assert saved_optimizer_state(path, "1:abc") is None
+    assert "optimizer.safetensors not used" in caplog.text and "truncated" in caplog.text

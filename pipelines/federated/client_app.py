@@ -73,7 +73,8 @@ def train(message: Message, context: Context) -> Message:
 def local_update(plan: dict, config: dict, weights: dict, run_id: int):
     """Local training from ``weights``; the optimiser's moments carry over between this run's rounds at the site."""
     return train_locally(this_site(), plan, weights, int(config["local-steps"]), float(config["lr"]),
-                         float(config["proximal-mu"]), int(config["seed"]), state_key=f"{run_id}:{plan_key(plan)}")
+                         float(config["proximal-mu"]), int(config["seed"]), state_key=f"{run_id}:{plan_key(plan)}",
+                         schedule=(int(config["schedule-start"]), int(config["schedule-steps"])))
 
 
 @app.evaluate()

@@ -188,6 +188,7 @@ def main(grid: Grid, context: Context) -> None:
     import os
 
     from medcore.engine.checkpoint import save_checkpoint
+    from medcore.engine.schedulers import build_schedule
     from pipelines.federated.site import save_plan_model
 
     settings = Settings.from_run_config(dict(context.run_config))
@@ -219,11 +220,15 @@ def main(grid: Grid, context: Context) -> None:
     strategy = FedProx(proximal_mu=settings.proximal_mu) if settings.aggregation == "fedprox" else FedAvg()
     base_lr = settings.lr or float(plan["optimizer"]["lr"])
     mu = settings.proximal_mu if settings.aggregation == "fedprox" else 0.0
+    total_steps = settings.rounds * settings.local_steps  # the plan's lr schedule runs over all rounds' steps
+    schedule = build_schedule(plan["schedule"], total_steps)
     for rnd in range(done + 1, settings.rounds + 1):
         chosen = sample_sites(sites, settings.fraction, settings.min_sites, settings.seed, rnd)
-        lr = base_lr * (1 - (rnd - 1) / settings.rounds) ** 0.9  # poly decay over rounds
+        first = (rnd - 1) * settings.local_steps
         config = ConfigRecord({"plan": json.dumps(plan), "round": rnd, "local-steps": settings.local_steps,
-                               "lr": lr, "proximal-mu": mu, "seed": settings.seed + rnd})
+                               "lr": base_lr, "schedule-start": first, "schedule-steps": total_steps,
+                               "proximal-mu": mu, "seed": settings.seed + rnd})
+        lr = base_lr * schedule.factor(first)  # at the round's first step
         log(f"round {rnd}: training at {sorted(chosen.values())}{' with SecAgg+' if settings.secagg else ''}")
         if settings.secagg:
             weights, record = secure_training(grid, context, chosen, weights, config, plan, rnd, settings, log)

@@ -230,9 +230,13 @@ def saved_optimizer_state(path: Path, key: str) -> dict | None:
 
 
 def train_locally(site: SiteData, plan: dict, weights: dict[str, torch.Tensor], steps: int, lr: float,
-                  proximal_mu: float = 0.0, seed: int = 0, state_key: str | None = None) -> LocalUpdate:
+                  proximal_mu: float = 0.0, seed: int = 0, state_key: str | None = None,
+                  schedule: tuple[int, int] | None = None) -> LocalUpdate:
     """``steps`` optimiser steps of the medcore trainer from ``weights`` on the site's training cases.
 
+    The learning rate is ``lr`` times the plan's schedule (warm-up, then poly decay) at each step; ``schedule``
+    ``(first step, total steps)`` places these steps in the federation's whole run (default: they are the whole
+    run), so the rounds together follow one schedule, as a single site's training does, and anneal to 0.
     With ``state_key`` (the federation run and its plan), the optimiser keeps its moments from this site's
     previous round in the same run, in the site's own work folder: they stay at the site, as its data do."""
     from medcore.engine.checkpoint import save_checkpoint
@@ -247,19 +251,23 @@ def train_locally(site: SiteData, plan: dict, weights: dict[str, torch.Tensor], 
     loss = build_loss(plan["loss"])
     if proximal_mu > 0:
         loss = ProximalLoss(loss, model, proximal_mu)
+    first, total = schedule or (0, int(steps))
     config = TrainerConfig(max_epochs=1, batch_size=int(plan["batch_size"]),
                            samples_per_epoch=int(steps) * int(plan["batch_size"]), val_every=1,
-                           optimizer={**plan["optimizer"], "lr": float(lr)}, schedule={"kind": "constant"},
-                           seed=seed, progress=False)
+                           optimizer={**plan["optimizer"], "lr": float(lr)},
+                           schedule={**plan["schedule"], "total_steps": int(total)}, seed=seed, progress=False)
     augment = TrainingSample(training_transforms(plan))
     site.work_dir.mkdir(parents=True, exist_ok=True)
     run_dir = Path(tempfile.mkdtemp(prefix="round-", dir=site.work_dir))
     try:
         trainer = Trainer(model, loss, EpochDataset(train, augment, seed=seed), run_dir, config)
+        trainer.schedule_position = float(first)  # where this round's steps are in the federation's schedule
         state_file = site.work_dir / OPTIMIZER_STATE
         previous = saved_optimizer_state(state_file, state_key) if state_key else None
         if previous is not None:
-            trainer.optimizer.load_state_dict(previous)  # the lr is the round's: the schedule sets it every step
+            trainer.optimizer.load_state_dict(previous)
+            for group in trainer.optimizer.param_groups:  # the saved groups' lr is last round's: this round's rules
+                group["lr"] = group["initial_lr"] = float(lr)
         trainer.fit(resume=False)
         if state_key:
             save_checkpoint({"key": state_key, "optimizer": trainer.optimizer.state_dict()}, state_file)

@@ -274,14 +274,23 @@ def test_supernode_killed_mid_round_is_reported_and_the_run_finishes(federation)
 
 def test_each_site_keeps_its_optimiser_moments_between_rounds_at_the_site(federation):
     from medcore.engine.checkpoint import load_checkpoint
+    from medcore.engine.schedulers import build_schedule
     from pipelines.federated.plan import plan_key
     from pipelines.federated.site import OPTIMIZER_STATE
 
-    key = plan_key(read_json(federation["out"] / "plan.json"))
+    plan = read_json(federation["out"] / "plan.json")
+    key = plan_key(plan)
+    # the rounds follow one schedule over their 4 steps: the last step's lr is the plan's, not round 1's
+    last_lr = float(plan["optimizer"]["lr"]) * build_schedule(plan["schedule"], 4).factor(3)
     for site, steps in (("site-a", 4), ("site-b", 4)):  # 2 rounds of 2 local steps: the moments carried over
         state = load_checkpoint(federation["root"] / site / "outputs" / "federated" / OPTIMIZER_STATE)
         assert state["key"].endswith(f":{key}")
         assert {float(s["step"]) for s in state["optimizer"]["state"].values()} == {float(steps)}
+        groups = state["optimizer"]["param_groups"]
+        assert [float(g["lr"]) for g in groups] == pytest.approx([last_lr] * len(groups))
+    rounds = read_json(federation["out"] / "rounds.json")
+    assert [r["lr"] for r in rounds] == pytest.approx([float(plan["optimizer"]["lr"]) * build_schedule(
+        plan["schedule"], 4).factor(s) for s in (0, 2)])
 
 
 def test_every_message_carries_only_weights_and_metrics_and_no_pseudonym(federation):

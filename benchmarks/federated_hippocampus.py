@@ -158,13 +158,13 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--minutes", type=float, default=10.0, help="wall-clock budget of each contender")
     p.add_argument("--rounds", type=int, default=5)
-    p.add_argument("--round-overhead", type=float, default=20.0,
+    p.add_argument("--round-overhead", type=float, default=13.0,
                    help="seconds per round not spent training: a ClientApp process started per message, the "
-                        "SuperNodes' polling, transfer (5 rounds of 372 steps took 119-126 s for 100 s of training "
-                        "at 7728ad7)")
-    p.add_argument("--run-overhead", type=float, default=50.0,
+                        "SuperNodes' polling, transfer (5 rounds of 354 steps, planned as 90 s of training each, "
+                        "took 103-104 s at 4891dec)")
+    p.add_argument("--run-overhead", type=float, default=40.0,
                    help="seconds of the federation not in its rounds: starting the processes, the fingerprints "
-                        "and the final evaluation at the sites (47 s at 7728ad7)")
+                        "and the final evaluation at the sites (40 s at 4891dec)")
     p.add_argument("--threads", type=int, default=max(1, min(2, os.cpu_count() or 1)))
     p.add_argument("--federated-only", action="store_true",
                    help="only the federation (to compare its settings; the other contenders are left out)")

@@ -266,7 +266,7 @@ def train_locally(site: SiteData, plan: dict, weights: dict[str, torch.Tensor], 
         previous = saved_optimizer_state(state_file, state_key) if state_key else None
         if previous is not None:
             trainer.optimizer.load_state_dict(previous)
-            for group in trainer.optimizer.param_groups:  # the saved groups' lr is last round's: this round's rules
+            for group in trainer.optimizer.param_groups:  # the saved base lr is last round's; this round's is lr
                 group["lr"] = group["initial_lr"] = float(lr)
         trainer.fit(resume=False)
         if state_key:

@@ -281,7 +281,8 @@ def test_each_site_keeps_its_optimiser_moments_between_rounds_at_the_site(federa
     plan = read_json(federation["out"] / "plan.json")
     key = plan_key(plan)
     # the rounds follow one schedule over their 4 steps: the last step's lr is the plan's, not round 1's
-    last_lr = float(plan["optimizer"]["lr"]) * build_schedule(plan["schedule"], 4).factor(3)
+    lr, schedule = float(plan["optimizer"]["lr"]), build_schedule(plan["schedule"], 4)
+    last_lr = lr * schedule.factor(3)
     for site, steps in (("site-a", 4), ("site-b", 4)):  # 2 rounds of 2 local steps: the moments carried over
         state = load_checkpoint(federation["root"] / site / "outputs" / "federated" / OPTIMIZER_STATE)
         assert state["key"].endswith(f":{key}")
@@ -289,8 +290,7 @@ def test_each_site_keeps_its_optimiser_moments_between_rounds_at_the_site(federa
         groups = state["optimizer"]["param_groups"]
         assert [float(g["lr"]) for g in groups] == pytest.approx([last_lr] * len(groups))
     rounds = read_json(federation["out"] / "rounds.json")
-    assert [r["lr"] for r in rounds] == pytest.approx([float(plan["optimizer"]["lr"]) * build_schedule(
-        plan["schedule"], 4).factor(s) for s in (0, 2)])
+    assert [r["lr"] for r in rounds] == pytest.approx([lr * schedule.factor(first) for first in (0, 2)])
 
 
 def test_every_message_carries_only_weights_and_metrics_and_no_pseudonym(federation):
